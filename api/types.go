@@ -1,0 +1,321 @@
+// Package api holds Shoal's wire types and the Go client that the CLI, the
+// agent and the tests use to talk to a Shoal server over HTTP/JSON.
+//
+// The JSON field names here are a contract: job files use the same names, and
+// users script against `-o json` output. Fields may be added; none may be
+// renamed or removed.
+package api
+
+import (
+	"time"
+)
+
+// Node states.
+const (
+	NodeInitializing = "initializing"
+	NodeReady        = "ready"
+	NodeDraining     = "draining"
+	NodeDown         = "down"
+)
+
+// Node is one machine (or, in dev mode, one process) running `shoal agent`.
+type Node struct {
+	Name     string            `json:"name"`
+	Zone     string            `json:"zone"`
+	Addr     string            `json:"addr"` // agent HTTP address (logs)
+	CPU      int64             `json:"cpu"`  // millicores
+	MemoryMB int64             `json:"memory"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	State    string            `json:"state"`
+	// Cluster is the cluster the node is reserved for; empty when it is in the pool.
+	Cluster string `json:"cluster"`
+	// DrainDeadline is when tasks still running on a draining node are moved.
+	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
+	// Used is the cpu and memory reserved by tasks placed on the node.
+	Used        Resources `json:"used"`
+	Tasks       int       `json:"tasks"`
+	Registered  time.Time `json:"registered"`
+	StateSince  time.Time `json:"state_since"`
+	CreateIndex uint64    `json:"create_index"`
+	ModifyIndex uint64    `json:"modify_index"`
+}
+
+// Schedulable reports whether new tasks may be placed on the node.
+func (n *Node) Schedulable() bool { return n.State == NodeReady }
+
+// Resources is an amount of cpu (millicores) and memory (MiB).
+type Resources struct {
+	CPU      int64 `json:"cpu"`
+	MemoryMB int64 `json:"memory"`
+}
+
+// Event is one entry of a job's or a cluster's history.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Message string    `json:"message"`
+}
+
+// Cluster is a named set of nodes reserved from the pool.
+type Cluster struct {
+	Name string `json:"name"`
+	// Size is the number of nodes the cluster keeps; MinZones the number of
+	// distinct zones they must span.
+	Size        int       `json:"size"`
+	MinZones    int       `json:"zones"`
+	Nodes       []string  `json:"nodes"`
+	Events      []Event   `json:"events"`
+	Created     time.Time `json:"created"`
+	CreateIndex uint64    `json:"create_index"`
+	ModifyIndex uint64    `json:"modify_index"`
+}
+
+// ClusterRequest asks for a new cluster.
+type ClusterRequest struct {
+	Name  string `json:"name"`
+	Nodes int    `json:"nodes"`
+	Zones int    `json:"zones,omitempty"`
+}
+
+// ClusterResize changes a cluster's size.
+type ClusterResize struct {
+	Nodes int `json:"nodes"`
+}
+
+// PoolStatus summarises the warm pool.
+type PoolStatus struct {
+	Idle     int            `json:"idle"`
+	Reserved int            `json:"reserved"`
+	Down     int            `json:"down"`
+	Draining int            `json:"draining"`
+	ByZone   map[string]int `json:"idle_by_zone"`
+	Nodes    []*Node        `json:"nodes"`
+}
+
+// Job types.
+const (
+	JobBatch = "batch"
+)
+
+// Job states.
+const (
+	JobPending   = "pending"
+	JobRunning   = "running"
+	JobComplete  = "complete"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+)
+
+// Task states.
+const (
+	TaskPending   = "pending"
+	TaskRunning   = "running"
+	TaskComplete  = "complete"
+	TaskFailed    = "failed"
+	TaskLost      = "lost"
+	TaskCancelled = "cancelled"
+)
+
+// TaskTerminal reports whether a task in state s will never run again.
+func TaskTerminal(s string) bool {
+	return s == TaskComplete || s == TaskFailed || s == TaskCancelled
+}
+
+// JobSpec is what a user submits: the content of a job file.
+type JobSpec struct {
+	Name    string      `json:"name"`
+	Cluster string      `json:"cluster"`
+	Type    string      `json:"type"`
+	Groups  []GroupSpec `json:"groups"`
+}
+
+// GroupSpec describes Count identical tasks.
+type GroupSpec struct {
+	Name        string            `json:"name"`
+	Count       int               `json:"count"`
+	Command     []string          `json:"command"`
+	Env         map[string]string `json:"env,omitempty"`
+	Resources   Resources         `json:"resources"`
+	MaxAttempts int               `json:"max_attempts,omitempty"`
+	Timeout     Duration          `json:"timeout,omitempty"`
+}
+
+// Job is a submitted job with its tasks.
+type Job struct {
+	ID          string      `json:"id"`
+	Name        string      `json:"name"`
+	Cluster     string      `json:"cluster"`
+	Type        string      `json:"type"`
+	State       string      `json:"state"`
+	Groups      []GroupSpec `json:"groups"`
+	Counts      TaskCounts  `json:"counts"`
+	Tasks       []*Task     `json:"tasks,omitempty"`
+	Events      []Event     `json:"events"`
+	Submitted   time.Time   `json:"submitted"`
+	Finished    time.Time   `json:"finished,omitzero"`
+	CreateIndex uint64      `json:"create_index"`
+	ModifyIndex uint64      `json:"modify_index"`
+}
+
+// TaskCounts counts a job's tasks by state.
+type TaskCounts struct {
+	Pending   int `json:"pending"`
+	Running   int `json:"running"`
+	Complete  int `json:"complete"`
+	Failed    int `json:"failed"`
+	Lost      int `json:"lost"`
+	Cancelled int `json:"cancelled"`
+}
+
+// Add counts one task in state s.
+func (c *TaskCounts) Add(s string, d int) {
+	switch s {
+	case TaskPending:
+		c.Pending += d
+	case TaskRunning:
+		c.Running += d
+	case TaskComplete:
+		c.Complete += d
+	case TaskFailed:
+		c.Failed += d
+	case TaskLost:
+		c.Lost += d
+	case TaskCancelled:
+		c.Cancelled += d
+	}
+}
+
+// Total is the number of tasks counted.
+func (c TaskCounts) Total() int {
+	return c.Pending + c.Running + c.Complete + c.Failed + c.Lost + c.Cancelled
+}
+
+// Task is one process of a job, run in a sandbox on a node. A task keeps its
+// identity across attempts; RunID names one placement of it.
+type Task struct {
+	ID      string `json:"id"` // "<job>/<index>"
+	JobID   string `json:"job"`
+	Cluster string `json:"cluster"`
+	Group   string `json:"group"`
+	Index   int    `json:"index"`
+	State   string `json:"state"`
+	Node    string `json:"node"`
+	// Attempt counts runs that used up an attempt (1-based once placed). A
+	// run lost to a dead node does not use one up.
+	Attempt int `json:"attempt"`
+	// RunID identifies the current placement; it is the Raft index of the
+	// plan that placed it. The agent reports against it so that a late report
+	// from an old run never overwrites a newer one.
+	RunID    uint64    `json:"run_id"`
+	ExitCode int       `json:"exit_code"`
+	Message  string    `json:"message,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	// NotBefore delays a retried task (backoff).
+	NotBefore time.Time `json:"not_before,omitzero"`
+
+	// Copied from the job's group so that an agent needs only the task.
+	Command     []string          `json:"command"`
+	Env         map[string]string `json:"env,omitempty"`
+	Resources   Resources         `json:"resources"`
+	MaxAttempts int               `json:"max_attempts"`
+	Timeout     Duration          `json:"timeout,omitempty"`
+	Count       int               `json:"count"`
+
+	CreateIndex uint64 `json:"create_index"`
+	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// Placed reports whether the task holds resources on its node.
+func (t *Task) Placed() bool {
+	return t.Node != "" && (t.State == TaskPending || t.State == TaskRunning)
+}
+
+// NodeWork is what an agent watches: its node record and the tasks it
+// should be running.
+type NodeWork struct {
+	Node  *Node   `json:"node"`
+	Tasks []*Task `json:"tasks"`
+}
+
+// TaskUpdate is an agent's report about one run of a task.
+type TaskUpdate struct {
+	TaskID   string    `json:"task"`
+	RunID    uint64    `json:"run_id"`
+	State    string    `json:"state"` // running, complete, failed, lost
+	ExitCode int       `json:"exit_code"`
+	Message  string    `json:"message,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// TaskUpdates is a batch of reports from one node.
+type TaskUpdates struct {
+	Node    string       `json:"node"`
+	Updates []TaskUpdate `json:"updates"`
+}
+
+// NodeRegistration is what an agent sends when it starts.
+type NodeRegistration struct {
+	Name     string            `json:"name"`
+	Zone     string            `json:"zone"`
+	Addr     string            `json:"addr"`
+	CPU      int64             `json:"cpu"`
+	MemoryMB int64             `json:"memory"`
+	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// Heartbeat is sent by an agent periodically.
+type Heartbeat struct {
+	Ready bool `json:"ready"`
+}
+
+// HeartbeatResponse tells the agent how often to heartbeat.
+type HeartbeatResponse struct {
+	TTL      Duration `json:"ttl"`
+	Interval Duration `json:"interval"`
+}
+
+// DrainRequest starts or stops draining a node.
+type DrainRequest struct {
+	Deadline Duration `json:"deadline,omitempty"`
+	Disable  bool     `json:"disable,omitempty"`
+}
+
+// JobSubmitResponse is returned when a job is accepted.
+type JobSubmitResponse struct {
+	ID    string `json:"id"`
+	Index uint64 `json:"index"`
+}
+
+// WriteResponse is returned by writes that create nothing with an id.
+type WriteResponse struct {
+	Index uint64 `json:"index"`
+}
+
+// ServerInfo describes one control-plane server.
+type ServerInfo struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+	Leader   bool   `json:"leader,omitempty"`
+	Voter    bool   `json:"voter,omitempty"`
+}
+
+// JoinRequest asks the leader to add a server to the Raft group.
+type JoinRequest struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// ErrorBody is the JSON shape of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail carries a stable code and a human message.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

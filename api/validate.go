@@ -1,0 +1,206 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits that apply to every submission.
+const (
+	MaxNameLen       = 63
+	MaxTasksPerJob   = 100000
+	MaxGroupsPerJob  = 100
+	MaxCommandArgs   = 1024
+	MaxEnvVars       = 1024
+	MaxBodyBytes     = 8 << 20
+	MaxClusterNodes  = 10000
+	DefaultMaxTries  = 3
+	MaxTaskAttempts  = 100
+	MaxDrainDeadline = 24 * time.Hour
+)
+
+// ErrInvalid marks a validation failure; the message names the field.
+var ErrInvalid = errors.New("invalid")
+
+// FieldError names the field at fault and what is wrong with it.
+type FieldError struct {
+	Field   string
+	Problem string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Problem }
+
+// Unwrap lets errors.Is(err, ErrInvalid) match.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)}
+}
+
+// ValidateName checks a user-chosen name (node, zone, cluster, job, group):
+// 1 to 63 characters of letters, digits, '-', '_' and '.', starting with a
+// letter or digit. Names end up in paths and URLs, so nothing else is allowed.
+func ValidateName(field, s string) error {
+	if s == "" {
+		return invalid(field, "must not be empty")
+	}
+	if len(s) > MaxNameLen {
+		return invalid(field, "%q is %d characters long; at most %d are allowed", truncate(s), len(s), MaxNameLen)
+	}
+	for i, r := range s {
+		ok := r < utf8.RuneSelf && (unicode.IsLetter(r) || unicode.IsDigit(r) || (i > 0 && (r == '-' || r == '_' || r == '.')))
+		if !ok {
+			return invalid(field, "%q contains %q; use letters, digits, '-', '_' and '.', starting with a letter or digit", truncate(s), r)
+		}
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// Validate checks a job spec and fills defaults. It reports the first
+// problem found, naming the field (for example "groups[0].count").
+func (j *JobSpec) Validate() error {
+	if err := ValidateName("name", j.Name); err != nil {
+		return err
+	}
+	if err := ValidateName("cluster", j.Cluster); err != nil {
+		return err
+	}
+	if j.Type == "" {
+		j.Type = JobBatch
+	}
+	if j.Type != JobBatch {
+		return invalid("type", "%q is not a known job type (want %q)", truncate(j.Type), JobBatch)
+	}
+	if len(j.Groups) == 0 {
+		return invalid("groups", "at least one group is required")
+	}
+	if len(j.Groups) > MaxGroupsPerJob {
+		return invalid("groups", "%d groups; at most %d are allowed", len(j.Groups), MaxGroupsPerJob)
+	}
+	seen := map[string]bool{}
+	total := 0
+	for i := range j.Groups {
+		g := &j.Groups[i]
+		f := fmt.Sprintf("groups[%d]", i)
+		if err := ValidateName(f+".name", g.Name); err != nil {
+			return err
+		}
+		if seen[g.Name] {
+			return invalid(f+".name", "%q is used by another group", g.Name)
+		}
+		seen[g.Name] = true
+		if g.Count < 1 {
+			return invalid(f+".count", "must be at least 1, got %d", g.Count)
+		}
+		total += g.Count
+		if total > MaxTasksPerJob {
+			return invalid(f+".count", "the job would have more than %d tasks", MaxTasksPerJob)
+		}
+		if len(g.Command) == 0 || g.Command[0] == "" {
+			return invalid(f+".command", "must not be empty")
+		}
+		if len(g.Command) > MaxCommandArgs {
+			return invalid(f+".command", "%d arguments; at most %d are allowed", len(g.Command), MaxCommandArgs)
+		}
+		for k, a := range g.Command {
+			if strings.IndexByte(a, 0) >= 0 {
+				return invalid(fmt.Sprintf("%s.command[%d]", f, k), "contains a NUL byte")
+			}
+		}
+		if len(g.Env) > MaxEnvVars {
+			return invalid(f+".env", "%d variables; at most %d are allowed", len(g.Env), MaxEnvVars)
+		}
+		for k, v := range g.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				return invalid(f+".env", "variable name %q must be non-empty and contain no '=' or NUL", truncate(k))
+			}
+			if strings.IndexByte(v, 0) >= 0 {
+				return invalid(f+".env."+k, "contains a NUL byte")
+			}
+			if strings.HasPrefix(k, "SHOAL_") {
+				return invalid(f+".env."+k, "SHOAL_ variables are set by Shoal and cannot be overridden")
+			}
+		}
+		if g.Resources.CPU < 0 {
+			return invalid(f+".resources.cpu", "must not be negative, got %d", g.Resources.CPU)
+		}
+		if g.Resources.MemoryMB < 0 {
+			return invalid(f+".resources.memory", "must not be negative, got %d", g.Resources.MemoryMB)
+		}
+		if g.Resources.CPU == 0 {
+			g.Resources.CPU = 100
+		}
+		if g.Resources.MemoryMB == 0 {
+			g.Resources.MemoryMB = 64
+		}
+		if g.MaxAttempts < 0 || g.MaxAttempts > MaxTaskAttempts {
+			return invalid(f+".max_attempts", "must be between 1 and %d, got %d", MaxTaskAttempts, g.MaxAttempts)
+		}
+		if g.MaxAttempts == 0 {
+			g.MaxAttempts = DefaultMaxTries
+		}
+		if g.Timeout < 0 {
+			return invalid(f+".timeout", "must not be negative")
+		}
+	}
+	return nil
+}
+
+// Validate checks a cluster request and fills defaults.
+func (r *ClusterRequest) Validate() error {
+	if err := ValidateName("name", r.Name); err != nil {
+		return err
+	}
+	if r.Nodes < 1 || r.Nodes > MaxClusterNodes {
+		return invalid("nodes", "must be between 1 and %d, got %d", MaxClusterNodes, r.Nodes)
+	}
+	if r.Zones < 0 {
+		return invalid("zones", "must not be negative, got %d", r.Zones)
+	}
+	if r.Zones == 0 {
+		r.Zones = 1
+	}
+	if r.Zones > r.Nodes {
+		return invalid("zones", "%d zones cannot be spanned by %d nodes", r.Zones, r.Nodes)
+	}
+	return nil
+}
+
+// Validate checks a node registration.
+func (r *NodeRegistration) Validate() error {
+	if err := ValidateName("name", r.Name); err != nil {
+		return err
+	}
+	if err := ValidateName("zone", r.Zone); err != nil {
+		return err
+	}
+	if r.CPU <= 0 {
+		return invalid("cpu", "must be positive, got %d", r.CPU)
+	}
+	if r.MemoryMB <= 0 {
+		return invalid("memory", "must be positive, got %d", r.MemoryMB)
+	}
+	if len(r.Labels) > 64 {
+		return invalid("labels", "%d labels; at most 64 are allowed", len(r.Labels))
+	}
+	for k, v := range r.Labels {
+		if err := ValidateName("labels", k); err != nil {
+			return err
+		}
+		if len(v) > 255 || strings.ContainsFunc(v, unicode.IsControl) {
+			return invalid("labels."+k, "value must be at most 255 printable characters")
+		}
+	}
+	return nil
+}

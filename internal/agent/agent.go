@@ -1,0 +1,264 @@
+// Package agent is the node side of Shoal: it registers its node with the
+// servers, heartbeats, watches the tasks placed on the node with blocking
+// queries, runs them through a [sandbox.Driver], reports their state, and
+// serves their logs. It talks to servers only through package api.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/sandbox"
+)
+
+// Config configures an agent.
+type Config struct {
+	Name    string
+	Zone    string
+	DataDir string
+	Servers []string
+	// HTTPAddr is where the agent serves logs; default 127.0.0.1:0.
+	HTTPAddr string
+	// AdvertiseAddr is the address servers use to reach HTTPAddr; default
+	// the listener's address.
+	AdvertiseAddr string
+	CPU           int64 // millicores; 0 detects
+	MemoryMB      int64 // 0 detects
+	Labels        map[string]string
+	Token         string
+	Logger        *slog.Logger
+	// Driver runs tasks; nil means the exec driver.
+	Driver sandbox.Driver
+	// StopGrace is how long a stopped task gets between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+}
+
+// Agent runs one node.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	client  *api.Client
+	driver  sandbox.Driver
+	ln      net.Listener
+	httpSrv *http.Server
+	updates *updateBatcher
+
+	mu      sync.Mutex // guards runs and cluster
+	runs    map[runKey]*run
+	cluster string
+	// lostRuns are runs of a crashed earlier agent, reported lost; they
+	// must not be started again while the servers still list them.
+	lostRuns map[runKey]bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New validates cfg, prepares the data directory and the sandbox driver,
+// and cleans up after an earlier agent on this data dir. Call Run next.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.CPU == 0 {
+		cfg.CPU = int64(runtime.NumCPU()) * 1000
+	}
+	if cfg.MemoryMB == 0 {
+		cfg.MemoryMB = detectMemoryMB()
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 5 * time.Second
+	}
+	reg := api.NodeRegistration{Name: cfg.Name, Zone: cfg.Zone, CPU: cfg.CPU, MemoryMB: cfg.MemoryMB, Labels: cfg.Labels}
+	if err := reg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("agent: at least one server address is required (--servers)")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: a data directory is required (--data-dir)")
+	}
+	for _, d := range []string{allocRoot(cfg.DataDir), runsRoot(cfg.DataDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("agent: creating %s: %w", d, err)
+		}
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{}}
+	a.client = api.NewClient(cfg.Servers, cfg.Token)
+	a.driver = cfg.Driver
+	if a.driver == nil {
+		d, err := sandbox.NewExec(a.log, "shoal/"+cfg.Name)
+		if err != nil {
+			return nil, fmt.Errorf("agent: sandbox: %w", err)
+		}
+		a.driver = d
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: listening on %s: %w", cfg.HTTPAddr, err)
+	}
+	a.ln = ln
+	if a.cfg.AdvertiseAddr == "" {
+		a.cfg.AdvertiseAddr = ln.Addr().String()
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.updates = newUpdateBatcher(a.client, cfg.Name, a.log)
+	return a, nil
+}
+
+// Addr is the agent's HTTP address.
+func (a *Agent) Addr() string { return a.ln.Addr().String() }
+
+// Run registers the node and works until ctx ends or Shutdown is called.
+// Tasks still running then are stopped.
+func (a *Agent) Run(ctx context.Context) error {
+	go func() {
+		select {
+		case <-ctx.Done():
+			a.cancel()
+		case <-a.ctx.Done():
+		}
+	}()
+	a.httpSrv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	go a.httpSrv.Serve(a.ln)
+	defer a.httpSrv.Close()
+
+	a.recover()
+	if err := a.register(); err != nil {
+		return err
+	}
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.updates.run(a.ctx) }()
+	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
+	a.watchLoop()
+	a.stopAll()
+	a.wg.Wait()
+	if c, ok := a.driver.(interface{ Close() error }); ok {
+		c.Close()
+	}
+	return nil
+}
+
+// Shutdown makes Run return.
+func (a *Agent) Shutdown() { a.cancel() }
+
+// register announces the node, retrying until a server answers.
+func (a *Agent) register() error {
+	reg := &api.NodeRegistration{Name: a.cfg.Name, Zone: a.cfg.Zone, Addr: a.cfg.AdvertiseAddr,
+		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels}
+	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
+		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+		err := a.client.RegisterNode(ctx, reg)
+		cancel()
+		if err == nil {
+			a.log.Info("registered", "zone", a.cfg.Zone, "cpu", a.cfg.CPU, "memory", a.cfg.MemoryMB, "isolated", a.driver.Isolated())
+			return nil
+		}
+		var apiErr *api.Error
+		if errors.As(err, &apiErr) && apiErr.Code == api.CodeInvalid {
+			return fmt.Errorf("agent: registration refused: %w", err)
+		}
+		a.log.Warn("registering; will retry", "err", err)
+		select {
+		case <-a.ctx.Done():
+			return a.ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (a *Agent) heartbeatLoop() {
+	interval := 500 * time.Millisecond
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, 2*time.Second)
+		resp, err := a.client.Heartbeat(ctx, a.cfg.Name, &api.Heartbeat{Ready: true})
+		cancel()
+		switch {
+		case err == nil:
+			if resp.Interval > 0 {
+				interval = resp.Interval.D()
+			}
+		case api.IsNotFound(err):
+			a.log.Warn("servers do not know this node; registering again")
+			a.register()
+		default:
+			if a.ctx.Err() == nil {
+				a.log.Warn("heartbeat failed", "err", err)
+			}
+		}
+	}
+}
+
+// watchLoop follows the node's work with blocking queries and reconciles.
+func (a *Agent) watchLoop() {
+	var index uint64
+	for a.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(a.ctx, 40*time.Second)
+		work, idx, err := a.client.NodeWork(ctx, a.cfg.Name, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
+		cancel()
+		if err != nil {
+			if a.ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("watching work", "err", err)
+			select {
+			case <-a.ctx.Done():
+			case <-time.After(250 * time.Millisecond):
+			}
+			if idx < index {
+				index = 0 // the server we reached is behind or restarted
+			}
+			continue
+		}
+		if idx < index {
+			index = 0
+		} else {
+			index = idx
+		}
+		a.reconcile(work)
+	}
+}
+
+func detectMemoryMB() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 1024
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(fields[1], 10, 64)
+			return kb / 1024
+		}
+	}
+	return 1024
+}
+
+func allocRoot(dataDir string) string { return filepath.Join(dataDir, "alloc") }
+func runsRoot(dataDir string) string  { return filepath.Join(dataDir, "runs") }

@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/sandbox"
+)
+
+// runKey names one placement of a task.
+type runKey struct {
+	task string
+	run  uint64
+}
+
+// run is one placement of a task on this node. It stays in Agent.runs
+// until the servers stop listing it, so that it is never started twice.
+type run struct {
+	key     runKey
+	task    *api.Task
+	dir     string
+	sandbox string // sandbox spec ID
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed to ask the run to stop
+	done     chan struct{} // closed when the process has ended
+}
+
+// runRecord is written to disk while a run is active so that an agent
+// restarted after a crash can clean up and report it.
+type runRecord struct {
+	Task    string `json:"task"`
+	Run     uint64 `json:"run"`
+	Sandbox string `json:"sandbox"`
+}
+
+// runDir is where a run keeps its output and working directory.
+func runDir(dataDir, cluster, job, group string, index int, runID uint64) string {
+	return filepath.Join(allocRoot(dataDir), cluster, job, fmt.Sprintf("%s-%d-%d", group, index, runID))
+}
+
+// reconcile starts the runs the servers list and stops those they no
+// longer list. It also wipes the data of a cluster the node has left.
+func (a *Agent) reconcile(work *api.NodeWork) {
+	want := map[runKey]*api.Task{}
+	for _, t := range work.Tasks {
+		want[runKey{t.ID, t.RunID}] = t
+	}
+	a.mu.Lock()
+	var toStop []*run
+	for k, r := range a.runs {
+		if _, ok := want[k]; !ok {
+			delete(a.runs, k)
+			toStop = append(toStop, r)
+		}
+	}
+	var toStart []*api.Task
+	for k, t := range want {
+		if _, ok := a.runs[k]; !ok && !a.lostRuns[k] {
+			toStart = append(toStart, t)
+		}
+	}
+	oldCluster := a.cluster
+	a.cluster = work.Node.Cluster
+	a.mu.Unlock()
+
+	for _, r := range toStop {
+		go r.stop()
+	}
+	if oldCluster != work.Node.Cluster {
+		go a.wipeClusters(work.Node.Cluster, toStop)
+	}
+	for _, t := range toStart {
+		if err := a.startRun(t); err != nil {
+			a.log.Error("starting task", "task", t.ID, "err", err)
+		}
+	}
+}
+
+// wipeClusters removes the data of every cluster but keep, after the
+// given runs have stopped.
+func (a *Agent) wipeClusters(keep string, stopping []*run) {
+	for _, r := range stopping {
+		<-r.done
+	}
+	entries, _ := os.ReadDir(allocRoot(a.cfg.DataDir))
+	for _, e := range entries {
+		if e.Name() == keep {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(allocRoot(a.cfg.DataDir), e.Name())); err != nil {
+			a.log.Warn("wiping cluster data", "cluster", e.Name(), "err", err)
+		} else {
+			a.log.Info("wiped data of cluster the node left", "cluster", e.Name())
+		}
+	}
+}
+
+func (a *Agent) startRun(t *api.Task) error {
+	for _, n := range []string{t.Cluster, t.JobID, t.Group} {
+		if err := api.ValidateName("task", n); err != nil {
+			return err // never let a name escape the data dir
+		}
+	}
+	r := &run{key: runKey{t.ID, t.RunID}, task: t, stopped: make(chan struct{}), done: make(chan struct{}),
+		dir:     runDir(a.cfg.DataDir, t.Cluster, t.JobID, t.Group, t.Index, t.RunID),
+		sandbox: fmt.Sprintf("%s.%s.%d.%d", t.JobID, t.Group, t.Index, t.RunID)}
+	a.mu.Lock()
+	a.runs[r.key] = r
+	a.mu.Unlock()
+
+	fail := func(msg string, err error) error {
+		close(r.done)
+		now := time.Now()
+		a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskFailed, ExitCode: -1,
+			Message: fmt.Sprintf("%s: %v", msg, err), Started: now, Finished: now})
+		return err
+	}
+	work := filepath.Join(r.dir, "work")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return fail("creating working directory", err)
+	}
+	if err := a.writeRecord(r); err != nil {
+		return fail("recording run", err)
+	}
+	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
+		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),
+		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB}
+	h, err := a.driver.Start(a.ctx, spec)
+	if err != nil {
+		a.removeRecord(r)
+		return fail("starting command", err)
+	}
+	a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskRunning, Started: time.Now()})
+	go a.waitRun(r, h)
+	return nil
+}
+
+// waitRun waits for a run to end, enforcing its timeout and stop requests,
+// and reports how it ended.
+func (a *Agent) waitRun(r *run, h sandbox.Handle) {
+	t := r.task
+	exited := make(chan *sandbox.ExitResult, 1)
+	go func() { exited <- h.Wait() }()
+	var timeout <-chan time.Time
+	if t.Timeout > 0 {
+		timer := time.NewTimer(t.Timeout.D())
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	var res *sandbox.ExitResult
+	msg, stoppedByUs := "", false
+	select {
+	case res = <-exited:
+	case <-timeout:
+		msg = "timed out after " + t.Timeout.D().String()
+		h.Stop(a.cfg.StopGrace)
+		res = <-exited
+	case <-r.stopped:
+		stoppedByUs = true
+		h.Stop(a.cfg.StopGrace)
+		res = <-exited
+	}
+	close(r.done)
+	a.removeRecord(r)
+	if stoppedByUs {
+		return // the servers moved or cancelled it; nothing to report
+	}
+	u := api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, ExitCode: res.ExitCode, Started: res.Started, Finished: res.Finished}
+	switch {
+	case res.Err != nil:
+		u.State, u.ExitCode, u.Message = api.TaskFailed, -1, res.Err.Error()
+	case res.ExitCode == 0 && res.Signal == 0 && msg == "":
+		u.State = api.TaskComplete
+	default:
+		u.State, u.Message = api.TaskFailed, msg
+		if res.Signal != 0 && msg == "" {
+			u.Message = "killed by signal " + strconv.Itoa(res.Signal)
+			if res.OOMKill {
+				u.Message += " (out of memory)"
+			}
+		}
+	}
+	a.updates.send(u)
+}
+
+func (r *run) stop() {
+	r.stopOnce.Do(func() { close(r.stopped) })
+	<-r.done
+}
+
+// stopAll stops every run when the agent shuts down.
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	runs := a.runs
+	a.runs = map[runKey]*run{}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, r := range runs {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.stop() }()
+	}
+	wg.Wait()
+}
+
+func (a *Agent) taskEnv(t *api.Task, work string) []string {
+	env := map[string]string{
+		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME": work,
+	}
+	for k, v := range t.Env {
+		env[k] = v
+	}
+	for k, v := range map[string]string{
+		"SHOAL_JOB_ID": t.JobID, "SHOAL_TASK_INDEX": strconv.Itoa(t.Index), "SHOAL_TASK_COUNT": strconv.Itoa(t.Count),
+		"SHOAL_ATTEMPT": strconv.Itoa(t.Attempt), "SHOAL_CLUSTER": t.Cluster, "SHOAL_NODE": a.cfg.Name,
+		"SHOAL_GROUP": t.Group, "SHOAL_TASK_ID": t.ID, "SHOAL_ZONE": a.cfg.Zone,
+	} {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+func (a *Agent) recordPath(r *run) string {
+	return filepath.Join(runsRoot(a.cfg.DataDir), r.sandbox+".json")
+}
+
+func (a *Agent) writeRecord(r *run) error {
+	b, _ := json.Marshal(runRecord{Task: r.task.ID, Run: r.task.RunID, Sandbox: r.sandbox})
+	return os.WriteFile(a.recordPath(r), b, 0o644)
+}
+
+func (a *Agent) removeRecord(r *run) {
+	os.Remove(a.recordPath(r))
+}
+
+// recover handles the runs of an earlier agent on this data dir that
+// crashed: their processes died with it (the driver kills tasks whose agent
+// dies), so it removes what is left of them and reports them lost, which
+// makes the servers place them again without using up an attempt.
+func (a *Agent) recover() {
+	entries, err := os.ReadDir(runsRoot(a.cfg.DataDir))
+	if err != nil {
+		return
+	}
+	var ids []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(runsRoot(a.cfg.DataDir), e.Name())
+		b, err := os.ReadFile(path)
+		var rec runRecord
+		if err != nil || json.Unmarshal(b, &rec) != nil {
+			os.Remove(path)
+			continue
+		}
+		ids = append(ids, rec.Sandbox)
+		a.lostRuns[runKey{rec.Task, rec.Run}] = true
+		a.updates.send(api.TaskUpdate{TaskID: rec.Task, RunID: rec.Run, State: api.TaskLost,
+			Message: "agent restarted while the task ran", Finished: time.Now()})
+		os.Remove(path)
+	}
+	if len(ids) > 0 {
+		if err := a.driver.Cleanup(ids); err != nil {
+			a.log.Warn("cleaning up runs of the previous agent", "err", err)
+		}
+		a.log.Info("reported runs of the previous agent as lost", "runs", len(ids))
+	}
+}

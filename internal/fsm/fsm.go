@@ -1,0 +1,178 @@
+// Package fsm is Shoal's Raft finite state machine. A log entry is one
+// message-type byte followed by the JSON encoding of a request from package
+// state; Apply dispatches on the type to one apply function per type, which
+// writes to the state store in one transaction stamped with the entry's
+// Raft index. Applying is deterministic: all inputs, the clock included,
+// come from the entry.
+package fsm
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// MessageType is the first byte of every log entry.
+type MessageType byte
+
+// Message types. Values are written to disk: never renumber; add at the end.
+const (
+	NodeRegister MessageType = iota + 1
+	NodeState
+	NodeDrain
+	DrainDeadline
+	ClusterCreate
+	ClusterResize
+	ClusterDelete
+	JobSubmit
+	JobCancel
+	TaskUpdate
+	Plan
+	ServerUpsert
+)
+
+var typeNames = map[MessageType]string{
+	NodeRegister: "node-register", NodeState: "node-state", NodeDrain: "node-drain",
+	DrainDeadline: "drain-deadline", ClusterCreate: "cluster-create", ClusterResize: "cluster-resize",
+	ClusterDelete: "cluster-delete", JobSubmit: "job-submit", JobCancel: "job-cancel",
+	TaskUpdate: "task-update", Plan: "plan", ServerUpsert: "server-upsert",
+}
+
+func (t MessageType) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("type-%d", byte(t))
+}
+
+// Encode builds a log entry.
+func Encode(t MessageType, req any) ([]byte, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encoding %s: %w", t, err)
+	}
+	return append([]byte{byte(t)}, b...), nil
+}
+
+// Result is what Apply returns for an entry: a value and/or an error from
+// the state store. The error means nothing was changed.
+type Result struct {
+	Value any
+	Err   error
+}
+
+// FSM applies committed entries to a state store.
+type FSM struct {
+	store *state.Store
+	log   *slog.Logger
+}
+
+// New returns an FSM writing to store.
+func New(store *state.Store, log *slog.Logger) *FSM {
+	return &FSM{store: store, log: log}
+}
+
+type applyFunc func(s *state.Store, index uint64, body []byte) Result
+
+// decode is a helper building an applyFunc from a typed function.
+func decode[R any](fn func(s *state.Store, index uint64, req *R) Result) applyFunc {
+	return func(s *state.Store, index uint64, body []byte) Result {
+		var req R
+		if err := json.Unmarshal(body, &req); err != nil {
+			return Result{Err: fmt.Errorf("%w: undecodable entry: %v", state.ErrInvalid, err)}
+		}
+		return fn(s, index, &req)
+	}
+}
+
+func errOnly(err error) Result { return Result{Err: err} }
+
+var appliers = map[MessageType]applyFunc{
+	NodeRegister: decode(func(s *state.Store, i uint64, r *state.NodeRegisterRequest) Result {
+		return errOnly(s.RegisterNode(i, r))
+	}),
+	NodeState: decode(func(s *state.Store, i uint64, r *state.NodeStateRequest) Result {
+		return errOnly(s.SetNodeState(i, r))
+	}),
+	NodeDrain: decode(func(s *state.Store, i uint64, r *state.NodeDrainRequest) Result {
+		return errOnly(s.DrainNode(i, r))
+	}),
+	DrainDeadline: decode(func(s *state.Store, i uint64, r *state.DrainDeadlineRequest) Result {
+		return errOnly(s.DrainDeadline(i, r))
+	}),
+	ClusterCreate: decode(func(s *state.Store, i uint64, r *state.ClusterCreateRequest) Result {
+		c, err := s.CreateCluster(i, r)
+		return Result{Value: c, Err: err}
+	}),
+	ClusterResize: decode(func(s *state.Store, i uint64, r *state.ClusterResizeRequest) Result {
+		c, err := s.ResizeCluster(i, r)
+		return Result{Value: c, Err: err}
+	}),
+	ClusterDelete: decode(func(s *state.Store, i uint64, r *state.ClusterDeleteRequest) Result {
+		return errOnly(s.DeleteCluster(i, r))
+	}),
+	JobSubmit: decode(func(s *state.Store, i uint64, r *state.JobSubmitRequest) Result {
+		j, err := s.SubmitJob(i, r)
+		return Result{Value: j, Err: err}
+	}),
+	JobCancel: decode(func(s *state.Store, i uint64, r *state.JobCancelRequest) Result {
+		return errOnly(s.CancelJob(i, r))
+	}),
+	TaskUpdate: decode(func(s *state.Store, i uint64, r *state.TaskUpdateRequest) Result {
+		return errOnly(s.UpdateTasks(i, r))
+	}),
+	Plan: decode(func(s *state.Store, i uint64, r *state.PlanRequest) Result {
+		res, err := s.ApplyPlan(i, r)
+		return Result{Value: res, Err: err}
+	}),
+	ServerUpsert: decode(func(s *state.Store, i uint64, r *state.ServerUpsertRequest) Result {
+		return errOnly(s.UpsertServer(i, r))
+	}),
+}
+
+// Apply applies one committed entry. It never panics on bad data: an entry
+// it cannot decode is logged and skipped on every server alike.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand || len(l.Data) == 0 {
+		return Result{}
+	}
+	t := MessageType(l.Data[0])
+	fn, ok := appliers[t]
+	if !ok {
+		f.log.Error("skipping log entry of unknown type", "type", t, "index", l.Index)
+		return Result{Err: fmt.Errorf("%w: unknown entry type %s", state.ErrInvalid, t)}
+	}
+	return fn(f.store, l.Index, l.Data[1:])
+}
+
+// Snapshot captures the store for Raft.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{snap: f.store.Snapshot()}, nil
+}
+
+// Restore replaces the store's content with a snapshot.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	restored, err := state.Restore(rc)
+	if err != nil {
+		return err
+	}
+	f.store.Abandon(restored)
+	return nil
+}
+
+type fsmSnapshot struct{ snap *state.Snapshot }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.snap.Persist(sink); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

@@ -1,0 +1,192 @@
+// Package scheduler decides where tasks run. It sees the cluster state only
+// through the read-only [State] interface and returns placements; the
+// leader submits them as a plan through Raft, and the FSM applies only the
+// placements that are still valid (optimistic concurrency). The scheduler
+// therefore never writes state and may run on a stale snapshot safely.
+//
+// Placement bin-packs by cpu and memory inside a zone and spreads a job's
+// tasks over the cluster's zones: for each task it tries the zones holding
+// the fewest tasks of the job first, and in a zone the best-fitting of a
+// few feasible nodes, starting where the previous placement left off.
+package scheduler
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// State is what the scheduler reads. *state.Snapshot implements it.
+type State interface {
+	PlaceableTasks(ws memdb.WatchSet) []*api.Task
+	JobTasks(ws memdb.WatchSet, job string) []*api.Task
+	Cluster(ws memdb.WatchSet, name string) *api.Cluster
+	Node(ws memdb.WatchSet, name string) *api.Node
+}
+
+// MaxPlacements bounds one plan so that one Raft entry stays small.
+const MaxPlacements = 5000
+
+// candidates is how many feasible nodes of a zone are compared for best fit.
+const candidates = 4
+
+// Result is one scheduling pass.
+type Result struct {
+	Placements []state.Placement
+	// Waiting counts tasks that are eligible but fit nowhere now.
+	Waiting int
+	// Wake is the earliest time a task held back by retry backoff becomes
+	// eligible; zero if none is.
+	Wake time.Time
+}
+
+// Plan computes placements for the tasks waiting for a node.
+func Plan(st State, now time.Time) *Result {
+	res := &Result{}
+	tasks := st.PlaceableTasks(nil)
+	slices.SortFunc(tasks, func(a, b *api.Task) int {
+		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.JobID, b.JobID),
+			cmp.Compare(a.Group, b.Group), cmp.Compare(a.Index, b.Index))
+	})
+	clusters := map[string]*clusterView{}
+	jobZones := map[string]map[string]int{}
+	for _, t := range tasks {
+		if len(res.Placements) >= MaxPlacements {
+			res.Wake = now // more to do right away
+			break
+		}
+		if t.NotBefore.After(now) {
+			if res.Wake.IsZero() || t.NotBefore.Before(res.Wake) {
+				res.Wake = t.NotBefore
+			}
+			continue
+		}
+		cv, ok := clusters[t.Cluster]
+		if !ok {
+			cv = newClusterView(st, t.Cluster)
+			clusters[t.Cluster] = cv
+		}
+		zc, ok := jobZones[t.JobID]
+		if !ok {
+			zc = map[string]int{}
+			for _, o := range st.JobTasks(nil, t.JobID) {
+				if o.Placed() {
+					if n := cv.byName[o.Node]; n != nil {
+						zc[n.zone.name]++
+					}
+				}
+			}
+			jobZones[t.JobID] = zc
+		}
+		n := cv.place(t.Resources, zc)
+		if n == nil {
+			res.Waiting++
+			continue
+		}
+		zc[n.zone.name]++
+		res.Placements = append(res.Placements, state.Placement{TaskID: t.ID, Node: n.name, TaskModifyIndex: t.ModifyIndex})
+	}
+	return res
+}
+
+type nodeView struct {
+	name      string
+	zone      *zoneView
+	free      api.Resources
+	cap       api.Resources
+	schedulab bool
+}
+
+type zoneView struct {
+	name   string
+	nodes  []*nodeView
+	cursor int
+	// full remembers shapes that fit on no node of the zone; free space only
+	// shrinks during a pass, so they stay full.
+	full map[api.Resources]bool
+}
+
+type clusterView struct {
+	zones  []*zoneView
+	byName map[string]*nodeView
+}
+
+func newClusterView(st State, name string) *clusterView {
+	cv := &clusterView{byName: map[string]*nodeView{}}
+	c := st.Cluster(nil, name)
+	if c == nil {
+		return cv
+	}
+	zones := map[string]*zoneView{}
+	for _, nn := range c.Nodes {
+		n := st.Node(nil, nn)
+		if n == nil {
+			continue
+		}
+		z := zones[n.Zone]
+		if z == nil {
+			z = &zoneView{name: n.Zone, full: map[api.Resources]bool{}}
+			zones[n.Zone] = z
+			cv.zones = append(cv.zones, z)
+		}
+		v := &nodeView{name: n.Name, zone: z, schedulab: n.Schedulable() && n.Cluster == name,
+			cap:  api.Resources{CPU: n.CPU, MemoryMB: n.MemoryMB},
+			free: api.Resources{CPU: n.CPU - n.Used.CPU, MemoryMB: n.MemoryMB - n.Used.MemoryMB}}
+		cv.byName[n.Name] = v
+		if v.schedulab {
+			z.nodes = append(z.nodes, v)
+		}
+	}
+	slices.SortFunc(cv.zones, func(a, b *zoneView) int { return cmp.Compare(a.name, b.name) })
+	return cv
+}
+
+// place picks a node for r, trying zones with fewer of the job's tasks
+// first, and reserves r on it.
+func (cv *clusterView) place(r api.Resources, jobZones map[string]int) *nodeView {
+	order := slices.Clone(cv.zones)
+	slices.SortStableFunc(order, func(a, b *zoneView) int { return cmp.Compare(jobZones[a.name], jobZones[b.name]) })
+	for _, z := range order {
+		if n := z.bestFit(r); n != nil {
+			n.free.CPU -= r.CPU
+			n.free.MemoryMB -= r.MemoryMB
+			return n
+		}
+	}
+	return nil
+}
+
+// bestFit scans the zone from its cursor for up to [candidates] nodes with
+// room for r and returns the one left fullest, moving the cursor to it so
+// that the next task packs onto the same node.
+func (z *zoneView) bestFit(r api.Resources) *nodeView {
+	if len(z.nodes) == 0 || z.full[r] {
+		return nil
+	}
+	var best *nodeView
+	bestIdx, bestScore, found := 0, 0.0, 0
+	for i := 0; i < len(z.nodes) && found < candidates; i++ {
+		idx := (z.cursor + i) % len(z.nodes)
+		n := z.nodes[idx]
+		if n.free.CPU < r.CPU || n.free.MemoryMB < r.MemoryMB {
+			continue
+		}
+		found++
+		// Fraction of the node left free after placing r; lower packs better.
+		score := float64(n.free.CPU-r.CPU)/float64(max(n.cap.CPU, 1)) +
+			float64(n.free.MemoryMB-r.MemoryMB)/float64(max(n.cap.MemoryMB, 1))
+		if best == nil || score < bestScore {
+			best, bestIdx, bestScore = n, idx, score
+		}
+	}
+	if best == nil {
+		z.full[r] = true
+		return nil
+	}
+	z.cursor = bestIdx
+	return best
+}

@@ -1,0 +1,327 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// --- status ---
+
+func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) {
+	addr, _ := s.raft.LeaderWithID()
+	writeJSON(w, http.StatusOK, string(addr))
+}
+
+func (s *Server) handlePeers(w http.ResponseWriter, r *http.Request) {
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	peers := []string{}
+	for _, sv := range cf.Configuration().Servers {
+		if sv.Suffrage == raft.Voter {
+			peers = append(peers, string(sv.Address))
+		}
+	}
+	sort.Strings(peers)
+	writeJSON(w, http.StatusOK, peers)
+}
+
+func (s *Server) handleServers(w http.ResponseWriter, r *http.Request) {
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	known := map[string]*api.ServerInfo{}
+	for _, sv := range s.store.Snapshot().Servers(nil) {
+		known[sv.RaftAddr] = sv
+	}
+	leader, _ := s.raft.LeaderWithID()
+	out := []api.ServerInfo{}
+	for _, sv := range cf.Configuration().Servers {
+		info := api.ServerInfo{Name: string(sv.ID), RaftAddr: string(sv.Address),
+			Voter: sv.Suffrage == raft.Voter, Leader: sv.Address == leader}
+		if k := known[string(sv.Address)]; k != nil {
+			info.HTTPAddr = k.HTTPAddr
+		}
+		out = append(out, info)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleSelf answers discovery at bootstrap: this server and the servers
+// it has heard of.
+func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request) {
+	out := []api.ServerInfo{s.Info()}
+	for _, sv := range s.store.Snapshot().Servers(nil) {
+		if sv.Name != s.cfg.Name {
+			out = append(out, *sv)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := s.addVoter(&req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	respondWrite(w, s.raft.LastIndex(), nil)
+}
+
+func (s *Server) handleRegisterServer(w http.ResponseWriter, r *http.Request) {
+	var req state.ServerUpsertRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := api.ValidateName("server.name", req.Server.Name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.write(w, fsm.ServerUpsert, &req)
+}
+
+// write applies one entry and answers with its result.
+func (s *Server) write(w http.ResponseWriter, t fsm.MessageType, req any) {
+	v, idx, err := s.apply(t, req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	respondWrite(w, idx, v)
+}
+
+// --- nodes ---
+
+func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
+	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		n := snap.Nodes(ws)
+		if n == nil {
+			n = []*api.Node{}
+		}
+		return n, nil
+	})
+}
+
+func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		n := snap.Node(ws, name)
+		if n == nil {
+			return nil, fmt.Errorf("%w: node %q", state.ErrNotFound, name)
+		}
+		return n, nil
+	})
+}
+
+func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.query(w, r, []string{state.TableNodes, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		n := snap.Node(ws, name)
+		if n == nil {
+			return nil, fmt.Errorf("%w: node %q", state.ErrNotFound, name)
+		}
+		tasks := snap.NodeTasks(ws, name)
+		if tasks == nil {
+			tasks = []*api.Task{}
+		}
+		return &api.NodeWork{Node: n, Tasks: tasks}, nil
+	})
+}
+
+func (s *Server) handleNodeRegister(w http.ResponseWriter, r *http.Request) {
+	var reg api.NodeRegistration
+	if !decodeBody(w, r, &reg) {
+		return
+	}
+	if reg.Name != r.PathValue("name") {
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("name: %q does not match the URL's node %q", reg.Name, r.PathValue("name")))
+		return
+	}
+	if err := reg.Validate(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.heartbeats.beat(reg.Name, s.now())
+	s.write(w, fsm.NodeRegister, &state.NodeRegisterRequest{Reg: reg, Now: s.now()})
+}
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var hb api.Heartbeat
+	if !decodeBody(w, r, &hb) {
+		return
+	}
+	n := s.store.Snapshot().Node(nil, name)
+	if n == nil {
+		writeErr(w, fmt.Errorf("%w: node %q is not registered", state.ErrNotFound, name))
+		return
+	}
+	s.heartbeats.beat(name, s.now())
+	s.metrics.heartbeats.Inc()
+	if hb.Ready && (n.State == api.NodeDown || n.State == api.NodeInitializing) {
+		if _, _, err := s.apply(fsm.NodeState, &state.NodeStateRequest{Name: name, State: api.NodeReady, Now: s.now()}); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
+	ttl := s.cfg.HeartbeatTTL
+	writeJSON(w, http.StatusOK, api.HeartbeatResponse{TTL: api.Duration(ttl), Interval: api.Duration(ttl / 4)})
+}
+
+func (s *Server) handleTaskUpdates(w http.ResponseWriter, r *http.Request) {
+	var u api.TaskUpdates
+	if !decodeBody(w, r, &u) {
+		return
+	}
+	if u.Node != r.PathValue("name") {
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("node: %q does not match the URL's node %q", u.Node, r.PathValue("name")))
+		return
+	}
+	s.write(w, fsm.TaskUpdate, &state.TaskUpdateRequest{Updates: u, Now: s.now()})
+}
+
+func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
+	var req api.DrainRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Deadline < 0 || req.Deadline.D() > api.MaxDrainDeadline {
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("deadline: must be between 0 and %s", api.MaxDrainDeadline))
+		return
+	}
+	if req.Deadline == 0 {
+		req.Deadline = api.Duration(time.Minute)
+	}
+	now := s.now()
+	s.write(w, fsm.NodeDrain, &state.NodeDrainRequest{Name: r.PathValue("name"), Deadline: now.Add(req.Deadline.D()), Disable: req.Disable, Now: now})
+}
+
+func (s *Server) handlePool(w http.ResponseWriter, r *http.Request) {
+	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		p := &api.PoolStatus{ByZone: map[string]int{}, Nodes: []*api.Node{}}
+		for _, n := range snap.Nodes(ws) {
+			switch {
+			case n.State == api.NodeDown:
+				p.Down++
+			case n.State == api.NodeDraining:
+				p.Draining++
+			case n.Cluster != "":
+				p.Reserved++
+			case n.State == api.NodeReady:
+				p.Idle++
+				p.ByZone[n.Zone]++
+				p.Nodes = append(p.Nodes, n)
+			}
+		}
+		return p, nil
+	})
+}
+
+// --- clusters ---
+
+func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
+	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		c := snap.Clusters(ws)
+		if c == nil {
+			c = []*api.Cluster{}
+		}
+		return c, nil
+	})
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		c := snap.Cluster(ws, name)
+		if c == nil {
+			return nil, fmt.Errorf("%w: cluster %q", state.ErrNotFound, name)
+		}
+		return c, nil
+	})
+}
+
+func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
+	var req api.ClusterRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := req.Validate(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now()})
+}
+
+func (s *Server) handleClusterResize(w http.ResponseWriter, r *http.Request) {
+	var req api.ClusterResize
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	s.write(w, fsm.ClusterResize, &state.ClusterResizeRequest{Name: r.PathValue("name"), Nodes: req.Nodes, Now: s.now()})
+}
+
+func (s *Server) handleClusterDelete(w http.ResponseWriter, r *http.Request) {
+	s.write(w, fsm.ClusterDelete, &state.ClusterDeleteRequest{Name: r.PathValue("name"), Now: s.now()})
+}
+
+// --- jobs ---
+
+func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
+	cluster := r.URL.Query().Get("cluster")
+	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		j := snap.Jobs(ws, cluster)
+		if j == nil {
+			j = []*api.Job{}
+		}
+		return j, nil
+	})
+}
+
+func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		j := snap.Job(ws, id)
+		if j == nil {
+			return nil, fmt.Errorf("%w: job %q", state.ErrNotFound, id)
+		}
+		out := *j
+		out.Tasks = snap.JobTasks(nil, id)
+		return &out, nil
+	})
+}
+
+func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
+	var spec api.JobSpec
+	if !decodeBody(w, r, &spec) {
+		return
+	}
+	if err := spec.Validate(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	v, idx, err := s.apply(fsm.JobSubmit, &state.JobSubmitRequest{Spec: spec, Now: s.now()})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	respondWrite(w, idx, &api.JobSubmitResponse{ID: v.(*api.Job).ID, Index: idx})
+}
+
+func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
+	s.write(w, fsm.JobCancel, &state.JobCancelRequest{ID: r.PathValue("id"), Now: s.now()})
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// Blocking queries wait at most this long.
+const (
+	defaultWait = 30 * time.Second
+	maxWait     = 10 * time.Minute
+)
+
+func (s *Server) setupHTTP() error {
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("server: listening on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpLn = ln
+	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: nil}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http server", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	read := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, h) }
+	// write routes are served by the leader; followers forward them.
+	write := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, s.forwardToLeader(h)) }
+
+	read("GET /v1/status/leader", s.handleLeader)
+	read("GET /v1/status/peers", s.handlePeers)
+	read("GET /v1/status/servers", s.handleServers)
+	read("GET /v1/status/self", s.handleSelf)
+	write("POST /v1/status/join", s.handleJoin)
+	write("POST /v1/status/register", s.handleRegisterServer)
+
+	read("GET /v1/nodes", s.handleNodes)
+	read("GET /v1/nodes/{name}", s.handleNode)
+	read("GET /v1/nodes/{name}/work", s.handleNodeWork)
+	write("PUT /v1/nodes/{name}", s.handleNodeRegister)
+	write("PUT /v1/nodes/{name}/heartbeat", s.handleHeartbeat)
+	write("PUT /v1/nodes/{name}/tasks", s.handleTaskUpdates)
+	write("PUT /v1/nodes/{name}/drain", s.handleDrain)
+	read("GET /v1/pool", s.handlePool)
+
+	read("GET /v1/clusters", s.handleClusters)
+	read("GET /v1/clusters/{name}", s.handleCluster)
+	write("POST /v1/clusters", s.handleClusterCreate)
+	write("PUT /v1/clusters/{name}", s.handleClusterResize)
+	write("DELETE /v1/clusters/{name}", s.handleClusterDelete)
+
+	read("GET /v1/jobs", s.handleJobs)
+	read("GET /v1/jobs/{id}", s.handleJob)
+	read("GET /v1/jobs/{id}/logs", s.handleLogs)
+	write("POST /v1/jobs", s.handleJobSubmit)
+	write("DELETE /v1/jobs/{id}", s.handleJobCancel)
+
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return s.recoverPanics(mux)
+}
+
+// recoverPanics turns a handler panic into a 500 so that no request can
+// take the server down.
+func (s *Server) recoverPanics(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil && v != http.ErrAbortHandler {
+				s.log.Error("panic in handler", "path", r.URL.Path, "panic", v)
+				writeError(w, http.StatusInternalServerError, api.CodeInternal, "internal error")
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// forwardToLeader serves h on the leader and proxies the request to the
+// leader elsewhere. While there is no leader (an election), it waits a
+// few seconds for one.
+func (s *Server) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Shoal-Forwarded") != "" && !s.IsLeader() {
+			writeError(w, http.StatusServiceUnavailable, api.CodeNoLeader, "leadership changed while forwarding; retry")
+			return
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if s.IsLeader() {
+				h(w, r)
+				return
+			}
+			if addr := s.leaderHTTP(); addr != "" {
+				s.proxy(w, r, addr)
+				return
+			}
+			if time.Now().After(deadline) {
+				writeError(w, http.StatusServiceUnavailable, api.CodeNoLeader, "no Raft leader; the control plane has lost its quorum or is electing one")
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string) {
+	target := &url.URL{Scheme: "http", Host: addr}
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header.Set("X-Shoal-Forwarded", s.cfg.Name)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "forwarding to the leader failed: "+err.Error())
+		},
+		FlushInterval: -1,
+	}
+	p.ServeHTTP(w, r)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
+}
+
+// writeErr maps an error to its HTTP status and stable code. This is the
+// only place where errors become wire errors.
+func writeErr(w http.ResponseWriter, err error) {
+	type mapping struct {
+		target error
+		status int
+		code   string
+	}
+	for _, m := range []mapping{
+		{state.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
+		{api.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
+		{state.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
+		{state.ErrConflict, http.StatusConflict, api.CodeConflict},
+		{state.ErrNoRoom, http.StatusConflict, api.CodeNoCapacity},
+		{ErrNotLeader, http.StatusServiceUnavailable, api.CodeNoLeader},
+		{ErrNoLeader, http.StatusServiceUnavailable, api.CodeNoLeader},
+	} {
+		if errors.Is(err, m.target) {
+			msg := strings.TrimPrefix(err.Error(), m.target.Error()+": ")
+			writeError(w, m.status, m.code, msg)
+			return
+		}
+	}
+	writeError(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
+}
+
+// decodeBody reads a JSON body strictly: at most api.MaxBodyBytes, no
+// unknown fields, nothing after the value.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	body := http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("unexpected data after the JSON value")
+	}
+	if err == nil {
+		if _, e := dec.Token(); e != io.EOF {
+			err = errors.New("unexpected data after the JSON value")
+		}
+	}
+	if err == nil {
+		return true
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", api.MaxBodyBytes))
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, "request body is empty; a JSON object is required")
+	default:
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, "invalid JSON body: "+jsonProblem(err))
+	}
+	return false
+}
+
+// jsonProblem words a decoding error for a user.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		field := te.Field
+		if field == "" {
+			field = "(top level)"
+		}
+		return fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type, te.Value)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// query runs a read, blocking while the state index is not above ?index=.
+// fn fills ws with what it read and returns the result.
+func (s *Server) query(w http.ResponseWriter, r *http.Request, tables []string,
+	fn func(snap *state.Snapshot, ws memdb.WatchSet) (any, error)) {
+	var minIndex uint64
+	if v := r.URL.Query().Get("index"); v != "" {
+		i, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("index: %q is not a non-negative integer", v))
+			return
+		}
+		minIndex = i
+	}
+	wait := defaultWait
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("wait: %q is not a duration such as 30s", v))
+			return
+		}
+		wait = min(d, maxWait)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	for {
+		snap := s.store.Snapshot()
+		ws := memdb.NewWatchSet()
+		snap.WatchTables(ws) // only the abandon channel: wake on restore
+		out, err := fn(snap, ws)
+		idx := snap.Index(tables...)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if idx > minIndex || minIndex == 0 || !state.Wait(ctx, ws) {
+			if r.Context().Err() != nil {
+				return
+			}
+			w.Header().Set(api.IndexHeader, strconv.FormatUint(max(idx, 1), 10))
+			writeJSON(w, http.StatusOK, out)
+			return
+		}
+	}
+}
+
+// respondWrite answers a successful write.
+func respondWrite(w http.ResponseWriter, index uint64, v any) {
+	w.Header().Set(api.IndexHeader, strconv.FormatUint(index, 10))
+	if v == nil {
+		v = api.WriteResponse{Index: index}
+	}
+	writeJSON(w, http.StatusOK, v)
+}

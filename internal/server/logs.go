@@ -1,0 +1,98 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// handleLogs streams a task's output from the agent of the node that ran
+// its current (or last) attempt.
+func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	snap := s.store.Snapshot()
+	j := snap.Job(nil, id)
+	if j == nil {
+		writeErr(w, fmt.Errorf("%w: job %q", state.ErrNotFound, id))
+		return
+	}
+	group := q.Get("group")
+	if group == "" {
+		group = j.Groups[0].Name
+	}
+	index := 0
+	if v := q.Get("task"); v != "" {
+		i, err := strconv.Atoi(v)
+		if err != nil || i < 0 {
+			writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("task: %q is not a task index", v))
+			return
+		}
+		index = i
+	}
+	stream := q.Get("stream")
+	if stream == "" {
+		stream = "stdout"
+	}
+	if stream != "stdout" && stream != "stderr" {
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("stream: %q is not stdout or stderr", stream))
+		return
+	}
+	t := snap.Task(nil, state.TaskID(id, group, index))
+	if t == nil {
+		writeErr(w, fmt.Errorf("%w: job %s has no task %s/%d", state.ErrNotFound, id, group, index))
+		return
+	}
+	if t.Node == "" || t.RunID == 0 {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("task %s/%d has not been placed on a node yet (state %s)", group, index, t.State))
+		return
+	}
+	n := snap.Node(nil, t.Node)
+	if n == nil || n.Addr == "" {
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, fmt.Sprintf("node %s, which ran task %s/%d, is unknown", t.Node, group, index))
+		return
+	}
+	v := url.Values{}
+	v.Set("task", t.ID)
+	v.Set("run", strconv.FormatUint(t.RunID, 10))
+	v.Set("stream", stream)
+	v.Set("follow", q.Get("follow"))
+	u := "http://" + n.Addr + "/v1/agent/logs?" + v.Encode()
+	req, err := http.NewRequestWithContext(r.Context(), "GET", u, nil)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable,
+			fmt.Sprintf("node %s (state %s), which ran task %s/%d, cannot be reached: %v", n.Name, n.State, group, index, err))
+		return
+	}
+	defer resp.Body.Close()
+	for _, h := range []string{"Content-Type"} {
+		w.Header().Set(h, resp.Header.Get(h))
+	}
+	w.WriteHeader(resp.StatusCode)
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err == io.EOF || err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,239 @@
+// Package server is Shoal's control plane: a Raft group (hashicorp/raft with
+// raft-boltdb) whose FSM writes a go-memdb state store, an HTTP/JSON API
+// that any server answers (writes are forwarded to the leader), and the
+// leader-only loops: scheduler, node health and drain deadlines.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// Config configures one server.
+type Config struct {
+	Name     string
+	DataDir  string
+	HTTPAddr string // host:port to listen on for the API
+	RaftAddr string // host:port for Raft traffic
+	// BootstrapExpect is the number of servers that form the group at
+	// first start; 1 bootstraps alone.
+	BootstrapExpect int
+	// Join lists other servers' HTTP addresses.
+	Join []string
+	// HeartbeatTTL is how long after its last heartbeat a node is declared
+	// down.
+	HeartbeatTTL time.Duration
+	Logger       *slog.Logger
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+}
+
+// Errors returned by the server to API callers.
+var (
+	ErrNoLeader  = errors.New("server: no leader")
+	ErrNotLeader = errors.New("server: not the leader")
+)
+
+// Server is one control-plane server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	store   *state.Store
+	fsm     *fsm.FSM
+	raft    *raft.Raft
+	trans   *raft.NetworkTransport
+	boltDB  *raftboltdb.BoltStore
+	http    *http.Server
+	httpLn  net.Listener
+	metrics *metrics
+
+	heartbeats *heartbeatTracker
+
+	wg       sync.WaitGroup
+	shutdown chan struct{}
+	once     sync.Once
+}
+
+// New starts a server: Raft, the HTTP API and (once it leads) the leader
+// loops. It returns once both listeners are open.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.HeartbeatTTL <= 0 {
+		cfg.HeartbeatTTL = 2 * time.Second
+	}
+	if err := api.ValidateName("name", cfg.Name); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if cfg.BootstrapExpect < 0 || cfg.BootstrapExpect > 7 {
+		return nil, fmt.Errorf("server: bootstrap-expect must be between 0 and 7, got %d", cfg.BootstrapExpect)
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger.With("server", cfg.Name),
+		now:        cfg.Clock,
+		store:      state.New(),
+		shutdown:   make(chan struct{}),
+		heartbeats: newHeartbeatTracker(),
+	}
+	s.fsm = fsm.New(s.store, s.log)
+	s.metrics = newMetrics(s)
+	if err := s.setupRaft(); err != nil {
+		s.closeRaft()
+		return nil, err
+	}
+	if err := s.setupHTTP(); err != nil {
+		s.closeRaft()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.monitorLeadership()
+	go s.joinOrBootstrap()
+	return s, nil
+}
+
+// HTTPAddr returns the address the API listens on.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// RaftAddr returns the Raft address.
+func (s *Server) RaftAddr() string { return string(s.trans.LocalAddr()) }
+
+// Store gives tests and the in-process harness read access to the state.
+func (s *Server) Store() *state.Store { return s.store }
+
+// IsLeader reports whether this server leads the Raft group.
+func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Info describes this server.
+func (s *Server) Info() api.ServerInfo {
+	return api.ServerInfo{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr(), Leader: s.IsLeader()}
+}
+
+func (s *Server) setupRaft() error {
+	raftDir := filepath.Join(s.cfg.DataDir, "raft")
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
+		return fmt.Errorf("server: creating data dir: %w", err)
+	}
+	conf := raft.DefaultConfig()
+	conf.LocalID = raft.ServerID(s.cfg.Name)
+	// Tuned for a LAN: a dead leader is replaced in well under 3 s.
+	conf.HeartbeatTimeout = 500 * time.Millisecond
+	conf.ElectionTimeout = 500 * time.Millisecond
+	conf.LeaderLeaseTimeout = 250 * time.Millisecond
+	conf.CommitTimeout = 5 * time.Millisecond
+	conf.SnapshotThreshold = 8192
+	conf.SnapshotInterval = 30 * time.Second
+	conf.TrailingLogs = 10240
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{s.log}})
+
+	addr, err := net.ResolveTCPAddr("tcp", s.cfg.RaftAddr)
+	if err != nil {
+		return fmt.Errorf("server: raft-addr %q: %w", s.cfg.RaftAddr, err)
+	}
+	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger)
+	if err != nil {
+		return fmt.Errorf("server: listening for raft on %s: %w", s.cfg.RaftAddr, err)
+	}
+	s.trans = trans
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("server: opening raft log: %w", err)
+	}
+	s.boltDB = bolt
+	logs, err := raft.NewLogCache(512, bolt)
+	if err != nil {
+		return err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, conf.Logger)
+	if err != nil {
+		return fmt.Errorf("server: opening snapshot store: %w", err)
+	}
+	r, err := raft.NewRaft(conf, s.fsm, logs, bolt, snaps, trans)
+	if err != nil {
+		return fmt.Errorf("server: starting raft: %w", err)
+	}
+	s.raft = r
+	return nil
+}
+
+func (s *Server) closeRaft() {
+	if s.raft != nil {
+		if err := s.raft.Shutdown().Error(); err != nil {
+			s.log.Warn("raft shutdown", "err", err)
+		}
+	}
+	if s.trans != nil {
+		s.trans.Close()
+	}
+	if s.boltDB != nil {
+		s.boltDB.Close()
+	}
+}
+
+// Shutdown stops the server: HTTP first, then the loops, then Raft.
+func (s *Server) Shutdown() error {
+	s.once.Do(func() {
+		close(s.shutdown)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if s.http != nil {
+			s.http.Shutdown(ctx)
+			s.http.Close()
+		}
+		s.wg.Wait()
+		s.closeRaft()
+	})
+	return nil
+}
+
+// apply proposes one entry on the leader and waits for it to be applied.
+func (s *Server) apply(t fsm.MessageType, req any) (any, uint64, error) {
+	b, err := fsm.Encode(t, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	start := time.Now()
+	f := s.raft.Apply(b, 10*time.Second)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return nil, 0, fmt.Errorf("server: raft apply: %w", err)
+	}
+	s.metrics.applyLatency.WithLabelValues(t.String()).Observe(time.Since(start).Seconds())
+	res, _ := f.Response().(fsm.Result)
+	return res.Value, f.Index(), res.Err
+}
+
+// slogWriter turns hclog's lines into slog records.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	if n := len(msg); n > 0 && msg[n-1] == '\n' {
+		msg = msg[:n-1]
+	}
+	w.log.Warn(msg, "component", "raft")
+	return len(p), nil
+}

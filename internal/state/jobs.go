@@ -1,0 +1,351 @@
+package state
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+)
+
+// Retry backoff: the first retry waits retryBase, each next one twice as
+// long, at most retryMax.
+const (
+	retryBase = time.Second
+	retryMax  = time.Minute
+)
+
+// RetryDelay is how long a task waits before attempt number attempt (2 or
+// more).
+func RetryDelay(attempt int) time.Duration {
+	d := retryBase
+	for i := 2; i < attempt && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
+// TaskID names task index of group in job.
+func TaskID(job, group string, index int) string {
+	return job + "/" + group + "/" + strconv.Itoa(index)
+}
+
+// Job returns a job (without its tasks), or nil.
+func (s *Snapshot) Job(ws memdb.WatchSet, id string) *api.Job {
+	ch, raw, err := s.txn.FirstWatch(tableJobs, "id", id)
+	if ws != nil {
+		ws.Add(ch)
+	}
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*api.Job)
+}
+
+// Jobs returns all jobs, or those of one cluster, in id order.
+func (s *Snapshot) Jobs(ws memdb.WatchSet, cluster string) []*api.Job {
+	if cluster != "" {
+		return collect[*api.Job](s.txn, ws, tableJobs, "cluster", cluster)
+	}
+	return collect[*api.Job](s.txn, ws, tableJobs, "id")
+}
+
+// JobTasks returns a job's tasks ordered by group then index.
+func (s *Snapshot) JobTasks(ws memdb.WatchSet, job string) []*api.Task {
+	tasks := collect[*api.Task](s.txn, ws, tableTasks, "job", job)
+	slices.SortFunc(tasks, func(a, b *api.Task) int {
+		if a.Group != b.Group {
+			return groupOrder(a, b)
+		}
+		return a.Index - b.Index
+	})
+	return tasks
+}
+
+func groupOrder(a, b *api.Task) int {
+	if a.Group < b.Group {
+		return -1
+	}
+	return 1
+}
+
+// Task returns one task, or nil.
+func (s *Snapshot) Task(ws memdb.WatchSet, id string) *api.Task {
+	ch, raw, err := s.txn.FirstWatch(tableTasks, "id", id)
+	if ws != nil {
+		ws.Add(ch)
+	}
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*api.Task)
+}
+
+// PlaceableTasks returns the tasks waiting for a node, in id order.
+func (s *Snapshot) PlaceableTasks(ws memdb.WatchSet) []*api.Task {
+	return collect[*api.Task](s.txn, ws, tableTasks, "placeable", true)
+}
+
+// jobForWrite returns a copy of the job that tx writes at commit.
+func (tx *writeTxn) jobForWrite(id string) *api.Job {
+	if j, ok := tx.jobs[id]; ok {
+		return j
+	}
+	raw, _ := tx.First(tableJobs, "id", id)
+	if raw == nil {
+		return nil
+	}
+	j := *raw.(*api.Job)
+	j.Events = slices.Clone(j.Events)
+	tx.jobs[id] = &j
+	return &j
+}
+
+func (tx *writeTxn) jobEvent(id string, now time.Time, typ, msg string) {
+	if j := tx.jobForWrite(id); j != nil {
+		j.Events = addEvent(j.Events, now, typ, msg)
+	}
+}
+
+// updateTask writes nt in place of t, keeping node usage and job counts
+// and state in step. It is the only way a task changes.
+func (tx *writeTxn) updateTask(t, nt *api.Task, now time.Time) error {
+	nt.ModifyIndex = tx.index
+	if t.Placed() && (!nt.Placed() || nt.Node != t.Node) {
+		if n, err := tx.nodeForWrite(t.Node); err == nil {
+			n.Used.CPU -= t.Resources.CPU
+			n.Used.MemoryMB -= t.Resources.MemoryMB
+			n.Tasks--
+			tx.releaseIfIdle(n)
+		}
+	}
+	if nt.Placed() && (!t.Placed() || nt.Node != t.Node) {
+		n, err := tx.nodeForWrite(nt.Node)
+		if err != nil {
+			return err
+		}
+		n.Used.CPU += nt.Resources.CPU
+		n.Used.MemoryMB += nt.Resources.MemoryMB
+		n.Tasks++
+	}
+	if t.State != nt.State {
+		j := tx.jobForWrite(t.JobID)
+		if j != nil {
+			j.Counts.Add(t.State, -1)
+			j.Counts.Add(nt.State, 1)
+			tx.refreshJobState(j, now)
+		}
+	}
+	return tx.put(tableTasks, nt)
+}
+
+// refreshJobState derives a job's state from its task counts.
+func (tx *writeTxn) refreshJobState(j *api.Job, now time.Time) {
+	if j.State == api.JobCancelled {
+		return
+	}
+	c := j.Counts
+	old := j.State
+	switch {
+	case c.Complete+c.Failed+c.Cancelled == c.Total():
+		j.State = api.JobComplete
+		if c.Failed > 0 || c.Cancelled > 0 {
+			j.State = api.JobFailed
+		}
+		j.Finished = now
+	case c.Running+c.Complete+c.Failed > 0:
+		j.State = api.JobRunning
+	default:
+		j.State = api.JobPending
+	}
+	if j.State != old {
+		msg := fmt.Sprintf("job %s (%d complete, %d failed of %d)", j.State, c.Complete, c.Failed, c.Total())
+		j.Events = addEvent(j.Events, now, "job-"+j.State, msg)
+	}
+}
+
+// SubmitJob validates a spec, checks it against its cluster and creates
+// the job and its tasks. The job id is the name and the Raft index.
+func (s *Store) SubmitJob(index uint64, req *JobSubmitRequest) (*api.Job, error) {
+	spec := req.Spec
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var out *api.Job
+	err := s.write(index, func(tx *writeTxn) error {
+		c := tx.cluster(spec.Cluster)
+		if c == nil {
+			return fmt.Errorf("%w: cluster: no cluster named %q", ErrNotFound, spec.Cluster)
+		}
+		var largest api.Resources
+		for _, name := range c.Nodes {
+			if n := tx.node(name); n != nil {
+				largest.CPU = max(largest.CPU, n.CPU)
+				largest.MemoryMB = max(largest.MemoryMB, n.MemoryMB)
+			}
+		}
+		for i, g := range spec.Groups {
+			if g.Resources.CPU > largest.CPU {
+				return fmt.Errorf("%w: groups[%d].resources.cpu: %d millicores is more than any node of cluster %q has (largest: %d)",
+					ErrInvalid, i, g.Resources.CPU, c.Name, largest.CPU)
+			}
+			if g.Resources.MemoryMB > largest.MemoryMB {
+				return fmt.Errorf("%w: groups[%d].resources.memory: %d MiB is more than any node of cluster %q has (largest: %d)",
+					ErrInvalid, i, g.Resources.MemoryMB, c.Name, largest.MemoryMB)
+			}
+		}
+		id := fmt.Sprintf("%s-%d", spec.Name, index)
+		j := &api.Job{ID: id, Name: spec.Name, Cluster: spec.Cluster, Type: spec.Type, State: api.JobPending,
+			Groups: spec.Groups, Submitted: req.Now, CreateIndex: index}
+		for _, g := range spec.Groups {
+			for i := 0; i < g.Count; i++ {
+				t := &api.Task{ID: TaskID(id, g.Name, i), JobID: id, Cluster: spec.Cluster, Group: g.Name, Index: i,
+					State: api.TaskPending, Attempt: 1, Command: g.Command, Env: g.Env, Resources: g.Resources,
+					MaxAttempts: g.MaxAttempts, Timeout: g.Timeout, Count: g.Count,
+					CreateIndex: index, ModifyIndex: index}
+				if err := tx.put(tableTasks, t); err != nil {
+					return err
+				}
+				j.Counts.Pending++
+			}
+		}
+		j.Events = addEvent(nil, req.Now, "submitted", fmt.Sprintf("%d tasks in %d groups", j.Counts.Total(), len(j.Groups)))
+		tx.jobs[id] = j
+		out = j
+		return nil
+	})
+	return out, err
+}
+
+// CancelJob cancels every task of a job that has not ended.
+func (s *Store) CancelJob(index uint64, req *JobCancelRequest) error {
+	return s.write(index, func(tx *writeTxn) error {
+		return tx.cancelJob(req.ID, "cancelled by user", req.Now)
+	})
+}
+
+func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
+	j := tx.jobForWrite(id)
+	if j == nil {
+		return fmt.Errorf("%w: job %q", ErrNotFound, id)
+	}
+	if j.State == api.JobComplete || j.State == api.JobFailed || j.State == api.JobCancelled {
+		return nil
+	}
+	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "job", id) {
+		if api.TaskTerminal(t.State) {
+			continue
+		}
+		nt := *t
+		nt.State, nt.Node, nt.Message, nt.Finished = api.TaskCancelled, "", reason, now
+		if err := tx.updateTask(t, &nt, now); err != nil {
+			return err
+		}
+	}
+	j.State, j.Finished = api.JobCancelled, now
+	j.Events = addEvent(j.Events, now, "job-cancelled", reason)
+	return nil
+}
+
+// UpdateTasks applies an agent's reports. A report for another run than the
+// task's current one, or for a task that has ended, is stale and ignored.
+func (s *Store) UpdateTasks(index uint64, req *TaskUpdateRequest) error {
+	return s.write(index, func(tx *writeTxn) error {
+		for _, u := range req.Updates.Updates {
+			raw, _ := tx.First(tableTasks, "id", u.TaskID)
+			if raw == nil {
+				continue
+			}
+			t := raw.(*api.Task)
+			if t.RunID != u.RunID || t.Node != req.Updates.Node || !t.Placed() {
+				continue
+			}
+			if err := tx.applyTaskUpdate(t, &u, req.Now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (tx *writeTxn) applyTaskUpdate(t *api.Task, u *api.TaskUpdate, now time.Time) error {
+	nt := *t
+	if !u.Started.IsZero() {
+		nt.Started = u.Started
+	}
+	name := fmt.Sprintf("task %s/%d", t.Group, t.Index)
+	switch u.State {
+	case api.TaskRunning:
+		if t.State == api.TaskRunning {
+			return nil
+		}
+		nt.State = api.TaskRunning
+	case api.TaskComplete:
+		nt.State, nt.ExitCode, nt.Finished, nt.Message = api.TaskComplete, 0, u.Finished, u.Message
+	case api.TaskFailed:
+		nt.ExitCode, nt.Finished, nt.Message = u.ExitCode, u.Finished, u.Message
+		ev := fmt.Sprintf("%s attempt %d on %s failed: exit code %d", name, t.Attempt, t.Node, u.ExitCode)
+		if u.Message != "" {
+			ev += " (" + u.Message + ")"
+		}
+		if t.Attempt < t.MaxAttempts {
+			nt.State, nt.Node = api.TaskPending, ""
+			nt.Attempt++
+			nt.NotBefore = now.Add(RetryDelay(nt.Attempt))
+			ev += fmt.Sprintf("; retrying in %s", RetryDelay(nt.Attempt))
+		} else {
+			nt.State = api.TaskFailed
+			ev += "; no attempts left"
+		}
+		tx.jobEvent(t.JobID, now, "task-failed", ev)
+	case api.TaskLost:
+		nt.State, nt.Node, nt.Message = api.TaskLost, "", u.Message
+		tx.jobEvent(t.JobID, now, "task-lost", fmt.Sprintf("%s lost on %s: %s", name, t.Node, u.Message))
+	default:
+		return nil // unknown states from a newer agent are ignored
+	}
+	return tx.updateTask(t, &nt, now)
+}
+
+// ApplyPlan applies a scheduler's placements that are still valid: the
+// task unchanged since the scheduler saw it, the node ready, in the task's
+// cluster and with room. The rest are rejected and planned again.
+func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
+	res := &PlanResult{}
+	err := s.write(index, func(tx *writeTxn) error {
+		for _, p := range req.Placements {
+			raw, _ := tx.First(tableTasks, "id", p.TaskID)
+			n := tx.node(p.Node)
+			if raw == nil || n == nil {
+				res.Rejected++
+				continue
+			}
+			t := raw.(*api.Task)
+			if t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
+				n.Cluster != t.Cluster || !tx.isMember(t.Cluster, n.Name) || !fits(n, t.Resources) {
+				res.Rejected++
+				continue
+			}
+			nt := *t
+			nt.State, nt.Node, nt.RunID, nt.Message = api.TaskPending, n.Name, index, ""
+			nt.ExitCode, nt.Started, nt.Finished = 0, time.Time{}, time.Time{}
+			if err := tx.updateTask(t, &nt, req.Now); err != nil {
+				return err
+			}
+			res.Placed++
+		}
+		return nil
+	})
+	return res, err
+}
+
+// UpsertServer records a control-plane server.
+func (s *Store) UpsertServer(index uint64, req *ServerUpsertRequest) error {
+	return s.write(index, func(tx *writeTxn) error {
+		srv := req.Server
+		srv.Leader = false
+		return tx.put(tableServers, &srv)
+	})
+}

@@ -1,0 +1,109 @@
+package state
+
+import (
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+)
+
+// The requests below are the payloads of Raft log entries. Each carries the
+// proposer's clock (Now) so that applying an entry is deterministic on every
+// server.
+
+// NodeRegisterRequest registers or re-registers a node.
+type NodeRegisterRequest struct {
+	Reg api.NodeRegistration `json:"reg"`
+	Now time.Time            `json:"now"`
+}
+
+// NodeStateRequest changes a node's liveness (ready or down).
+type NodeStateRequest struct {
+	Name   string    `json:"name"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	Now    time.Time `json:"now"`
+}
+
+// NodeDrainRequest starts or stops draining a node.
+type NodeDrainRequest struct {
+	Name     string    `json:"name"`
+	Deadline time.Time `json:"deadline"`
+	Disable  bool      `json:"disable,omitempty"`
+	Now      time.Time `json:"now"`
+}
+
+// DrainDeadlineRequest moves the tasks still on a draining node whose
+// deadline passed.
+type DrainDeadlineRequest struct {
+	Name string    `json:"name"`
+	Now  time.Time `json:"now"`
+}
+
+// ClusterCreateRequest creates a cluster.
+type ClusterCreateRequest struct {
+	Req api.ClusterRequest `json:"req"`
+	Now time.Time          `json:"now"`
+}
+
+// ClusterResizeRequest changes a cluster's size.
+type ClusterResizeRequest struct {
+	Name  string    `json:"name"`
+	Nodes int       `json:"nodes"`
+	Now   time.Time `json:"now"`
+}
+
+// ClusterDeleteRequest deletes a cluster.
+type ClusterDeleteRequest struct {
+	Name string    `json:"name"`
+	Now  time.Time `json:"now"`
+}
+
+// ClusterHealRequest draws pool nodes for clusters below their size.
+type ClusterHealRequest struct {
+	Names []string  `json:"names"`
+	Now   time.Time `json:"now"`
+}
+
+// JobSubmitRequest submits a job.
+type JobSubmitRequest struct {
+	Spec api.JobSpec `json:"spec"`
+	Now  time.Time   `json:"now"`
+}
+
+// JobCancelRequest cancels a job.
+type JobCancelRequest struct {
+	ID  string    `json:"id"`
+	Now time.Time `json:"now"`
+}
+
+// TaskUpdateRequest applies an agent's reports.
+type TaskUpdateRequest struct {
+	Updates api.TaskUpdates `json:"updates"`
+	Now     time.Time       `json:"now"`
+}
+
+// Placement puts one task on one node. TaskModifyIndex is the task's
+// ModifyIndex the scheduler saw; the plan is refused for a task that has
+// changed since (optimistic concurrency).
+type Placement struct {
+	TaskID          string `json:"task"`
+	Node            string `json:"node"`
+	TaskModifyIndex uint64 `json:"task_modify_index"`
+}
+
+// PlanRequest is a scheduler's plan.
+type PlanRequest struct {
+	Placements []Placement `json:"placements"`
+	Now        time.Time   `json:"now"`
+}
+
+// PlanResult says how much of a plan was applied.
+type PlanResult struct {
+	Placed   int `json:"placed"`
+	Rejected int `json:"rejected"`
+}
+
+// ServerUpsertRequest records a control-plane server's addresses.
+type ServerUpsertRequest struct {
+	Server api.ServerInfo `json:"server"`
+}

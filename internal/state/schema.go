@@ -1,0 +1,78 @@
+package state
+
+import (
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+)
+
+// Table names.
+const (
+	tableIndex    = "index"
+	tableNodes    = "nodes"
+	tableClusters = "clusters"
+	tableJobs     = "jobs"
+	tableTasks    = "tasks"
+	tableServers  = "servers"
+)
+
+// indexEntry records the Raft index of the last write to a table.
+type indexEntry struct {
+	Table string
+	Value uint64
+}
+
+// schema is Shoal's go-memdb schema: one table per domain object plus the
+// "index" table that blocking queries read.
+func schema() *memdb.DBSchema {
+	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+		tableIndex: {
+			Name: tableIndex,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Table"}},
+			},
+		},
+		tableNodes: {
+			Name: tableNodes,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":      {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+				"cluster": {Name: "cluster", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			},
+		},
+		tableClusters: {
+			Name: tableClusters,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+			},
+		},
+		tableJobs: {
+			Name: tableJobs,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":      {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+			},
+		},
+		tableTasks: {
+			Name: tableTasks,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"job":  {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobID"}},
+				"node": {Name: "node", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Node"}},
+				// "placeable" holds the tasks the scheduler must place.
+				"placeable": {Name: "placeable", AllowMissing: true, Indexer: &memdb.ConditionalIndex{
+					Conditional: func(obj any) (bool, error) { return needsPlacement(obj.(*api.Task)), nil },
+				}},
+			},
+		},
+		tableServers: {
+			Name: tableServers,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+			},
+		},
+	}}
+}
+
+// needsPlacement reports whether the scheduler must find a node for t.
+func needsPlacement(t *api.Task) bool {
+	return t.Node == "" && (t.State == api.TaskPending || t.State == api.TaskLost)
+}
