@@ -363,11 +363,14 @@ func (c *Client) CancelJob(ctx context.Context, id string) error {
 	return err
 }
 
-// Logs streams a task's output (stdout and stderr interleaved unless
-// stream is "stdout" or "stderr"). With follow, it streams until the task
-// ends or ctx is done.
-func (c *Client) Logs(ctx context.Context, job string, task int, stream string, follow bool) (io.ReadCloser, error) {
+// Logs streams the output of task index of group (empty: the job's first
+// group); stream is "stdout" (the default) or "stderr". With follow, it
+// streams until the task ends or ctx is done.
+func (c *Client) Logs(ctx context.Context, job, group string, task int, stream string, follow bool) (io.ReadCloser, error) {
 	v := url.Values{}
+	if group != "" {
+		v.Set("group", group)
+	}
 	v.Set("task", strconv.Itoa(task))
 	if stream != "" {
 		v.Set("stream", stream)

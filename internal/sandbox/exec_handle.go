@@ -178,12 +178,17 @@ func (h *execHandle) kill() {
 	_ = syscall.Kill(-h.pid, syscall.SIGKILL)
 }
 
-// awaitGroupGone waits until no process is left in the run's process
-// group, which wait has sent SIGKILL.
+// awaitGroupGone waits until no process is left running in the run's
+// process group, which wait has sent SIGKILL. Zombies count as gone: they
+// run no more, and their reaping is up to their parent or init.
 func (h *execHandle) awaitGroupGone() error {
 	deadline := time.Now().Add(stopKillTimeout)
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		if err := syscall.Kill(-h.pid, syscall.SIGKILL); errors.Is(err, syscall.ESRCH) {
+		err := syscall.Kill(-h.pid, syscall.SIGKILL)
+		if errors.Is(err, syscall.ESRCH) {
+			return nil
+		}
+		if pids, err := liveGroupMembers(h.pid); err == nil && len(pids) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -191,6 +196,34 @@ func (h *execHandle) awaitGroupGone() error {
 		}
 		time.Sleep(delay)
 	}
+}
+
+// liveGroupMembers returns the processes of group pgid that are not
+// zombies, by scanning /proc.
+func liveGroupMembers(pgid int) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	want := []byte(strconv.Itoa(pgid))
+	var pids []int
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// The fields after the command, which is in parentheses, start
+		// with: state ppid pgrp.
+		f := bytes.Fields(b[bytes.LastIndexByte(b, ')')+1:])
+		if len(f) > 2 && !bytes.Equal(f[0], []byte("Z")) && bytes.Equal(f[2], want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
 }
 
 // defaultAction reports whether process pid neither catches nor ignores

@@ -2,41 +2,23 @@ package sandbox
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// groupMembers returns the processes, zombies included, whose process
-// group is pgid, by scanning /proc.
+// groupMembers returns the live processes of group pgid.
 func groupMembers(t testing.TB, pgid int) []int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
+	pids, err := liveGroupMembers(pgid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var pids []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// Fields after the command, which is in parentheses: state ppid pgrp.
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-			pids = append(pids, pid)
-		}
 	}
 	return pids
 }
@@ -230,7 +212,18 @@ func TestExecParentDeath(t *testing.T) {
 				}
 				fmt.Sscanf(sc.Text(), "run %s %d", &id, &pid)
 			}
+			waitFor(t, 10*time.Second, "3 processes in the run", func() bool {
+				return len(groupMembers(t, pid)) == 3
+			})
 			cmd.Process.Kill()
+			if !m.isolate {
+				// Only the main process has a parent-death signal; its
+				// children are orphaned (see Exec).
+				waitFor(t, 10*time.Second, "the main process to die with its parent", func() bool {
+					return !slices.Contains(groupMembers(t, pid), pid)
+				})
+				syscall.Kill(-pid, syscall.SIGKILL)
+			}
 			waitFor(t, 10*time.Second, "the run to die with its parent", func() bool {
 				return len(groupMembers(t, pid)) == 0
 			})

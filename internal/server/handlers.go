@@ -122,7 +122,7 @@ func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		n := snap.Node(ws, name)
 		if n == nil {
-			return nil, fmt.Errorf("%w: node %q", state.ErrNotFound, name)
+			return nil, fmt.Errorf("%w: no node named %q", state.ErrNotFound, name)
 		}
 		return n, nil
 	})
@@ -133,7 +133,7 @@ func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableNodes, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		n := snap.Node(ws, name)
 		if n == nil {
-			return nil, fmt.Errorf("%w: node %q", state.ErrNotFound, name)
+			return nil, fmt.Errorf("%w: no node named %q", state.ErrNotFound, name)
 		}
 		tasks := snap.NodeTasks(ws, name)
 		if tasks == nil {
@@ -249,7 +249,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		c := snap.Cluster(ws, name)
 		if c == nil {
-			return nil, fmt.Errorf("%w: cluster %q", state.ErrNotFound, name)
+			return nil, fmt.Errorf("%w: no cluster named %q", state.ErrNotFound, name)
 		}
 		return c, nil
 	})
@@ -297,7 +297,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
 		if j == nil {
-			return nil, fmt.Errorf("%w: job %q", state.ErrNotFound, id)
+			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
 		out := *j
 		out.Tasks = snap.JobTasks(nil, id)

@@ -24,7 +24,7 @@ import (
 //   - otherwise: ask the join addresses to add this server as a voter.
 func (s *Server) joinOrBootstrap() {
 	defer s.wg.Done()
-	has, err := raft.HasExistingState(s.boltDB, s.boltDB, nil)
+	has, err := raft.HasExistingState(s.boltDB, s.boltDB, s.snaps)
 	if err != nil {
 		s.log.Error("reading raft state", "err", err)
 		return

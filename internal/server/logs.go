@@ -19,7 +19,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	snap := s.store.Snapshot()
 	j := snap.Job(nil, id)
 	if j == nil {
-		writeErr(w, fmt.Errorf("%w: job %q", state.ErrNotFound, id))
+		writeErr(w, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id))
 		return
 	}
 	group := q.Get("group")

@@ -60,6 +60,7 @@ type Server struct {
 	raft    *raft.Raft
 	trans   *raft.NetworkTransport
 	boltDB  *raftboltdb.BoltStore
+	snaps   raft.SnapshotStore
 	http    *http.Server
 	httpLn  net.Listener
 	metrics *metrics
@@ -169,6 +170,7 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("server: opening snapshot store: %w", err)
 	}
+	s.snaps = snaps
 	r, err := raft.NewRaft(conf, s.fsm, logs, bolt, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("server: starting raft: %w", err)

@@ -43,7 +43,7 @@ func (tx *writeTxn) cluster(name string) *api.Cluster {
 func (tx *writeTxn) clusterForWrite(name string) (*api.Cluster, error) {
 	c := tx.cluster(name)
 	if c == nil {
-		return nil, fmt.Errorf("%w: cluster %q", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: no cluster named %q", ErrNotFound, name)
 	}
 	nc := *c
 	nc.Nodes = slices.Clone(c.Nodes)
@@ -280,7 +280,7 @@ func (s *Store) DeleteCluster(index uint64, req *ClusterDeleteRequest) error {
 	return s.write(index, func(tx *writeTxn) error {
 		c := tx.cluster(req.Name)
 		if c == nil {
-			return fmt.Errorf("%w: cluster %q", ErrNotFound, req.Name)
+			return fmt.Errorf("%w: no cluster named %q", ErrNotFound, req.Name)
 		}
 		for _, j := range collect[*api.Job](tx.Txn, nil, tableJobs, "cluster", c.Name) {
 			if err := tx.cancelJob(j.ID, "cluster "+c.Name+" deleted", req.Now); err != nil {

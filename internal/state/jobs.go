@@ -229,7 +229,7 @@ func (s *Store) CancelJob(index uint64, req *JobCancelRequest) error {
 func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
 	j := tx.jobForWrite(id)
 	if j == nil {
-		return fmt.Errorf("%w: job %q", ErrNotFound, id)
+		return fmt.Errorf("%w: no job named %q", ErrNotFound, id)
 	}
 	if j.State == api.JobComplete || j.State == api.JobFailed || j.State == api.JobCancelled {
 		return nil

@@ -73,7 +73,7 @@ func (tx *writeTxn) nodeForWrite(name string) (*api.Node, error) {
 		return nil, err
 	}
 	if raw == nil {
-		return nil, fmt.Errorf("%w: node %q", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: no node named %q", ErrNotFound, name)
 	}
 	c := *raw.(*api.Node)
 	tx.nodes[name] = &c

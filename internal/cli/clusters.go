@@ -1,0 +1,129 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/spf13/cobra"
+)
+
+func clusterCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Create, inspect, resize and delete clusters"}
+	var req api.ClusterRequest
+	create := &cobra.Command{
+		Use:   "create NAME --nodes N [--zones Z]",
+		Short: "Reserve N pool nodes over at least Z zones as a new cluster",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if err := req.Validate(); err != nil {
+				return err
+			}
+			start := time.Now()
+			c, err := g.client().CreateCluster(cmd.Context(), &req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s created in %s with %d nodes: %s\n", c.Name,
+				time.Since(start).Round(time.Millisecond), len(c.Nodes), strings.Join(c.Nodes, ", "))
+			return nil
+		},
+	}
+	create.Flags().IntVar(&req.Nodes, "nodes", 0, "number of nodes (required)")
+	create.Flags().IntVar(&req.Zones, "zones", 1, "minimum number of distinct zones")
+	create.MarkFlagRequired("nodes")
+
+	list := &cobra.Command{
+		Use: "list", Short: "List clusters", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(g); err != nil {
+				return err
+			}
+			cs, _, err := g.client().Clusters(cmd.Context(), nil)
+			if err != nil {
+				return err
+			}
+			if g.json() {
+				return printJSON(g.stdout, cs)
+			}
+			t := newTable(g.stdout, "NAME", "NODES", "SIZE", "ZONES", "CREATED")
+			for _, c := range cs {
+				t.row(c.Name, len(c.Nodes), c.Size, c.MinZones, c.Created.Format(time.RFC3339))
+			}
+			t.flush()
+			return nil
+		},
+	}
+	addOutputFlag(list, g)
+
+	status := &cobra.Command{
+		Use: "status NAME", Short: "Show a cluster's nodes and events", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(g); err != nil {
+				return err
+			}
+			cl := g.client()
+			c, _, err := cl.Cluster(cmd.Context(), args[0], nil)
+			if err != nil {
+				return err
+			}
+			if g.json() {
+				return printJSON(g.stdout, c)
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s: %d of %d nodes, at least %d zones\n\n", c.Name, len(c.Nodes), c.Size, c.MinZones)
+			nodes, _, err := cl.Nodes(cmd.Context(), nil)
+			if err != nil {
+				return err
+			}
+			var members []*api.Node
+			for _, n := range nodes {
+				if n.Cluster == c.Name {
+					members = append(members, n)
+				}
+			}
+			printNodes(g, members)
+			fmt.Fprintln(g.stdout, "\nEvents:")
+			printEvents(g, c.Events)
+			return nil
+		},
+	}
+	addOutputFlag(status, g)
+
+	var size int
+	resize := &cobra.Command{
+		Use: "resize NAME --nodes N", Short: "Grow or shrink a cluster", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client().ResizeCluster(cmd.Context(), args[0], size)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s now has %d nodes: %s\n", c.Name, len(c.Nodes), strings.Join(c.Nodes, ", "))
+			return nil
+		},
+	}
+	resize.Flags().IntVar(&size, "nodes", 0, "new number of nodes (required)")
+	resize.MarkFlagRequired("nodes")
+
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "Stop a cluster's jobs, wipe its data and return its nodes to the pool", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().DeleteCluster(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Cluster %s deleted; its nodes are back in the pool.\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, status, resize, del)
+	return cmd
+}
+
+func printEvents(g *globals, events []api.Event) {
+	t := newTable(g.stdout, "TIME", "TYPE", "MESSAGE")
+	for _, e := range events {
+		t.row(e.Time.Local().Format("15:04:05.000"), e.Type, e.Message)
+	}
+	t.flush()
+}

@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/agent"
+	"github.com/shoal-dev/shoal/internal/server"
+	"github.com/spf13/cobra"
+)
+
+func serverCmd(g *globals) *cobra.Command {
+	var (
+		cfg      server.Config
+		join     string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a control-plane server (one of 1, 3 or 5)",
+		Example: `  shoal server --name s1 --data-dir /var/lib/shoal/s1 --http-addr 10.0.0.1:7460 \
+      --raft-addr 10.0.0.1:7461 --bootstrap-expect 3 --join 10.0.0.2:7460,10.0.0.3:7460`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(g.stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			if cfg.DataDir == "" {
+				return fmt.Errorf("--data-dir is required")
+			}
+			if join != "" {
+				cfg.Join = strings.Split(join, ",")
+			}
+			cfg.Logger = log
+			s, err := server.New(cfg)
+			if err != nil {
+				return err
+			}
+			log.Info("server started", "name", cfg.Name, "http", s.HTTPAddr(), "raft", s.RaftAddr())
+			<-cmd.Context().Done()
+			log.Info("shutting down")
+			return s.Shutdown()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", hostname(), "server name, unique in the Raft group")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7460", "address for the HTTP API")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7461", "address for Raft traffic")
+	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "number of servers that form the group at first start (1 bootstraps alone)")
+	f.StringVar(&join, "join", "", "comma-separated HTTP addresses of other servers")
+	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func agentCmd(g *globals) *cobra.Command {
+	var (
+		cfg      agent.Config
+		servers  string
+		labels   []string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:     "agent",
+		Short:   "Run a node agent that joins the pool",
+		Example: `  shoal agent --name n1 --zone a --data-dir /var/lib/shoal/n1 --servers 10.0.0.1:7460,10.0.0.2:7460`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(g.stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Servers = strings.Split(servers, ",")
+			if servers == "" {
+				return fmt.Errorf("--servers is required")
+			}
+			cfg.Labels = map[string]string{}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok {
+					return fmt.Errorf("--label: %q is not key=value", l)
+				}
+				cfg.Labels[k] = v
+			}
+			cfg.Logger = log
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			log.Info("agent started", "name", cfg.Name, "zone", cfg.Zone, "addr", a.Addr())
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", hostname(), "node name")
+	f.StringVar(&cfg.Zone, "zone", "default", "failure zone of this node")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for task data")
+	f.StringVar(&servers, "servers", "127.0.0.1:7460", "comma-separated server HTTP addresses")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:0", "address to serve task logs on")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address servers use to reach --http-addr (default: its listen address)")
+	f.Int64Var(&cfg.CPU, "cpu", 0, "cpu millicores to offer (default: detected)")
+	f.Int64Var(&cfg.MemoryMB, "memory", 0, "memory MiB to offer (default: detected)")
+	f.StringArrayVar(&labels, "label", nil, "node label key=value (repeatable)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	if h == "" {
+		return "shoal"
+	}
+	return strings.Split(h, ".")[0]
+}
