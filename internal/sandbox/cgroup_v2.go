@@ -35,6 +35,7 @@ func newCgroupV2(parent string) (*cgroupV2, error) {
 	}
 	c := &cgroupV2{parent: m, dir: filepath.Join(cgroupV2Mount, parent)}
 	if err := os.WriteFile(filepath.Join(c.dir, "cgroup.subtree_control"), []byte("+cpu +memory"), 0); err != nil {
+		_ = syscall.Rmdir(c.dir)
 		return nil, fmt.Errorf("sandbox: enable cpu and memory controllers in cgroup %s: %w", parent, err)
 	}
 	_, err = os.Stat(filepath.Join(c.dir, "memory.swap.max"))

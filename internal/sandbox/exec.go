@@ -28,6 +28,12 @@ import (
 // mounts are not made private and /proc is not remounted, which keeps a
 // start to a single fork and exec.
 //
+// Without isolation, only a run's main process has the parent-death signal:
+// if the agent dies, the children of that process are orphaned. The kernel
+// sends the signal when the thread that started the run exits, so the agent
+// must not start runs from a goroutine that ends with its thread locked
+// ([runtime.LockOSThread]).
+//
 // An Exec is safe for concurrent use.
 type Exec struct {
 	log     *slog.Logger
@@ -55,6 +61,9 @@ func newExec(log *slog.Logger, cgroupParent string, isolate bool) (*Exec, error)
 	if cgroupParent == "" || path.Clean(parent) != parent || strings.Contains(parent, "/..") {
 		return nil, fmt.Errorf("sandbox: invalid cgroup parent %q", cgroupParent)
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -70,7 +79,9 @@ func newExec(log *slog.Logger, cgroupParent string, isolate bool) (*Exec, error)
 	}
 	if e.cg, err = newCgroupTree(parent); err != nil {
 		log.Warn("sandbox: exec driver runs tasks without namespaces or cgroups", "driver", "exec", "reason", err.Error())
+		return e, nil
 	}
+	log.Info("sandbox: exec driver isolates tasks with namespaces and cgroups", "driver", "exec", "cgroup_parent", parent)
 	return e, nil
 }
 
@@ -109,6 +120,10 @@ func (e *Exec) Start(ctx context.Context, spec *Spec) (Handle, error) {
 		defer stderr.Close()
 	}
 
+	// In a new PID namespace the child sees a parent PID of 0, so the Go
+	// runtime's check for a parent that died before Pdeathsig was set makes
+	// the child SIGKILL itself; the kernel ignores that, since a namespace's
+	// PID 1 cannot be killed from inside it.
 	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var cg *runCgroup
 	if e.cg != nil {

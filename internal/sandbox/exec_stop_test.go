@@ -100,8 +100,13 @@ func TestExecStopInit(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("Stop still waiting after 30s with nothing but the main process left")
 			}
-			if res := h.Wait(); res.Signal == 0 {
-				t.Errorf("signal = 0, want the process killed (exit code %d)", res.ExitCode)
+			// Isolated, the kernel drops SIGTERM and Stop uses SIGKILL.
+			want := syscall.SIGTERM
+			if m.isolate {
+				want = syscall.SIGKILL
+			}
+			if res := h.Wait(); res.Signal != int(want) {
+				t.Errorf("signal = %d, want %d", res.Signal, want)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -115,6 +116,24 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestNewExec(t *testing.T) {
+	for _, parent := range []string{"", "/abs", "a/../b", "a/", "a//b", ".."} {
+		if e, err := newExec(discardLogger(), parent, false); err == nil {
+			e.Close()
+			t.Errorf("newExec(parent %q): got nil error, want one", parent)
+		}
+	}
+	var buf bytes.Buffer
+	e, err := newExec(slog.New(slog.NewTextHandler(&buf, nil)), testParent(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := strings.Count(buf.String(), "\n"); got != 1 || !strings.Contains(buf.String(), "reason=") {
+		t.Errorf("log = %q, want one line giving the reason isolation is off", buf.String())
 	}
 }
 

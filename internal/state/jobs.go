@@ -227,13 +227,22 @@ func (s *Store) CancelJob(index uint64, req *JobCancelRequest) error {
 }
 
 func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
-	j := tx.jobForWrite(id)
-	if j == nil {
+	// Read before jobForWrite: cancelling a finished job must not bump its
+	// ModifyIndex.
+	cur := tx.jobs[id]
+	if raw, _ := tx.First(tableJobs, "id", id); cur == nil && raw != nil {
+		cur = raw.(*api.Job)
+	}
+	if cur == nil {
 		return fmt.Errorf("%w: no job named %q", ErrNotFound, id)
 	}
-	if j.State == api.JobComplete || j.State == api.JobFailed || j.State == api.JobCancelled {
+	if cur.State == api.JobComplete || cur.State == api.JobFailed || cur.State == api.JobCancelled {
 		return nil
 	}
+	j := tx.jobForWrite(id)
+	// Cancelled first, so that refreshJobState leaves the state alone while
+	// the tasks are cancelled one by one (no passing "job-failed" event).
+	j.State, j.Finished = api.JobCancelled, now
 	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "job", id) {
 		if api.TaskTerminal(t.State) {
 			continue
@@ -244,7 +253,6 @@ func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
 			return err
 		}
 	}
-	j.State, j.Finished = api.JobCancelled, now
 	j.Events = addEvent(j.Events, now, "job-cancelled", reason)
 	return nil
 }

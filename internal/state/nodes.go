@@ -133,15 +133,15 @@ func (s *Store) SetNodeState(index uint64, req *NodeStateRequest) error {
 		return fmt.Errorf("%w: node state %q cannot be set directly", ErrInvalid, req.State)
 	}
 	return s.write(index, func(tx *writeTxn) error {
+		// Checked before nodeForWrite: a no-op must not bump the node's
+		// ModifyIndex and wake blocking queries.
+		if cur := tx.node(req.Name); cur != nil && (cur.State == req.State ||
+			req.State == api.NodeReady && cur.State == api.NodeDraining) { // drain is ended only by the operator
+			return nil
+		}
 		n, err := tx.nodeForWrite(req.Name)
 		if err != nil {
 			return err
-		}
-		if n.State == req.State {
-			return nil
-		}
-		if req.State == api.NodeReady && n.State == api.NodeDraining {
-			return nil // drain is ended only by the operator
 		}
 		n.State, n.StateSince = req.State, req.Now
 		if req.State == api.NodeDown {
@@ -202,12 +202,13 @@ func (s *Store) DrainNode(index uint64, req *NodeDrainRequest) error {
 // deadline has passed.
 func (s *Store) DrainDeadline(index uint64, req *DrainDeadlineRequest) error {
 	return s.write(index, func(tx *writeTxn) error {
+		// Checked before nodeForWrite so that a no-op writes nothing.
+		if cur := tx.node(req.Name); cur != nil && (cur.State != api.NodeDraining || req.Now.Before(cur.DrainDeadline)) {
+			return nil
+		}
 		n, err := tx.nodeForWrite(req.Name)
 		if err != nil {
 			return err
-		}
-		if n.State != api.NodeDraining || req.Now.Before(n.DrainDeadline) {
-			return nil
 		}
 		err = tx.evictTasks(n.Name, api.TaskPending, "drain deadline of node "+n.Name+" passed", req.Now, true)
 		if err != nil {

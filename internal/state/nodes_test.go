@@ -241,18 +241,19 @@ func TestDrain(t *testing.T) {
 	tests := []struct {
 		name   string
 		finish func(f *fixture, running string)
-		// wantRunning is the running task's state after finish.
-		wantRunning string
+		// wantState and wantNode are the running task's state and node
+		// after finish.
+		wantState, wantNode string
 	}{
 		{"task completes", func(f *fixture, running string) {
 			f.report(running, api.TaskComplete, 0)
-		}, api.TaskComplete},
+		}, api.TaskComplete, "a1"},
 		{"deadline passes", func(f *fixture, running string) {
 			f.now = t0.Add(time.Hour)
 			if err := f.s.DrainDeadline(f.next(), &state.DrainDeadlineRequest{Name: "a1", Now: f.now}); err != nil {
 				f.t.Fatalf("DrainDeadline: %v", err)
 			}
-		}, api.TaskPending},
+		}, api.TaskPending, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -313,8 +314,8 @@ func TestDrain(t *testing.T) {
 
 			tt.finish(f, running)
 			tk := f.task(running)
-			if tk.State != tt.wantRunning || tk.Node != "" || tk.Attempt != 1 {
-				t.Errorf("running task: got %v on %q attempt %v, want %v, unplaced, attempt 1", tk.State, tk.Node, tk.Attempt, tt.wantRunning)
+			if tk.State != tt.wantState || tk.Node != tt.wantNode || tk.Attempt != 1 {
+				t.Errorf("running task: got %v on %q attempt %v, want %v on %q attempt 1", tk.State, tk.Node, tk.Attempt, tt.wantState, tt.wantNode)
 			}
 			n = f.node("a1")
 			if n.State != api.NodeDraining || n.Cluster != "" || n.Tasks != 0 {

@@ -1,0 +1,373 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// Binary returns the path of a shoal binary built from this source tree,
+// once per test process. SHOAL_BIN overrides it.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("SHOAL_BIN"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "shoal")
+		out, err := exec.Command("go", "build", "-o", buildPath, "github.com/shoal-dev/shoal/cmd/shoal").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Proc is a spawned shoal process.
+type Proc struct {
+	Name    string
+	Args    []string
+	LogPath string
+	bin     string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(t testing.TB, bin, name, logDir string, args []string) *Proc {
+	t.Helper()
+	p := &Proc{Name: name, Args: args, LogPath: filepath.Join(logDir, name+".log"), bin: bin}
+	if err := p.start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(p.Kill9)
+	return p
+}
+
+func (p *Proc) start() error {
+	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.bin, p.Args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+	return nil
+}
+
+// PID of the running process.
+func (p *Proc) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Pid
+}
+
+// Running reports whether the process has not exited.
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill9 kills the process with SIGKILL and waits for it.
+func (p *Proc) Kill9() { p.signal(syscall.SIGKILL) }
+
+// Stop sends SIGTERM and waits for the process to exit.
+func (p *Proc) Stop() { p.signal(syscall.SIGTERM) }
+
+func (p *Proc) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart starts the process again with the same arguments.
+func (p *Proc) Restart(t testing.TB) {
+	t.Helper()
+	if p.Running() {
+		t.Fatalf("%s is still running", p.Name)
+	}
+	if err := p.start(); err != nil {
+		t.Fatalf("restarting %s: %v", p.Name, err)
+	}
+}
+
+// Log returns what the process has written so far.
+func (p *Proc) Log() string {
+	b, _ := os.ReadFile(p.LogPath)
+	return string(b)
+}
+
+// ServerProc is a spawned `shoal server`.
+type ServerProc struct {
+	*Proc
+	HTTPAddr, RaftAddr string
+}
+
+// Options shape an installation.
+type Options struct {
+	Servers      int // default 1
+	Agents       int
+	Zones        int // default 1; agents are spread round-robin
+	HeartbeatTTL time.Duration
+	AgentCPU     int64 // default 2000
+	AgentMemory  int64 // default 2048
+}
+
+// Installation is a set of spawned servers and agents.
+type Installation struct {
+	Bin     string
+	Dir     string
+	Opts    Options
+	Servers []*ServerProc
+	Agents  []*Proc
+	Client  *api.Client
+	t       testing.TB
+}
+
+// StartInstallation spawns servers and agents and waits until a leader
+// exists and every agent's node is ready.
+func StartInstallation(t testing.TB, opts Options) *Installation {
+	t.Helper()
+	if opts.Servers == 0 {
+		opts.Servers = 1
+	}
+	if opts.Zones == 0 {
+		opts.Zones = 1
+	}
+	if opts.AgentCPU == 0 {
+		opts.AgentCPU = 2000
+	}
+	if opts.AgentMemory == 0 {
+		opts.AgentMemory = 2048
+	}
+	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
+	var httpAddrs []string
+	for i := 0; i < opts.Servers; i++ {
+		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: FreeAddr(t), RaftAddr: FreeAddr(t)})
+		httpAddrs = append(httpAddrs, in.Servers[i].HTTPAddr)
+	}
+	for i, s := range in.Servers {
+		name := fmt.Sprintf("server-%d", i+1)
+		args := []string{"server", "--name", name, "--data-dir", filepath.Join(in.Dir, name),
+			"--http-addr", s.HTTPAddr, "--raft-addr", s.RaftAddr, "--bootstrap-expect", strconv.Itoa(opts.Servers),
+			"--log-level", "debug"}
+		if opts.Servers > 1 {
+			var others []string
+			for j, a := range httpAddrs {
+				if j != i {
+					others = append(others, a)
+				}
+			}
+			args = append(args, "--join", strings.Join(others, ","))
+		}
+		if opts.HeartbeatTTL > 0 {
+			args = append(args, "--heartbeat-ttl", opts.HeartbeatTTL.String())
+		}
+		s.Proc = startProc(t, in.Bin, name, in.Dir, args)
+	}
+	in.Client = api.NewClient(httpAddrs, "")
+	t.Cleanup(func() {
+		if t.Failed() {
+			in.dumpLogs()
+		}
+	})
+	in.WaitForLeader()
+	for i := 0; i < opts.Agents; i++ {
+		in.AddAgent(fmt.Sprintf("zone-%d", i%opts.Zones+1))
+	}
+	in.WaitForReady(opts.Agents)
+	return in
+}
+
+// AddAgent spawns one more agent in zone.
+func (in *Installation) AddAgent(zone string) *Proc {
+	in.t.Helper()
+	name := fmt.Sprintf("node-%d", len(in.Agents)+1)
+	var addrs []string
+	for _, s := range in.Servers {
+		addrs = append(addrs, s.HTTPAddr)
+	}
+	args := []string{"agent", "--name", name, "--zone", zone, "--data-dir", filepath.Join(in.Dir, name),
+		"--servers", strings.Join(addrs, ","), "--cpu", strconv.FormatInt(in.Opts.AgentCPU, 10),
+		"--memory", strconv.FormatInt(in.Opts.AgentMemory, 10), "--log-level", "debug"}
+	p := startProc(in.t, in.Bin, name, in.Dir, args)
+	in.Agents = append(in.Agents, p)
+	return p
+}
+
+// Agent returns the agent process of the named node.
+func (in *Installation) Agent(node string) *Proc {
+	for _, a := range in.Agents {
+		if a.Name == node {
+			return a
+		}
+	}
+	in.t.Fatalf("no agent %s", node)
+	return nil
+}
+
+// WaitForLeader waits until some server reports a leader.
+func (in *Installation) WaitForLeader() {
+	in.t.Helper()
+	WaitFor(in.t, 30*time.Second, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		l, err := in.Client.Leader(ctx)
+		return err == nil && l != "", fmt.Sprintf("leader %q, err %v", l, err)
+	})
+}
+
+// WaitForReady waits until at least n nodes are ready.
+func (in *Installation) WaitForReady(n int) {
+	in.t.Helper()
+	WaitFor(in.t, 30*time.Second, func() (bool, string) {
+		nodes, _, err := in.Client.Nodes(context.Background(), nil)
+		ready := 0
+		for _, nd := range nodes {
+			if nd.State == api.NodeReady {
+				ready++
+			}
+		}
+		return ready >= n, fmt.Sprintf("%d of %d nodes ready (err %v)", ready, n, err)
+	})
+}
+
+// Leader returns the index in Servers of the current leader.
+func (in *Installation) Leader() int {
+	in.t.Helper()
+	var idx int
+	WaitFor(in.t, 30*time.Second, func() (bool, string) {
+		for _, s := range in.Servers {
+			if !s.Running() {
+				continue
+			}
+			c := api.NewClient([]string{s.HTTPAddr}, "")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			l, err := c.Leader(ctx)
+			cancel()
+			if err == nil && l != "" {
+				for j, o := range in.Servers {
+					if o.RaftAddr == l && o.Running() {
+						idx = j
+						return true, ""
+					}
+				}
+			}
+		}
+		return false, "no running server is leader"
+	})
+	return idx
+}
+
+// Shoal runs the CLI against the installation and returns its stdout,
+// stderr and exit status.
+func (in *Installation) Shoal(args ...string) (string, string, int) {
+	in.t.Helper()
+	var addrs []string
+	for _, s := range in.Servers {
+		if s.Running() {
+			addrs = append(addrs, s.HTTPAddr)
+		}
+	}
+	return RunCLI(in.t, in.Bin, []string{"SHOAL_ADDR=" + strings.Join(addrs, ",")}, args...)
+}
+
+// RunCLI runs the shoal binary with extra environment variables.
+func RunCLI(t testing.TB, bin string, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("running shoal %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func (in *Installation) dumpLogs() {
+	for _, p := range append(serverProcs(in.Servers), in.Agents...) {
+		log := p.Log()
+		if len(log) > 6000 {
+			log = "...\n" + log[len(log)-6000:]
+		}
+		in.t.Logf("==== %s log ====\n%s", p.Name, log)
+	}
+}
+
+func serverProcs(s []*ServerProc) []*Proc {
+	out := make([]*Proc, len(s))
+	for i, p := range s {
+		out[i] = p.Proc
+	}
+	return out
+}
