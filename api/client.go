@@ -254,10 +254,13 @@ func (c *Client) Heartbeat(ctx context.Context, node string, hb *Heartbeat) (*He
 	return &r, err
 }
 
-// NodeWork returns the node and the tasks it should run, blocking per q.
-func (c *Client) NodeWork(ctx context.Context, node string, q *QueryOptions) (*NodeWork, uint64, error) {
+// NodeWork returns the node and the runs it should have, blocking per q;
+// tasks changed after index since come in full.
+func (c *Client) NodeWork(ctx context.Context, node string, since uint64, q *QueryOptions) (*NodeWork, uint64, error) {
 	var w NodeWork
-	idx, err := c.Do(ctx, "GET", "/v1/nodes/"+esc(node)+"/work", q.values(nil), nil, &w)
+	v := url.Values{}
+	v.Set("since", strconv.FormatUint(since, 10))
+	idx, err := c.Do(ctx, "GET", "/v1/nodes/"+esc(node)+"/work", q.values(v), nil, &w)
 	return &w, idx, err
 }
 
@@ -354,6 +357,15 @@ func (c *Client) Jobs(ctx context.Context, cluster string, q *QueryOptions) ([]*
 func (c *Client) Job(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
 	var j Job
 	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(nil), nil, &j)
+	return &j, idx, err
+}
+
+// JobSummary returns a job without its tasks: cheap to watch.
+func (c *Client) JobSummary(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
+	var j Job
+	v := url.Values{}
+	v.Set("tasks", "false")
+	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(v), nil, &j)
 	return &j, idx, err
 }
 

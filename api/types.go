@@ -231,11 +231,20 @@ func (t *Task) Placed() bool {
 	return t.Node != "" && (t.State == TaskPending || t.State == TaskRunning)
 }
 
-// NodeWork is what an agent watches: its node record and the tasks it
-// should be running.
+// NodeWork is what an agent watches: its node record and the runs it
+// should have. Runs lists every run placed on the node; Tasks holds in full
+// only the tasks changed after the index the agent passed as ?since=, so
+// that a busy node's watch does not resend what the agent already has.
 type NodeWork struct {
-	Node  *Node   `json:"node"`
-	Tasks []*Task `json:"tasks"`
+	Node  *Node    `json:"node"`
+	Runs  []RunRef `json:"runs"`
+	Tasks []*Task  `json:"tasks"`
+}
+
+// RunRef names one placement of a task.
+type RunRef struct {
+	Task  string `json:"task"`
+	RunID uint64 `json:"run_id"`
 }
 
 // TaskUpdate is an agent's report about one run of a task.

@@ -214,11 +214,12 @@ func (a *Agent) heartbeatLoop() {
 }
 
 // watchLoop follows the node's work with blocking queries and reconciles.
+// since is the index up to which the agent holds every task in full.
 func (a *Agent) watchLoop() {
-	var index uint64
+	var index, since uint64
 	for a.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(a.ctx, 40*time.Second)
-		work, idx, err := a.client.NodeWork(ctx, a.cfg.Name, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
+		work, idx, err := a.client.NodeWork(ctx, a.cfg.Name, since, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
 		cancel()
 		if err != nil {
 			if a.ctx.Err() != nil {
@@ -229,17 +230,19 @@ func (a *Agent) watchLoop() {
 			case <-a.ctx.Done():
 			case <-time.After(250 * time.Millisecond):
 			}
-			if idx < index {
-				index = 0 // the server we reached is behind or restarted
-			}
 			continue
 		}
 		if idx < index {
-			index = 0
-		} else {
-			index = idx
+			// The server we reached is behind the one we asked before:
+			// start over rather than trust a partial view.
+			index, since = 0, 0
+			continue
 		}
-		a.reconcile(work)
+		if a.reconcile(work) {
+			index, since = idx, idx
+		} else {
+			index, since = 0, 0
+		}
 	}
 }
 

@@ -47,12 +47,19 @@ func runDir(dataDir, cluster, job, group string, index int, runID uint64) string
 }
 
 // reconcile starts the runs the servers list and stops those they no
-// longer list. It also wipes the data of a cluster the node has left.
-func (a *Agent) reconcile(work *api.NodeWork) {
-	want := map[runKey]*api.Task{}
+// longer list. It also wipes the data of a cluster the node has left. It
+// reports false if a run to start came without its task, in which case
+// the caller asks for every task again.
+func (a *Agent) reconcile(work *api.NodeWork) bool {
+	full := map[runKey]*api.Task{}
 	for _, t := range work.Tasks {
-		want[runKey{t.ID, t.RunID}] = t
+		full[runKey{t.ID, t.RunID}] = t
 	}
+	want := map[runKey]bool{}
+	for _, r := range work.Runs {
+		want[runKey{r.Task, r.RunID}] = true
+	}
+	complete := true
 	a.mu.Lock()
 	var toStop []*run
 	for k, r := range a.runs {
@@ -62,9 +69,14 @@ func (a *Agent) reconcile(work *api.NodeWork) {
 		}
 	}
 	var toStart []*api.Task
-	for k, t := range want {
-		if _, ok := a.runs[k]; !ok && !a.lostRuns[k] {
+	for k := range want {
+		if _, ok := a.runs[k]; ok || a.lostRuns[k] {
+			continue
+		}
+		if t := full[k]; t != nil {
 			toStart = append(toStart, t)
+		} else {
+			complete = false
 		}
 	}
 	oldCluster := a.cluster
@@ -82,6 +94,7 @@ func (a *Agent) reconcile(work *api.NodeWork) {
 			a.log.Error("starting task", "task", t.ID, "err", err)
 		}
 	}
+	return complete
 }
 
 // wipeClusters removes the data of every cluster but keep, after the

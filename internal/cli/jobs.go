@@ -198,7 +198,7 @@ func waitJob(ctx context.Context, g *globals, cl *api.Client, id string, index u
 	var bar *progressbar.ProgressBar
 	last := ""
 	for {
-		job, idx, err := cl.Job(ctx, id, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
+		job, idx, err := cl.JobSummary(ctx, id, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("stopped waiting; job %s goes on (see 'shoal job status %s')", id, id)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -60,12 +61,23 @@ func (s *Server) handleServers(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleSelf answers discovery at bootstrap: this server and the servers
-// it has heard of.
+// it has heard of, from the state or from their own discovery requests. A
+// discovering server introduces itself with ?name=&raft_addr=&http_addr=.
 func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request) {
+	if q := r.URL.Query(); q.Get("name") != "" {
+		s.noteCaller(api.ServerInfo{Name: q.Get("name"), RaftAddr: q.Get("raft_addr"), HTTPAddr: q.Get("http_addr")})
+	}
 	out := []api.ServerInfo{s.Info()}
+	seen := map[string]bool{s.cfg.Name: true}
 	for _, sv := range s.store.Snapshot().Servers(nil) {
-		if sv.Name != s.cfg.Name {
+		if !seen[sv.Name] {
+			seen[sv.Name] = true
 			out = append(out, *sv)
+		}
+	}
+	for _, sv := range s.discoveryCallers() {
+		if !seen[sv.Name] {
+			out = append(out, sv)
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -130,16 +142,24 @@ func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	since, err := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+	if err != nil && r.URL.Query().Get("since") != "" {
+		writeError(w, http.StatusBadRequest, api.CodeInvalid, "since: not a non-negative integer")
+		return
+	}
 	s.query(w, r, []string{state.TableNodes, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		n := snap.Node(ws, name)
 		if n == nil {
 			return nil, fmt.Errorf("%w: no node named %q", state.ErrNotFound, name)
 		}
-		tasks := snap.NodeTasks(ws, name)
-		if tasks == nil {
-			tasks = []*api.Task{}
+		work := &api.NodeWork{Node: n, Runs: []api.RunRef{}, Tasks: []*api.Task{}}
+		for _, t := range snap.NodeTasks(ws, name) {
+			work.Runs = append(work.Runs, api.RunRef{Task: t.ID, RunID: t.RunID})
+			if t.ModifyIndex > since {
+				work.Tasks = append(work.Tasks, t)
+			}
 		}
-		return &api.NodeWork{Node: n, Tasks: tasks}, nil
+		return work, nil
 	})
 }
 
@@ -294,10 +314,14 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	withTasks := r.URL.Query().Get("tasks") != "false"
+	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
 		if j == nil {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
+		}
+		if !withTasks {
+			return j, nil
 		}
 		out := *j
 		out.Tasks = snap.JobTasks(nil, id)

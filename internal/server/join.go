@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -54,6 +55,10 @@ func (s *Server) bootstrap(servers []api.ServerInfo) {
 // discover runs until this server is part of a Raft group.
 func (s *Server) discover() {
 	known := map[string]api.ServerInfo{s.cfg.Name: s.Info()}
+	// Servers asked introduce themselves, so that servers that all name
+	// only one other (s2 and s3 join s1, s1 joins none) still find each
+	// other through it.
+	me := url.Values{"name": {s.cfg.Name}, "raft_addr": {s.RaftAddr()}, "http_addr": {s.HTTPAddr()}}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && !s.sleep(250*time.Millisecond) {
 			return
@@ -62,6 +67,9 @@ func (s *Server) discover() {
 			return // someone added us
 		}
 		leaderSeen := false
+		for _, c := range s.discoveryCallers() {
+			known[c.Name] = c
+		}
 		addrs := slices.Clone(s.cfg.Join)
 		for _, k := range known {
 			addrs = append(addrs, k.HTTPAddr)
@@ -73,7 +81,7 @@ func (s *Server) discover() {
 			var peers []api.ServerInfo
 			c := api.NewClient([]string{addr}, "")
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err := c.Do(ctx, "GET", "/v1/status/self", nil, nil, &peers)
+			_, err := c.Do(ctx, "GET", "/v1/status/self", me, nil, &peers)
 			var leader string
 			if err == nil {
 				leader, _ = c.Leader(ctx)
@@ -105,6 +113,32 @@ func (s *Server) discover() {
 			return
 		}
 	}
+}
+
+// maxCallers bounds the servers remembered from discovery requests.
+const maxCallers = 16
+
+// noteCaller remembers a server that introduced itself while discovering.
+func (s *Server) noteCaller(sv api.ServerInfo) {
+	if sv.Name == s.cfg.Name || api.ValidateName("name", sv.Name) != nil || sv.RaftAddr == "" || sv.HTTPAddr == "" {
+		return
+	}
+	s.callersMu.Lock()
+	defer s.callersMu.Unlock()
+	if _, ok := s.callers[sv.Name]; ok || len(s.callers) < maxCallers {
+		s.callers[sv.Name] = sv
+	}
+}
+
+// discoveryCallers returns the servers noteCaller remembered.
+func (s *Server) discoveryCallers() []api.ServerInfo {
+	s.callersMu.Lock()
+	defer s.callersMu.Unlock()
+	out := make([]api.ServerInfo, 0, len(s.callers))
+	for _, sv := range s.callers {
+		out = append(out, sv)
+	}
+	return out
 }
 
 // joinExisting asks the join addresses to add this server; it reports

@@ -67,6 +67,12 @@ type Server struct {
 
 	heartbeats *heartbeatTracker
 
+	// callers holds the servers that asked this one who it is while
+	// discovering their group (see discover); guarded by callersMu, which
+	// is never held with another lock.
+	callersMu sync.Mutex
+	callers   map[string]api.ServerInfo
+
 	wg       sync.WaitGroup
 	shutdown chan struct{}
 	once     sync.Once
@@ -97,6 +103,7 @@ func New(cfg Config) (*Server, error) {
 		store:      state.New(),
 		shutdown:   make(chan struct{}),
 		heartbeats: newHeartbeatTracker(),
+		callers:    map[string]api.ServerInfo{},
 	}
 	s.fsm = fsm.New(s.store, s.log)
 	s.metrics = newMetrics(s)

@@ -56,7 +56,9 @@ func schema() *memdb.DBSchema {
 			Indexes: map[string]*memdb.IndexSchema{
 				"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 				"job":  {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobID"}},
-				"node": {Name: "node", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Node"}},
+				// "node" holds only placed tasks, so that an agent's work
+				// query does not grow with the node's history.
+				"node": {Name: "node", AllowMissing: true, Indexer: placedNodeIndex{}},
 				// "placeable" holds the tasks the scheduler must place.
 				"placeable": {Name: "placeable", AllowMissing: true, Indexer: &memdb.ConditionalIndex{
 					Conditional: func(obj any) (bool, error) { return needsPlacement(obj.(*api.Task)), nil },
@@ -75,4 +77,19 @@ func schema() *memdb.DBSchema {
 // needsPlacement reports whether the scheduler must find a node for t.
 func needsPlacement(t *api.Task) bool {
 	return t.Node == "" && (t.State == api.TaskPending || t.State == api.TaskLost)
+}
+
+// placedNodeIndex indexes a task by its node while it is placed there.
+type placedNodeIndex struct{}
+
+func (placedNodeIndex) FromObject(obj any) (bool, []byte, error) {
+	t := obj.(*api.Task)
+	if !t.Placed() {
+		return false, nil, nil
+	}
+	return (&memdb.StringFieldIndex{Field: "Node"}).FromObject(obj)
+}
+
+func (placedNodeIndex) FromArgs(args ...any) ([]byte, error) {
+	return (&memdb.StringFieldIndex{Field: "Node"}).FromArgs(args...)
 }

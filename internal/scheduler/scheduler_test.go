@@ -1,0 +1,390 @@
+package scheduler_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/scheduler"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+var now = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+var _ scheduler.State = (*state.Snapshot)(nil)
+
+// fakeState is an in-memory scheduler.State built by hand, so that each
+// test states exactly what the scheduler sees.
+type fakeState struct {
+	tasks    []*api.Task
+	clusters map[string]*api.Cluster
+	nodes    map[string]*api.Node
+}
+
+func newFakeState() *fakeState {
+	return &fakeState{clusters: map[string]*api.Cluster{}, nodes: map[string]*api.Node{}}
+}
+
+func (s *fakeState) PlaceableTasks(memdb.WatchSet) []*api.Task {
+	var out []*api.Task
+	for _, t := range s.tasks {
+		if t.Node == "" && (t.State == api.TaskPending || t.State == api.TaskLost) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (s *fakeState) JobTasks(_ memdb.WatchSet, job string) []*api.Task {
+	var out []*api.Task
+	for _, t := range s.tasks {
+		if t.JobID == job {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (s *fakeState) Cluster(_ memdb.WatchSet, name string) *api.Cluster { return s.clusters[name] }
+func (s *fakeState) Node(_ memdb.WatchSet, name string) *api.Node       { return s.nodes[name] }
+
+// node adds a ready member of cluster "c" with cpu millicores and 1 GiB per
+// 1000 millicores.
+func (s *fakeState) node(name, zone string, cpu int64) *api.Node {
+	n := &api.Node{Name: name, Zone: zone, CPU: cpu, MemoryMB: cpu * 1024 / 1000, State: api.NodeReady, Cluster: "c"}
+	s.nodes[name] = n
+	c := s.clusters["c"]
+	if c == nil {
+		c = &api.Cluster{Name: "c"}
+		s.clusters["c"] = c
+	}
+	c.Nodes = append(c.Nodes, name)
+	c.Size = len(c.Nodes)
+	return n
+}
+
+// job adds count pending tasks of cpu millicores (and as many MiB) to job,
+// created at index created.
+func (s *fakeState) job(job string, created uint64, count int, cpu int64) []*api.Task {
+	var out []*api.Task
+	for i := range count {
+		t := &api.Task{ID: state.TaskID(job, "g", i), JobID: job, Cluster: "c", Group: "g", Index: i,
+			State: api.TaskPending, Attempt: 1, Resources: api.Resources{CPU: cpu, MemoryMB: cpu},
+			CreateIndex: created, ModifyIndex: created + uint64(i)}
+		s.tasks = append(s.tasks, t)
+		out = append(out, t)
+	}
+	return out
+}
+
+// nodesOf lists the node of each placement in order.
+func nodesOf(res *scheduler.Result) []string {
+	var out []string
+	for _, p := range res.Placements {
+		out = append(out, p.Node)
+	}
+	return out
+}
+
+func TestBinPacking(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(s *fakeState)
+		want  []string
+	}{
+		{"fills one node before the next", func(s *fakeState) {
+			s.node("n1", "a", 4000)
+			s.node("n2", "a", 4000)
+			s.node("n3", "a", 4000)
+			s.job("j", 1, 10, 1000)
+		}, []string{"n1", "n1", "n1", "n1", "n2", "n2", "n2", "n2", "n3", "n3"}},
+		{"prefers the fuller node", func(s *fakeState) {
+			s.node("n1", "a", 4000)
+			s.node("n2", "a", 4000).Used = api.Resources{CPU: 2000, MemoryMB: 2048}
+			s.job("j", 1, 3, 1000)
+		}, []string{"n2", "n2", "n1"}},
+		{"skips a node without room", func(s *fakeState) {
+			s.node("n1", "a", 4000).Used = api.Resources{CPU: 3500, MemoryMB: 100}
+			s.node("n2", "a", 4000)
+			s.job("j", 1, 2, 1000)
+		}, []string{"n2", "n2"}},
+		{"memory counts too", func(s *fakeState) {
+			s.node("n1", "a", 4000).Used = api.Resources{CPU: 0, MemoryMB: 4000}
+			s.node("n2", "a", 4000)
+			s.job("j", 1, 1, 500)
+		}, []string{"n2"}},
+		{"a big task that fits nowhere does not block small ones", func(s *fakeState) {
+			s.node("n1", "a", 2000)
+			s.job("big", 1, 1, 3000)
+			s.job("small", 2, 2, 1000)
+		}, []string{"n1", "n1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFakeState()
+			tt.setup(s)
+			res := scheduler.Plan(s, now)
+			if diff := cmp.Diff(tt.want, nodesOf(res)); diff != "" {
+				t.Errorf("placements (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestZoneSpread(t *testing.T) {
+	t.Run("alternates zones", func(t *testing.T) {
+		s := newFakeState()
+		for _, z := range []string{"b", "a", "c"} {
+			s.node(z+"1", z, 4000)
+			s.node(z+"2", z, 4000)
+		}
+		s.job("j", 1, 7, 1000)
+		res := scheduler.Plan(s, now)
+		want := []string{"a1", "b1", "c1", "a1", "b1", "c1", "a1"}
+		if diff := cmp.Diff(want, nodesOf(res)); diff != "" {
+			t.Errorf("placements (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("counts tasks already placed", func(t *testing.T) {
+		s := newFakeState()
+		s.node("a1", "a", 4000)
+		s.node("b1", "b", 4000)
+		tasks := s.job("j", 1, 4, 500)
+		tasks[0].Node, tasks[1].Node = "a1", "a1"
+		s.nodes["a1"].Used = api.Resources{CPU: 1000, MemoryMB: 1000}
+		res := scheduler.Plan(s, now)
+		if diff := cmp.Diff([]string{"b1", "b1"}, nodesOf(res)); diff != "" {
+			t.Errorf("placements (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("per job", func(t *testing.T) {
+		s := newFakeState()
+		s.node("a1", "a", 4000)
+		s.node("b1", "b", 4000)
+		s.job("j1", 1, 1, 100)
+		s.job("j2", 2, 1, 100)
+		// Each job starts its spread from the first zone.
+		if diff := cmp.Diff([]string{"a1", "a1"}, nodesOf(scheduler.Plan(s, now))); diff != "" {
+			t.Errorf("placements (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("a full zone overflows into the others", func(t *testing.T) {
+		s := newFakeState()
+		s.node("a1", "a", 1000)
+		s.node("b1", "b", 4000)
+		s.job("j", 1, 4, 1000)
+		if diff := cmp.Diff([]string{"a1", "b1", "b1", "b1"}, nodesOf(scheduler.Plan(s, now))); diff != "" {
+			t.Errorf("placements (-want +got):\n%s", diff)
+		}
+	})
+}
+
+func TestWaiting(t *testing.T) {
+	tests := []struct {
+		name        string
+		setup       func(s *fakeState)
+		wantPlaced  int
+		wantWaiting int
+	}{
+		{"more tasks than room", func(s *fakeState) {
+			s.node("n1", "a", 4000)
+			s.job("j", 1, 6, 1000)
+		}, 4, 2},
+		{"task bigger than any node", func(s *fakeState) {
+			s.node("n1", "a", 4000)
+			s.job("j", 1, 1, 5000)
+		}, 0, 1},
+		{"cluster without nodes", func(s *fakeState) {
+			s.clusters["c"] = &api.Cluster{Name: "c", Size: 1}
+			s.job("j", 1, 2, 100)
+		}, 0, 2},
+		{"unknown cluster", func(s *fakeState) {
+			s.job("j", 1, 1, 100)
+		}, 0, 1},
+		{"member node gone from the state", func(s *fakeState) {
+			s.clusters["c"] = &api.Cluster{Name: "c", Size: 1, Nodes: []string{"ghost"}}
+			s.job("j", 1, 1, 100)
+		}, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFakeState()
+			tt.setup(s)
+			res := scheduler.Plan(s, now)
+			if len(res.Placements) != tt.wantPlaced || res.Waiting != tt.wantWaiting {
+				t.Errorf("got %d placed, %d waiting, want %d, %d", len(res.Placements), res.Waiting, tt.wantPlaced, tt.wantWaiting)
+			}
+			if !res.Wake.IsZero() {
+				t.Errorf("wake: got %v, want zero", res.Wake)
+			}
+		})
+	}
+}
+
+func TestNotBefore(t *testing.T) {
+	s := newFakeState()
+	s.node("n1", "a", 4000)
+	tasks := s.job("j", 1, 4, 100)
+	tasks[0].NotBefore = now.Add(time.Minute)
+	tasks[1].NotBefore = now.Add(10 * time.Second)
+	tasks[2].NotBefore = now // due: placed
+	tasks[3].NotBefore = now.Add(-time.Second)
+	tasks[3].State = api.TaskLost // lost tasks are placed like pending ones
+	res := scheduler.Plan(s, now)
+	var placed []string
+	for _, p := range res.Placements {
+		placed = append(placed, p.TaskID)
+	}
+	if diff := cmp.Diff([]string{tasks[2].ID, tasks[3].ID}, placed); diff != "" {
+		t.Errorf("placed tasks (-want +got):\n%s", diff)
+	}
+	if want := now.Add(10 * time.Second); !res.Wake.Equal(want) {
+		t.Errorf("wake: got %v, want %v", res.Wake, want)
+	}
+	if res.Waiting != 0 {
+		t.Errorf("waiting: got %v, want 0 (held back tasks are not waiting for room)", res.Waiting)
+	}
+	// At the wake time the next one is placed.
+	res = scheduler.Plan(s, now.Add(10*time.Second))
+	if len(res.Placements) != 3 || !res.Wake.Equal(now.Add(time.Minute)) {
+		t.Errorf("at wake: got %d placements, wake %v, want 3 (nothing applied yet), %v", len(res.Placements), res.Wake, now.Add(time.Minute))
+	}
+}
+
+func TestMaxPlacements(t *testing.T) {
+	s := newFakeState()
+	s.node("n1", "a", 1<<40)
+	s.job("j", 1, scheduler.MaxPlacements+10, 1)
+	res := scheduler.Plan(s, now)
+	if len(res.Placements) != scheduler.MaxPlacements {
+		t.Errorf("placements: got %v, want %v", len(res.Placements), scheduler.MaxPlacements)
+	}
+	if !res.Wake.Equal(now) {
+		t.Errorf("wake: got %v, want %v (more to do at once)", res.Wake, now)
+	}
+	// The first tasks go first.
+	if got, want := res.Placements[0].TaskID, state.TaskID("j", "g", 0); got != want {
+		t.Errorf("first placement: got %v, want %v", got, want)
+	}
+}
+
+func TestOnlySchedulableMembers(t *testing.T) {
+	s := newFakeState()
+	s.node("good", "a", 4000)
+	s.node("init", "a", 8000).State = api.NodeInitializing
+	s.node("down", "a", 8000).State = api.NodeDown
+	s.node("drain", "a", 8000).State = api.NodeDraining
+	s.node("elsewhere", "a", 8000).Cluster = "other" // listed, but reserved for another cluster
+	// A ready pool node that is not a member.
+	s.nodes["pool"] = &api.Node{Name: "pool", Zone: "a", CPU: 8000, MemoryMB: 8000, State: api.NodeReady}
+	s.job("j", 1, 6, 1000)
+	res := scheduler.Plan(s, now)
+	if diff := cmp.Diff([]string{"good", "good", "good", "good"}, nodesOf(res)); diff != "" {
+		t.Errorf("placements (-want +got):\n%s", diff)
+	}
+	if res.Waiting != 2 {
+		t.Errorf("waiting: got %v, want 2", res.Waiting)
+	}
+}
+
+func TestPlanOrder(t *testing.T) {
+	s := newFakeState()
+	s.node("n1", "a", 2000)
+	s.job("young", 10, 2, 1000)
+	s.job("old", 5, 2, 1000)
+	res := scheduler.Plan(s, now)
+	want := scheduler.Result{Placements: []state.Placement{
+		{TaskID: state.TaskID("old", "g", 0), Node: "n1", TaskModifyIndex: 5},
+		{TaskID: state.TaskID("old", "g", 1), Node: "n1", TaskModifyIndex: 6},
+	}, Waiting: 2}
+	if diff := cmp.Diff(want, *res); diff != "" {
+		t.Errorf("result (-want +got):\n%s", diff)
+	}
+}
+
+// TestPlanDoesNotModifyState: the scheduler may run on a shared snapshot.
+func TestPlanDoesNotModifyState(t *testing.T) {
+	s := newFakeState()
+	s.node("a1", "a", 4000)
+	s.node("b1", "b", 4000)
+	s.job("j", 1, 5, 700)
+	before := fmt.Sprintf("%+v %+v", s.nodes, s.tasks)
+	var beforeNodes []api.Node
+	for _, name := range []string{"a1", "b1"} {
+		beforeNodes = append(beforeNodes, *s.nodes[name])
+	}
+	scheduler.Plan(s, now)
+	var afterNodes []api.Node
+	for _, name := range []string{"a1", "b1"} {
+		afterNodes = append(afterNodes, *s.nodes[name])
+	}
+	if diff := cmp.Diff(beforeNodes, afterNodes); diff != "" {
+		t.Errorf("nodes changed by Plan (-before +after):\n%s", diff)
+	}
+	if after := fmt.Sprintf("%+v %+v", s.nodes, s.tasks); after != before {
+		t.Errorf("state changed by Plan:\nbefore: %s\nafter:  %s", before, after)
+	}
+}
+
+// TestPlanAgainstStore runs the scheduler on a real store and applies its
+// plans: every placement it makes must be accepted, and the placements
+// must respect capacity.
+func TestPlanAgainstStore(t *testing.T) {
+	st := state.New()
+	var index uint64
+	next := func() uint64 { index++; return index }
+	for _, n := range []struct {
+		name, zone string
+		cpu        int64
+	}{{"a1", "a", 4000}, {"a2", "a", 2000}, {"b1", "b", 4000}, {"b2", "b", 3000}, {"c1", "c", 1000}} {
+		if err := st.RegisterNode(next(), &state.NodeRegisterRequest{Reg: api.NodeRegistration{Name: n.name, Zone: n.zone, CPU: n.cpu, MemoryMB: 8192}, Now: now}); err != nil {
+			t.Fatalf("RegisterNode: %v", err)
+		}
+		if err := st.SetNodeState(next(), &state.NodeStateRequest{Name: n.name, State: api.NodeReady, Now: now}); err != nil {
+			t.Fatalf("SetNodeState: %v", err)
+		}
+	}
+	if _, err := st.CreateCluster(next(), &state.ClusterCreateRequest{Req: api.ClusterRequest{Name: "c", Nodes: 4, Zones: 2}, Now: now}); err != nil {
+		t.Fatalf("CreateCluster: %v", err)
+	}
+	for _, spec := range []api.JobSpec{
+		{Name: "wide", Cluster: "c", Groups: []api.GroupSpec{{Name: "g", Count: 20, Command: []string{"x"}, Resources: api.Resources{CPU: 300, MemoryMB: 100}}}},
+		{Name: "fat", Cluster: "c", Groups: []api.GroupSpec{{Name: "g", Count: 3, Command: []string{"x"}, Resources: api.Resources{CPU: 1500, MemoryMB: 100}}}},
+	} {
+		if _, err := st.SubmitJob(next(), &state.JobSubmitRequest{Spec: spec, Now: now}); err != nil {
+			t.Fatalf("SubmitJob: %v", err)
+		}
+	}
+	res := scheduler.Plan(st.Snapshot(), now)
+	pr, err := st.ApplyPlan(next(), &state.PlanRequest{Placements: res.Placements, Now: now})
+	if err != nil {
+		t.Fatalf("ApplyPlan: %v", err)
+	}
+	if pr.Rejected != 0 || pr.Placed != len(res.Placements) {
+		t.Errorf("plan result: got %+v, want all %d placed", pr, len(res.Placements))
+	}
+	if got := len(res.Placements) + res.Waiting; got != 23 {
+		t.Errorf("placed + waiting: got %v, want 23", got)
+	}
+	snap := st.Snapshot()
+	members := snap.Cluster(nil, "c").Nodes
+	for _, p := range res.Placements {
+		if !slices.Contains(members, p.Node) {
+			t.Errorf("placement of %s on %s, not a member of %v", p.TaskID, p.Node, members)
+		}
+	}
+	// A second pass places nothing new: what waited still has no room.
+	again := scheduler.Plan(snap, now)
+	if len(again.Placements) != 0 || again.Waiting != res.Waiting {
+		t.Errorf("second pass: got %d placements, %d waiting; want 0, %d", len(again.Placements), again.Waiting, res.Waiting)
+	}
+	for _, n := range snap.Nodes(nil) {
+		if n.Used.CPU > n.CPU {
+			t.Errorf("node %s over capacity: %d of %d", n.Name, n.Used.CPU, n.CPU)
+		}
+	}
+}
