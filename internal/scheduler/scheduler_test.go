@@ -1,7 +1,6 @@
 package scheduler_test
 
 import (
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -312,21 +311,32 @@ func TestPlanDoesNotModifyState(t *testing.T) {
 	s.node("a1", "a", 4000)
 	s.node("b1", "b", 4000)
 	s.job("j", 1, 5, 700)
-	before := fmt.Sprintf("%+v %+v", s.nodes, s.tasks)
-	var beforeNodes []api.Node
-	for _, name := range []string{"a1", "b1"} {
-		beforeNodes = append(beforeNodes, *s.nodes[name])
+	copyState := func() (map[string]api.Node, []api.Task, api.Cluster) {
+		nodes := map[string]api.Node{}
+		for name, n := range s.nodes {
+			nodes[name] = *n
+		}
+		var tasks []api.Task
+		for _, tk := range s.tasks {
+			tasks = append(tasks, *tk)
+		}
+		c := *s.clusters["c"]
+		c.Nodes = slices.Clone(c.Nodes)
+		return nodes, tasks, c
 	}
-	scheduler.Plan(s, now)
-	var afterNodes []api.Node
-	for _, name := range []string{"a1", "b1"} {
-		afterNodes = append(afterNodes, *s.nodes[name])
+	nodes, tasks, c := copyState()
+	if res := scheduler.Plan(s, now); len(res.Placements) != 5 {
+		t.Fatalf("placements: got %v, want 5", len(res.Placements))
 	}
-	if diff := cmp.Diff(beforeNodes, afterNodes); diff != "" {
+	nodes2, tasks2, c2 := copyState()
+	if diff := cmp.Diff(nodes, nodes2); diff != "" {
 		t.Errorf("nodes changed by Plan (-before +after):\n%s", diff)
 	}
-	if after := fmt.Sprintf("%+v %+v", s.nodes, s.tasks); after != before {
-		t.Errorf("state changed by Plan:\nbefore: %s\nafter:  %s", before, after)
+	if diff := cmp.Diff(tasks, tasks2); diff != "" {
+		t.Errorf("tasks changed by Plan (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(c, c2); diff != "" {
+		t.Errorf("cluster changed by Plan (-before +after):\n%s", diff)
 	}
 }
 

@@ -155,8 +155,8 @@ func (tx *writeTxn) refreshJobState(j *api.Job, now time.Time) {
 			j.State = api.JobFailed
 		}
 		j.Finished = now
-	case c.Running+c.Complete+c.Failed > 0:
-		j.State = api.JobRunning
+	case c.Running+c.Complete+c.Failed > 0 || old == api.JobRunning:
+		j.State = api.JobRunning // once started, a job stays running until it ends
 	default:
 		j.State = api.JobPending
 	}

@@ -174,6 +174,12 @@ func (s *Store) DrainNode(index uint64, req *NodeDrainRequest) error {
 			if n.State != api.NodeDraining {
 				return fmt.Errorf("%w: node %q is not draining", ErrConflict, n.Name)
 			}
+			if n.Tasks > 0 {
+				// Returning it to the pool now would let another cluster
+				// reserve a node that still runs this cluster's tasks.
+				return fmt.Errorf("%w: node %q still runs %d tasks of cluster %q; end the drain once they are gone",
+					ErrConflict, n.Name, n.Tasks, n.Cluster)
+			}
 			n.State, n.StateSince, n.DrainDeadline = api.NodeReady, req.Now, req.Now
 			if n.Cluster != "" && !tx.isMember(n.Cluster, n.Name) {
 				n.Cluster = ""

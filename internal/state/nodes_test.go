@@ -311,6 +311,13 @@ func TestDrain(t *testing.T) {
 				t.Fatalf("DrainDeadline: %v", err)
 			}
 			checkUnchanged(t, f.s, before)
+			// Ending the drain while a task of the cluster still runs would
+			// hand that node to another cluster: refused, nothing changed.
+			err = f.s.DrainNode(f.next(), &state.NodeDrainRequest{Name: "a1", Disable: true, Now: f.now})
+			if !errors.Is(err, state.ErrConflict) {
+				t.Errorf("disable while busy: got %v, want ErrConflict", err)
+			}
+			checkUnchanged(t, f.s, before)
 
 			tt.finish(f, running)
 			tk := f.task(running)

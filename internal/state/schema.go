@@ -54,8 +54,8 @@ func schema() *memdb.DBSchema {
 		tableTasks: {
 			Name: tableTasks,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				"job":  {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobID"}},
+				"id":  {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"job": {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobID"}},
 				// "node" holds only placed tasks, so that an agent's work
 				// query does not grow with the node's history.
 				"node": {Name: "node", AllowMissing: true, Indexer: placedNodeIndex{}},
