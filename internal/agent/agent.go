@@ -7,6 +7,8 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -106,7 +108,7 @@ func New(cfg Config) (*Agent, error) {
 	a.client = api.NewClient(cfg.Servers, cfg.Token)
 	a.driver = cfg.Driver
 	if a.driver == nil {
-		d, err := sandbox.NewExec(a.log, "shoal/"+cfg.Name)
+		d, err := sandbox.NewExec(a.log, cgroupParent(cfg.Name, cfg.DataDir))
 		if err != nil {
 			return nil, fmt.Errorf("agent: sandbox: %w", err)
 		}
@@ -261,6 +263,18 @@ func detectMemoryMB() int64 {
 		}
 	}
 	return 1024
+}
+
+// cgroupParent names the agent's parent cgroup after its node and data
+// dir: a restarted agent finds the cgroups of its predecessor, and two
+// agents of the same name on one host (tests) never share one.
+func cgroupParent(name, dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "shoal/" + name + "-" + hex.EncodeToString(sum[:4])
 }
 
 func allocRoot(dataDir string) string { return filepath.Join(dataDir, "alloc") }

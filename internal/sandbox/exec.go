@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -82,7 +83,31 @@ func newExec(log *slog.Logger, cgroupParent string, isolate bool) (*Exec, error)
 		return e, nil
 	}
 	log.Info("sandbox: exec driver isolates tasks with namespaces and cgroups", "driver", "exec", "cgroup_parent", parent)
+	e.sweepStale(log)
 	return e, nil
+}
+
+// sweepStale removes run cgroups an earlier driver on the same parent left
+// behind (its agent was killed): a new driver has started nothing yet, so
+// every child cgroup is stale.
+func (e *Exec) sweepStale(log *slog.Logger) {
+	var stale []string
+	for _, d := range e.cg.dirs("probe") {
+		entries, _ := os.ReadDir(filepath.Dir(d))
+		for _, ent := range entries {
+			if ent.IsDir() && validID(ent.Name()) && !slices.Contains(stale, ent.Name()) {
+				stale = append(stale, ent.Name())
+			}
+		}
+	}
+	if len(stale) == 0 {
+		return
+	}
+	if err := e.Cleanup(stale); err != nil {
+		log.Warn("sandbox: removing cgroups left by an earlier agent", "err", err)
+	} else {
+		log.Info("sandbox: removed cgroups left by an earlier agent", "cgroups", len(stale))
+	}
 }
 
 // Name returns "exec".

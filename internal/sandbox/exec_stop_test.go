@@ -258,3 +258,28 @@ func parentDeathHelper(t *testing.T) {
 	h.Wait()
 	t.Fatal("run ended before its parent")
 }
+
+// TestExecSweepsStaleCgroups checks that a new driver on a parent kills
+// and removes the runs an earlier driver on it left, as after kill -9 of
+// an agent that is then restarted.
+func TestExecSweepsStaleCgroups(t *testing.T) {
+	requireRoot(t)
+	parent := testParent()
+	e := newTestExecParent(t, true, parent)
+	if !e.Isolated() {
+		t.Skip("no cgroups on this host")
+	}
+	spec := testSpec(t, treeCmd...)
+	h := start(t, e, spec)
+	waitFor(t, 10*time.Second, "3 processes in the run", func() bool {
+		return len(groupMembers(t, h.PID())) == 3
+	})
+	newTestExecParent(t, true, parent)
+	if res := h.Wait(); res.Signal != int(syscall.SIGKILL) {
+		t.Errorf("signal = %d, want SIGKILL", res.Signal)
+	}
+	waitFor(t, 10*time.Second, "the run's processes to be reaped", func() bool {
+		return len(groupMembers(t, h.PID())) == 0
+	})
+	checkGone(t, e, spec.ID, h.PID())
+}
