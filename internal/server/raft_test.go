@@ -247,3 +247,52 @@ func waitConverged(t *testing.T, g *testutil.InProcGroup) {
 		return true, ""
 	})
 }
+
+// TestNoQuorum kills two of three servers: the survivor still answers
+// reads from its copy of the state but refuses writes with a 503 until a
+// second server is back.
+func TestNoQuorum(t *testing.T) {
+	g := testutil.StartServers(t, 3, longTTL)
+	leader := g.Leader(t)
+	addReadyNode(t, g.Client(leader), "n1", "z1", 1000, 1024)
+	survivor := (leader + 1) % g.Len()
+	s := g.Server(survivor)
+	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
+		return findNode(s, "n1") != nil, "node n1 has not reached the survivor"
+	})
+	for _, i := range g.Running() {
+		if i != survivor {
+			g.Kill(i)
+		}
+	}
+
+	c := g.Client(survivor)
+	// Once the survivor has noticed that the leader is gone, it stands for
+	// election, which it cannot win alone.
+	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
+		l, err := c.Leader(reqCtx(t))
+		return err == nil && l == "", fmt.Sprintf("the survivor reports leader %q (err %v), want none", l, err)
+	})
+	before := s.Store().Snapshot().Index(allTables...)
+	reg := &api.NodeRegistration{Name: "n2", Zone: "z1", CPU: 1000, MemoryMB: 1024}
+	err := c.RegisterNode(reqCtx(t), reg)
+	if e, ok := err.(*api.Error); !ok || e.Status != 503 || e.Code != api.CodeNoLeader {
+		t.Errorf("RegisterNode without a quorum: err = %#v, want a 503 with code %s", err, api.CodeNoLeader)
+	}
+	nodes, _, err := c.Nodes(reqCtx(t), nil)
+	if err != nil || len(nodes) != 1 {
+		t.Errorf("Nodes() without a quorum = %d nodes, err %v; want the 1 node the survivor knows", len(nodes), err)
+	}
+	if after := s.Store().Snapshot().Index(allTables...); after != before {
+		t.Errorf("state index moved from %d to %d without a quorum", before, after)
+	}
+
+	g.Restart(t, (survivor+1)%g.Len())
+	g.Leader(t)
+	if err := c.RegisterNode(reqCtx(t), reg); err != nil {
+		t.Fatalf("RegisterNode once two servers are up again: %v", err)
+	}
+	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
+		return findNode(s, "n2") != nil, "node n2 has not reached the survivor"
+	})
+}
