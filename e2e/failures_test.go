@@ -167,10 +167,6 @@ func TestAgentRestartRecovers(t *testing.T) {
 	if n.State != api.NodeReady || n.Cluster != "c1" {
 		t.Errorf("restarted node: %s in %q, want ready in c1", n.State, n.Cluster)
 	}
-	runs, _ := os.ReadDir(filepath.Join(in.Dir, victim, "runs"))
-	if len(runs) != 0 {
-		t.Errorf("%d run records left on %s, want none", len(runs), victim)
-	}
 }
 
 // TestDrainMovesTasks drains a node running tasks: they move to another

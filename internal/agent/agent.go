@@ -47,6 +47,8 @@ type Config struct {
 	Driver sandbox.Driver
 	// StopGrace is how long a stopped task gets between SIGTERM and SIGKILL.
 	StopGrace time.Duration
+	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
+	EnableDebug bool
 }
 
 // Agent runs one node.
@@ -63,7 +65,8 @@ type Agent struct {
 	runs    map[runKey]*run
 	cluster string
 	// lostRuns are runs of a crashed earlier agent, reported lost; they
-	// must not be started again while the servers still list them.
+	// must not be started again while the servers still list them. Only
+	// the watch loop touches it after start-up.
 	lostRuns map[runKey]bool
 
 	ctx    context.Context
@@ -99,10 +102,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: a data directory is required (--data-dir)")
 	}
-	for _, d := range []string{allocRoot(cfg.DataDir), runsRoot(cfg.DataDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("agent: creating %s: %w", d, err)
-		}
+	if err := os.MkdirAll(allocRoot(cfg.DataDir), 0o755); err != nil {
+		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{}}
 	a.client = api.NewClient(cfg.Servers, cfg.Token)
@@ -144,10 +145,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.httpSrv.Serve(a.ln)
 	defer a.httpSrv.Close()
 
-	a.recover()
 	if err := a.register(); err != nil {
 		return err
 	}
+	a.recoverRuns()
 	a.wg.Add(2)
 	go func() { defer a.wg.Done(); a.updates.run(a.ctx) }()
 	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
@@ -278,4 +279,3 @@ func cgroupParent(name, dataDir string) string {
 }
 
 func allocRoot(dataDir string) string { return filepath.Join(dataDir, "alloc") }
-func runsRoot(dataDir string) string  { return filepath.Join(dataDir, "runs") }

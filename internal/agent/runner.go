@@ -1,18 +1,20 @@
 package agent
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/sandbox"
 )
+
+// startWorkers is how many runs the agent starts at once.
+const startWorkers = 4
 
 // runKey names one placement of a task.
 type runKey struct {
@@ -31,14 +33,6 @@ type run struct {
 	stopOnce sync.Once
 	stopped  chan struct{} // closed to ask the run to stop
 	done     chan struct{} // closed when the process has ended
-}
-
-// runRecord is written to disk while a run is active so that an agent
-// restarted after a crash can clean up and report it.
-type runRecord struct {
-	Task    string `json:"task"`
-	Run     uint64 `json:"run"`
-	Sandbox string `json:"sandbox"`
 }
 
 // runDir is where a run keeps its output and working directory.
@@ -79,6 +73,11 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 			complete = false
 		}
 	}
+	for k := range a.lostRuns {
+		if !want[k] {
+			delete(a.lostRuns, k)
+		}
+	}
 	oldCluster := a.cluster
 	a.cluster = work.Node.Cluster
 	a.mu.Unlock()
@@ -89,11 +88,26 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	if oldCluster != work.Node.Cluster {
 		go a.wipeClusters(work.Node.Cluster, toStop)
 	}
-	for _, t := range toStart {
-		if err := a.startRun(t); err != nil {
-			a.log.Error("starting task", "task", t.ID, "err", err)
-		}
+	// Starting a run is mostly system calls (directories, files, cgroups,
+	// clone); a few at a time keep both the kernel and the agent busy.
+	var wg sync.WaitGroup
+	next := make(chan *api.Task)
+	for w := 0; w < min(startWorkers, len(toStart)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range next {
+				if err := a.startRun(t); err != nil {
+					a.log.Error("starting task", "task", t.ID, "err", err)
+				}
+			}
+		}()
 	}
+	for _, t := range toStart {
+		next <- t
+	}
+	close(next)
+	wg.Wait()
 	return complete
 }
 
@@ -140,15 +154,11 @@ func (a *Agent) startRun(t *api.Task) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return fail("creating working directory", err)
 	}
-	if err := a.writeRecord(r); err != nil {
-		return fail("recording run", err)
-	}
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
 		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),
 		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB}
 	h, err := a.driver.Start(a.ctx, spec)
 	if err != nil {
-		a.removeRecord(r)
 		return fail("starting command", err)
 	}
 	a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskRunning, Started: time.Now()})
@@ -182,7 +192,6 @@ func (a *Agent) waitRun(r *run, h sandbox.Handle) {
 		res = <-exited
 	}
 	close(r.done)
-	a.removeRecord(r)
 	if stoppedByUs {
 		return // the servers moved or cancelled it; nothing to report
 	}
@@ -245,50 +254,37 @@ func (a *Agent) taskEnv(t *api.Task, work string) []string {
 	return out
 }
 
-func (a *Agent) recordPath(r *run) string {
-	return filepath.Join(runsRoot(a.cfg.DataDir), r.sandbox+".json")
-}
-
-func (a *Agent) writeRecord(r *run) error {
-	b, _ := json.Marshal(runRecord{Task: r.task.ID, Run: r.task.RunID, Sandbox: r.sandbox})
-	return os.WriteFile(a.recordPath(r), b, 0o644)
-}
-
-func (a *Agent) removeRecord(r *run) {
-	os.Remove(a.recordPath(r))
-}
-
-// recover handles the runs of an earlier agent on this data dir that
-// crashed: their processes died with it (the driver kills tasks whose agent
-// dies), so it removes what is left of them and reports them lost, which
-// makes the servers place them again without using up an attempt.
-func (a *Agent) recover() {
-	entries, err := os.ReadDir(runsRoot(a.cfg.DataDir))
-	if err != nil {
+// recoverRuns handles what an earlier agent on this data dir left when it
+// crashed. Its runs died with it (the driver kills tasks whose agent dies,
+// and sweeps their cgroups when it starts), so every run the servers still
+// list for this node is reported lost, which makes them place it again
+// without using up an attempt. It runs right after registration, while the
+// node is initializing and so receives no new placements.
+func (a *Agent) recoverRuns() {
+	for delay := 100 * time.Millisecond; a.ctx.Err() == nil; delay = min(delay*2, 2*time.Second) {
+		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+		work, _, err := a.client.NodeWork(ctx, a.cfg.Name, 0, nil)
+		cancel()
+		if err != nil {
+			a.log.Warn("reading work left by an earlier agent; will retry", "err", err)
+			sleepCtx(a.ctx, delay)
+			continue
+		}
+		for _, r := range work.Runs {
+			a.lostRuns[runKey{r.Task, r.RunID}] = true
+			a.updates.send(api.TaskUpdate{TaskID: r.Task, RunID: r.RunID, State: api.TaskLost,
+				Message: "agent restarted while the task ran", Finished: time.Now()})
+		}
+		if len(work.Runs) > 0 {
+			a.log.Info("reported runs of the previous agent as lost", "runs", len(work.Runs))
+		}
 		return
 	}
-	var ids []string
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		path := filepath.Join(runsRoot(a.cfg.DataDir), e.Name())
-		b, err := os.ReadFile(path)
-		var rec runRecord
-		if err != nil || json.Unmarshal(b, &rec) != nil {
-			os.Remove(path)
-			continue
-		}
-		ids = append(ids, rec.Sandbox)
-		a.lostRuns[runKey{rec.Task, rec.Run}] = true
-		a.updates.send(api.TaskUpdate{TaskID: rec.Task, RunID: rec.Run, State: api.TaskLost,
-			Message: "agent restarted while the task ran", Finished: time.Now()})
-		os.Remove(path)
-	}
-	if len(ids) > 0 {
-		if err := a.driver.Cleanup(ids); err != nil {
-			a.log.Warn("cleaning up runs of the previous agent", "err", err)
-		}
-		a.log.Info("reported runs of the previous agent as lost", "runs", len(ids))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
 	}
 }

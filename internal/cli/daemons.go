@@ -53,6 +53,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "number of servers that form the group at first start (1 bootstraps alone)")
 	f.StringVar(&join, "join", "", "comma-separated HTTP addresses of other servers")
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")
+	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -105,6 +106,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.Int64Var(&cfg.CPU, "cpu", 0, "cpu millicores to offer (default: detected)")
 	f.Int64Var(&cfg.MemoryMB, "memory", 0, "memory MiB to offer (default: detected)")
 	f.StringArrayVar(&labels, "label", nil, "node label key=value (repeatable)")
+	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

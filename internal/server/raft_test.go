@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -50,16 +52,16 @@ func TestSingleServerBootstrap(t *testing.T) {
 // named by the others (discovery must be transitive) and checks that writes
 // sent to a follower are forwarded to the leader and replicated everywhere.
 func TestJoinAndForwardWrites(t *testing.T) {
-	var first string
 	g := testutil.StartServers(t, 3, longTTL, func(i int, c *server.Config) {
-		switch i {
-		case 0:
-			first = c.HTTPAddr
+		if i == 0 {
 			c.Join = nil
-		default:
-			c.Join = []string{first}
+		} else {
+			c.Join = c.Join[:1] // server 0's address
 		}
 	})
+	if got := g.Config(2).Join; len(got) != 1 || got[0] != g.HTTPAddr(0) {
+		t.Fatalf("server 2 joins %q, want only server 0 (%s)", got, g.HTTPAddr(0))
+	}
 	leader := g.Leader(t)
 	checkPeers(t, g, 3)
 
@@ -82,7 +84,7 @@ func TestJoinAndForwardWrites(t *testing.T) {
 
 	// An error from the leader keeps its status and code through the proxy.
 	_, err = fc.CreateCluster(reqCtx(t), &api.ClusterRequest{Name: "c1", Nodes: 1})
-	if e, ok := err.(*api.Error); !ok || e.Code != api.CodeConflict {
+	if e := new(api.Error); !errors.As(err, &e) || e.Code != api.CodeConflict {
 		t.Errorf("creating c1 twice through a follower: err = %v, want code %s", err, api.CodeConflict)
 	}
 
@@ -116,6 +118,10 @@ func TestLeaderKill(t *testing.T) {
 	if leader == old {
 		t.Fatalf("killed server %d still leads", old)
 	}
+	// What the old leader committed survives it.
+	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
+		return findNode(g.Server(leader), "before") != nil, "the new leader has no node before"
+	})
 	var follower int
 	for _, i := range g.Running() {
 		if i != leader {
@@ -200,6 +206,9 @@ func TestSnapshotRestore(t *testing.T) {
 	})
 
 	before := dumpState(s)
+	if len(before.Tasks) != 12*4 || before.Index == 0 {
+		t.Fatalf("state before restart has %d tasks and index %d; the test wrote too little", len(before.Tasks), before.Index)
+	}
 	if err := s.SnapshotNow(); err != nil {
 		t.Fatalf("SnapshotNow: %v", err)
 	}
@@ -214,9 +223,6 @@ func TestSnapshotRestore(t *testing.T) {
 		diff := cmp.Diff(before, dumpState(s))
 		return diff == "", "state after restart differs (-before +after):\n" + diff
 	})
-	if len(before.Tasks) != 12*4 || before.Index == 0 {
-		t.Errorf("state before restart has %d tasks and index %d; the test wrote too little", len(before.Tasks), before.Index)
-	}
 }
 
 // checkPeers waits until every running server lists want voters.
@@ -224,7 +230,9 @@ func checkPeers(t *testing.T, g *testutil.InProcGroup, want int) {
 	t.Helper()
 	for _, i := range g.Running() {
 		testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
-			peers, err := g.Client(i).Peers(reqCtx(t))
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			peers, err := g.Client(i).Peers(ctx)
 			if err != nil || len(peers) != want || slices.Contains(peers, "") {
 				return false, fmt.Sprintf("server %d: peers = %q, err %v; want %d", i, peers, err, want)
 			}
@@ -270,13 +278,15 @@ func TestNoQuorum(t *testing.T) {
 	// Once the survivor has noticed that the leader is gone, it stands for
 	// election, which it cannot win alone.
 	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
-		l, err := c.Leader(reqCtx(t))
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		l, err := c.Leader(ctx)
 		return err == nil && l == "", fmt.Sprintf("the survivor reports leader %q (err %v), want none", l, err)
 	})
 	before := s.Store().Snapshot().Index(allTables...)
 	reg := &api.NodeRegistration{Name: "n2", Zone: "z1", CPU: 1000, MemoryMB: 1024}
 	err := c.RegisterNode(reqCtx(t), reg)
-	if e, ok := err.(*api.Error); !ok || e.Status != 503 || e.Code != api.CodeNoLeader {
+	if e := new(api.Error); !errors.As(err, &e) || e.Status != 503 || e.Code != api.CodeNoLeader {
 		t.Errorf("RegisterNode without a quorum: err = %#v, want a 503 with code %s", err, api.CodeNoLeader)
 	}
 	nodes, _, err := c.Nodes(reqCtx(t), nil)

@@ -39,7 +39,9 @@ type Config struct {
 	// HeartbeatTTL is how long after its last heartbeat a node is declared
 	// down.
 	HeartbeatTTL time.Duration
-	Logger       *slog.Logger
+	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
+	EnableDebug bool
+	Logger      *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
 }

@@ -23,6 +23,7 @@ type InProcGroup struct {
 	t       testing.TB
 	cfgs    []server.Config
 	servers []*server.Server // nil while killed
+	clients []*api.Client
 	logs    *syncBuffer
 }
 
@@ -59,6 +60,7 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 			fn(i, &cfg)
 		}
 		g.cfgs = append(g.cfgs, cfg)
+		g.clients = append(g.clients, api.NewClient([]string{cfg.HTTPAddr}, ""))
 	}
 	// Registered first so that it runs after the shutdown below.
 	t.Cleanup(func() {
@@ -94,9 +96,7 @@ func (g *InProcGroup) HTTPAddr(i int) string { return g.cfgs[i].HTTPAddr }
 
 // Client returns an API client that talks to server i only, so that a
 // test controls which server receives each request.
-func (g *InProcGroup) Client(i int) *api.Client {
-	return api.NewClient([]string{g.cfgs[i].HTTPAddr}, "")
-}
+func (g *InProcGroup) Client(i int) *api.Client { return g.clients[i] }
 
 // Running lists the positions of the servers not killed.
 func (g *InProcGroup) Running() []int {
