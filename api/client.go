@@ -83,6 +83,11 @@ func NewClient(addrs []string, token string) *Client {
 	return c
 }
 
+// Close releases the client's idle connections.
+func (c *Client) Close() {
+	c.HTTP.CloseIdleConnections()
+}
+
 // Addr returns the address currently in use.
 func (c *Client) Addr() string {
 	c.mu.Lock()

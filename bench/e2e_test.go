@@ -70,7 +70,7 @@ func BenchmarkThroughputTrue(b *testing.B) {
 		raw := rawForkExecRate(b, tasks)
 		start := time.Now()
 		res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "true", Cluster: "c1", Groups: []api.GroupSpec{{
-			Name: "t", Count: tasks, Command: []string{"/bin/true"}, }}})
+			Name: "t", Count: tasks, Command: []string{"/bin/true"}}}})
 		if err != nil {
 			b.Fatal(err)
 		}

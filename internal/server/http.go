@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -105,22 +106,34 @@ func (s *Server) recoverPanics(h http.Handler) http.Handler {
 }
 
 // forwardToLeader serves h on the leader and proxies the request to the
-// leader elsewhere. While there is no leader (an election), it waits a
-// few seconds for one.
+// leader elsewhere. While there is no leader (an election), or the leader
+// this server knows cannot be reached or has just lost leadership, it
+// retries for a few seconds. Only failures that prove the request was not
+// applied are retried, so a write is never applied twice.
 func (s *Server) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Shoal-Forwarded") != "" && !s.IsLeader() {
+		if r.Header.Get(forwardedHeader) != "" && !s.IsLeader() {
+			w.Header().Set(notLeaderHeader, "1")
 			writeError(w, http.StatusServiceUnavailable, api.CodeNoLeader, "leadership changed while forwarding; retry")
 			return
 		}
+		var body []byte
+		if r.Body != nil {
+			b, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBodyBytes+1))
+			if err != nil {
+				writeError(w, http.StatusBadRequest, api.CodeInvalid, "reading request body: "+err.Error())
+				return
+			}
+			body = b
+		}
 		deadline := time.Now().Add(5 * time.Second)
 		for {
+			r.Body = io.NopCloser(bytes.NewReader(body))
 			if s.IsLeader() {
 				h(w, r)
 				return
 			}
-			if addr := s.leaderHTTP(); addr != "" {
-				s.proxy(w, r, addr)
+			if addr := s.leaderHTTP(); addr != "" && s.proxy(w, r, addr, time.Now().Before(deadline)) {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -136,19 +149,43 @@ func (s *Server) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string) {
-	target := &url.URL{Scheme: "http", Host: addr}
+const (
+	forwardedHeader = "X-Shoal-Forwarded"
+	notLeaderHeader = "X-Shoal-Not-Leader"
+)
+
+var errRetryForward = errors.New("server: forward target is not the leader")
+
+// proxy forwards r to the leader at addr. It reports false, having written
+// nothing, when the request may be retried: the leader could not be dialed
+// or answered that it no longer leads. With canRetry false every outcome
+// is written.
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string, canRetry bool) bool {
+	retry := false
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Header.Set("X-Shoal-Forwarded", s.cfg.Name)
+			pr.SetURL(&url.URL{Scheme: "http", Host: addr})
+			pr.Out.Header.Set(forwardedHeader, s.cfg.Name)
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if canRetry && resp.Header.Get(notLeaderHeader) != "" {
+				resp.Body.Close()
+				return errRetryForward
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			var op *net.OpError
+			if canRetry && (errors.Is(err, errRetryForward) || (errors.As(err, &op) && op.Op == "dial")) {
+				retry = true
+				return
+			}
 			writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "forwarding to the leader failed: "+err.Error())
 		},
 		FlushInterval: -1,
 	}
 	p.ServeHTTP(w, r)
+	return !retry
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -87,6 +87,7 @@ func (s *Server) discover() {
 				leader, _ = c.Leader(ctx)
 			}
 			cancel()
+			c.Close()
 			if err != nil {
 				continue
 			}
@@ -150,6 +151,7 @@ func (s *Server) joinExisting() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := c.Do(ctx, "POST", "/v1/status/join", nil, req, nil)
 		cancel()
+		c.Close()
 		if err == nil {
 			s.log.Info("joined raft group", "via", addr)
 			return true
@@ -211,6 +213,7 @@ func (s *Server) registerSelf() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c.Do(ctx, "POST", "/v1/status/register", nil, req, nil)
 		cancel()
+		c.Close()
 	}
 }
 
