@@ -331,8 +331,10 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 				continue
 			}
 			t := raw.(*api.Task)
+			// A ready node attached to a cluster is always one of its members
+			// (only draining nodes stay attached outside the member list).
 			if t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
-				n.Cluster != t.Cluster || !tx.isMember(t.Cluster, n.Name) || !fits(n, t.Resources) {
+				n.Cluster != t.Cluster || !fits(n, t.Resources) {
 				res.Rejected++
 				continue
 			}
