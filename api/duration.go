@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -36,7 +37,13 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		}
 		*d = Duration(p)
 	case float64:
-		*d = Duration(x * float64(time.Second))
+		ns := x * float64(time.Second)
+		// Converting an out-of-range float to an integer gives an arbitrary
+		// value (a huge timeout came out negative); refuse it instead.
+		if ns >= math.MaxInt64 || ns < math.MinInt64 {
+			return fmt.Errorf("invalid duration %s: out of range", string(b))
+		}
+		*d = Duration(ns)
 	default:
 		return fmt.Errorf("invalid duration %s (want e.g. \"30s\", \"10m\")", string(b))
 	}

@@ -103,10 +103,11 @@ func (j *JobSpec) Validate() error {
 		if g.Count < 1 {
 			return invalid(f+".count", "must be at least 1, got %d", g.Count)
 		}
-		total += g.Count
-		if total > MaxTasksPerJob {
+		// Compare before adding: total+g.Count could overflow and wrap.
+		if g.Count > MaxTasksPerJob-total {
 			return invalid(f+".count", "the job would have more than %d tasks", MaxTasksPerJob)
 		}
+		total += g.Count
 		if len(g.Command) == 0 || g.Command[0] == "" {
 			return invalid(f+".command", "must not be empty")
 		}

@@ -16,14 +16,7 @@ const maxEvents = 200
 
 // Cluster returns the named cluster, or nil.
 func (s *Snapshot) Cluster(ws memdb.WatchSet, name string) *api.Cluster {
-	ch, raw, err := s.txn.FirstWatch(tableClusters, "id", name)
-	if ws != nil {
-		ws.Add(ch)
-	}
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*api.Cluster)
+	return first[*api.Cluster](s.txn, ws, tableClusters, name)
 }
 
 // Clusters returns all clusters sorted by name.

@@ -34,14 +34,7 @@ func TaskID(job, group string, index int) string {
 
 // Job returns a job (without its tasks), or nil.
 func (s *Snapshot) Job(ws memdb.WatchSet, id string) *api.Job {
-	ch, raw, err := s.txn.FirstWatch(tableJobs, "id", id)
-	if ws != nil {
-		ws.Add(ch)
-	}
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*api.Job)
+	return first[*api.Job](s.txn, ws, tableJobs, id)
 }
 
 // Jobs returns all jobs, or those of one cluster, in id order.
@@ -73,14 +66,7 @@ func groupOrder(a, b *api.Task) int {
 
 // Task returns one task, or nil.
 func (s *Snapshot) Task(ws memdb.WatchSet, id string) *api.Task {
-	ch, raw, err := s.txn.FirstWatch(tableTasks, "id", id)
-	if ws != nil {
-		ws.Add(ch)
-	}
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*api.Task)
+	return first[*api.Task](s.txn, ws, tableTasks, id)
 }
 
 // PlaceableTasks returns the tasks waiting for a node, in id order.

@@ -11,14 +11,7 @@ import (
 
 // Node returns the named node, or nil.
 func (s *Snapshot) Node(ws memdb.WatchSet, name string) *api.Node {
-	ch, raw, err := s.txn.FirstWatch(tableNodes, "id", name)
-	if ws != nil {
-		ws.Add(ch)
-	}
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*api.Node)
+	return first[*api.Node](s.txn, ws, tableNodes, name)
 }
 
 // Nodes returns all nodes sorted by name.
@@ -48,6 +41,22 @@ func (s *Snapshot) Servers(ws memdb.WatchSet) []*api.ServerInfo {
 	return collect[*api.ServerInfo](s.txn, ws, tableServers, "id")
 }
 
+// first returns the object with the given id, or the zero T, and adds a
+// channel that fires when it changes to ws.
+func first[T any](txn *memdb.Txn, ws memdb.WatchSet, table, id string) T {
+	var zero T
+	ch, raw, err := txn.FirstWatch(table, "id", id)
+	if ws != nil && ch != nil {
+		ws.Add(ch)
+	}
+	if err != nil || raw == nil {
+		return zero
+	}
+	return raw.(T)
+}
+
+// collect returns every object of an index lookup and adds a channel that
+// fires when any of them changes to ws.
 func collect[T any](txn *memdb.Txn, ws memdb.WatchSet, table, index string, args ...any) []T {
 	it, err := txn.Get(table, index, args...)
 	if err != nil {
