@@ -274,9 +274,12 @@ type NodeRegistration struct {
 	Labels   map[string]string `json:"labels,omitempty"`
 }
 
-// Heartbeat is sent by an agent periodically.
+// Heartbeat is sent by an agent periodically. Leaving is sent once by an
+// agent that shuts down: its node is marked down at once instead of after
+// the heartbeat TTL.
 type Heartbeat struct {
-	Ready bool `json:"ready"`
+	Ready   bool `json:"ready"`
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // HeartbeatResponse tells the agent how often to heartbeat.

@@ -199,3 +199,25 @@ func TestDrainMovesTasks(t *testing.T) {
 	in.WaitForReady(3)
 	mustShoal(t, in, "job", "cancel", id)
 }
+
+// TestAgentStopHandsTasksBack stops an agent with SIGTERM: it kills its
+// tasks and reports them lost at once, so that they run elsewhere long
+// before the (here 30 s) heartbeat TTL would notice.
+func TestAgentStopHandsTasksBack(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 2, HeartbeatTTL: 30 * time.Second})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
+	id := submit(t, in, fmt.Sprintf(sleepJob, 2, "300"))
+	victim := runningNode(t, in, id)
+	in.Agent(victim).Stop()
+	waitNoTaskProcesses(t, victim)
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		j, _, _ := in.Client.Job(context.Background(), id, nil)
+		for _, tk := range j.Tasks {
+			if tk.Node == victim || tk.State != api.TaskRunning {
+				return false, fmt.Sprintf("task %d %s on %s", tk.Index, tk.State, tk.Node)
+			}
+		}
+		return hasEvent(j.Events, "task-lost", "shut down"), "no task-lost event"
+	})
+	mustShoal(t, in, "job", "cancel", id)
+}

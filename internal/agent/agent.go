@@ -149,12 +149,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.recoverRuns()
-	a.wg.Add(2)
-	go func() { defer a.wg.Done(); a.updates.run(a.ctx) }()
+	// The batcher outlives the other loops so that the reports of runs
+	// stopped at shutdown are delivered.
+	updatesCtx, stopUpdates := context.WithCancel(context.Background())
+	updatesDone := make(chan struct{})
+	go func() { defer close(updatesDone); a.updates.run(updatesCtx) }()
+	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
 	a.watchLoop()
 	a.stopAll()
 	a.wg.Wait()
+	stopUpdates()
+	<-updatesDone
+	a.leave()
 	if c, ok := a.driver.(interface{ Close() error }); ok {
 		c.Close()
 	}
@@ -213,6 +220,16 @@ func (a *Agent) heartbeatLoop() {
 				a.log.Warn("heartbeat failed", "err", err)
 			}
 		}
+	}
+}
+
+// leave tells the servers this node is going away, so that its tasks are
+// placed elsewhere at once rather than after the heartbeat TTL.
+func (a *Agent) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := a.client.Heartbeat(ctx, a.cfg.Name, &api.Heartbeat{Leaving: true}); err != nil {
+		a.log.Warn("telling the servers this node leaves; they will notice when its heartbeats stop", "err", err)
 	}
 }
 

@@ -193,7 +193,7 @@ func (a *Agent) waitRun(r *run, h sandbox.Handle) {
 	}
 	close(r.done)
 	if stoppedByUs {
-		return // the servers moved or cancelled it; nothing to report
+		return // the servers moved or cancelled it, or the agent stops
 	}
 	u := api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, ExitCode: res.ExitCode, Started: res.Started, Finished: res.Finished}
 	switch {
@@ -227,7 +227,10 @@ func (a *Agent) stopAll() {
 	var wg sync.WaitGroup
 	for _, r := range runs {
 		wg.Add(1)
-		go func() { defer wg.Done(); r.stop() }()
+		go func() {
+			defer wg.Done()
+			r.stop()
+		}()
 	}
 	wg.Wait()
 }

@@ -105,10 +105,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.HeartbeatTTL > 0 {
 		args = append(args, "--heartbeat-ttl", cfg.HeartbeatTTL.String())
 	}
-	if _, err := in.start("server", args); err != nil {
+	srv, err := in.start("server", args)
+	if err != nil {
 		return err
 	}
-	if err := in.waitForLeader(ctx); err != nil {
+	if err := in.waitForLeader(ctx, srv); err != nil {
 		return err
 	}
 	for i := 0; i < cfg.Agents; i++ {
@@ -176,9 +177,15 @@ func (in *installation) startAgent(zone string) error {
 	return err
 }
 
-func (in *installation) waitForLeader(ctx context.Context) error {
+func (in *installation) waitForLeader(ctx context.Context, srv *child) error {
 	deadline := time.Now().Add(30 * time.Second)
+	logPath := filepath.Join(in.dir, "logs", "server.log")
 	for {
+		select {
+		case <-srv.done:
+			return fmt.Errorf("the server exited at start-up (is %s in use?); see %s", in.cfg.Addr, logPath)
+		default:
+		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		leader, err := in.client.Leader(rctx)
 		cancel()
@@ -189,7 +196,7 @@ func (in *installation) waitForLeader(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the server did not elect itself leader within 30s (see %s)", filepath.Join(in.dir, "logs", "server.log"))
+			return fmt.Errorf("the server did not elect itself leader within 30s; see %s", logPath)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

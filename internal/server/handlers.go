@@ -193,6 +193,10 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	s.heartbeats.beat(name, s.now())
 	s.metrics.heartbeats.Inc()
+	if hb.Leaving {
+		s.write(w, fsm.NodeState, &state.NodeStateRequest{Name: name, State: api.NodeDown, Reason: "agent shut down", Now: s.now()})
+		return
+	}
 	if hb.Ready && (n.State == api.NodeDown || n.State == api.NodeInitializing) {
 		if _, _, err := s.apply(fsm.NodeState, &state.NodeStateRequest{Name: name, State: api.NodeReady, Now: s.now()}); err != nil {
 			writeErr(w, err)

@@ -129,6 +129,9 @@ func (s *Server) nodeHealthLoop(stop chan struct{}) {
 	}
 }
 
+// queuedPassInterval spaces scheduling passes while tasks wait for room.
+const queuedPassInterval = 20 * time.Millisecond
+
 // schedulerLoop places waiting tasks whenever tasks, nodes or clusters
 // change, and when a retry backoff ends.
 func (s *Server) schedulerLoop(stop chan struct{}) {
@@ -165,5 +168,12 @@ func (s *Server) schedulerLoop(stop chan struct{}) {
 		}
 		ws.WatchCtx(wctx)
 		c()
+		if res.Waiting > 0 {
+			// Tasks are queued for room: every task report wakes this loop,
+			// and each pass reads the whole queue. Let reports gather.
+			if !s.sleep(queuedPassInterval) {
+				return
+			}
+		}
 	}
 }
