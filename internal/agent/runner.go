@@ -131,11 +131,6 @@ func (a *Agent) wipeClusters(keep string, stopping []*run) {
 }
 
 func (a *Agent) startRun(t *api.Task) error {
-	for _, n := range []string{t.Cluster, t.JobID, t.Group} {
-		if err := api.ValidateName("task", n); err != nil {
-			return err // never let a name escape the data dir
-		}
-	}
 	r := &run{key: runKey{t.ID, t.RunID}, task: t, stopped: make(chan struct{}), done: make(chan struct{}),
 		dir:     runDir(a.cfg.DataDir, t.Cluster, t.JobID, t.Group, t.Index, t.RunID),
 		sandbox: fmt.Sprintf("%s.%s.%d.%d", t.JobID, t.Group, t.Index, t.RunID)}
@@ -149,6 +144,11 @@ func (a *Agent) startRun(t *api.Task) error {
 		a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskFailed, ExitCode: -1,
 			Message: fmt.Sprintf("%s: %v", msg, err), Started: now, Finished: now})
 		return err
+	}
+	for _, n := range []string{t.Cluster, t.JobID, t.Group} {
+		if err := api.ValidateName("task", n); err != nil {
+			return fail("refusing a name that could escape the data dir", err)
+		}
 	}
 	work := filepath.Join(r.dir, "work")
 	if err := os.MkdirAll(work, 0o755); err != nil {

@@ -490,7 +490,7 @@ func TestReconcileStartFailure(t *testing.T) {
 
 func TestReconcileRefusesUnsafeNames(t *testing.T) {
 	d := &fakeDriver{}
-	a, _ := newTestAgent(t, d)
+	a, srv := newTestAgent(t, d)
 	task := testTask(0, 40)
 	task.Cluster = "../../etc"
 	a.mu.Lock()
@@ -505,8 +505,15 @@ func TestReconcileRefusesUnsafeNames(t *testing.T) {
 	if _, err := os.Stat(escaped); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stat %s: got %v, want it not to exist", escaped, err)
 	}
-	if got := runKeys(a); len(got) != 0 {
-		t.Errorf("got runs held %v, want none", got)
+	// The run is held (so it is not tried again on every watch) and
+	// reported failed, which lets the servers retry or fail it.
+	if got := runKeys(a); len(got) != 1 {
+		t.Errorf("got runs held %v, want the refused one", got)
+	}
+	waitReport(t, srv, task, api.TaskFailed)
+	a.reconcile(work(task.Cluster, []*api.Task{task}, task))
+	if got := d.started(); len(got) != 0 {
+		t.Errorf("second reconcile started %v, want nothing", got)
 	}
 }
 
