@@ -86,7 +86,7 @@ Start a whole installation on this machine with 'shoal dev', then try
 		addr = DefaultAddr
 	}
 	root.PersistentFlags().StringVar(&g.addr, "addr", addr, "server API address (env SHOAL_ADDR)")
-	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token (env SHOAL_TOKEN)")
+	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token, sent as a bearer token (env SHOAL_TOKEN; servers do not check tokens yet)")
 	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g))
 	return root
 }
