@@ -50,6 +50,8 @@ func serverCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7460", "address for the HTTP API")
 	f.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7461", "address for Raft traffic")
+	f.StringVar(&cfg.AdvertiseHTTP, "advertise-http", "", "HTTP address others use to reach this server (default: --http-addr)")
+	f.StringVar(&cfg.AdvertiseRaft, "advertise-raft", "", "Raft address others use to reach this server (default: --raft-addr)")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "number of servers that form the group at first start (1 bootstraps alone)")
 	f.StringVar(&join, "join", "", "comma-separated HTTP addresses of other servers")
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")

@@ -31,6 +31,11 @@ type Config struct {
 	DataDir  string
 	HTTPAddr string // host:port to listen on for the API
 	RaftAddr string // host:port for Raft traffic
+	// AdvertiseHTTP and AdvertiseRaft are the addresses other servers and
+	// agents use to reach this one, when they differ from the listen
+	// addresses (for example when listening on 0.0.0.0).
+	AdvertiseHTTP string
+	AdvertiseRaft string
 	// BootstrapExpect is the number of servers that form the group at
 	// first start; 1 bootstraps alone.
 	BootstrapExpect int
@@ -124,7 +129,12 @@ func New(cfg Config) (*Server, error) {
 }
 
 // HTTPAddr returns the address the API listens on.
-func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+func (s *Server) HTTPAddr() string {
+	if s.cfg.AdvertiseHTTP != "" {
+		return s.cfg.AdvertiseHTTP
+	}
+	return s.httpLn.Addr().String()
+}
 
 // RaftAddr returns the Raft address.
 func (s *Server) RaftAddr() string { return string(s.trans.LocalAddr()) }
@@ -157,9 +167,16 @@ func (s *Server) setupRaft() error {
 	conf.TrailingLogs = 10240
 	conf.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{s.log}})
 
-	addr, err := net.ResolveTCPAddr("tcp", s.cfg.RaftAddr)
+	advertise := s.cfg.RaftAddr
+	if s.cfg.AdvertiseRaft != "" {
+		advertise = s.cfg.AdvertiseRaft
+	}
+	addr, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil {
-		return fmt.Errorf("server: raft-addr %q: %w", s.cfg.RaftAddr, err)
+		return fmt.Errorf("server: raft address %q: %w", advertise, err)
+	}
+	if addr.IP == nil || addr.IP.IsUnspecified() {
+		return fmt.Errorf("server: raft address %q cannot be reached by other servers; set --advertise-raft", advertise)
 	}
 	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger)
 	if err != nil {
