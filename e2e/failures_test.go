@@ -177,15 +177,7 @@ func TestDrainMovesTasks(t *testing.T) {
 	id := submit(t, in, fmt.Sprintf(sleepJob, 2, "300"))
 	node := runningNode(t, in, id)
 	mustShoal(t, in, "node", "drain", node, "--deadline", "1s")
-	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
-		j, _, _ := in.Client.Job(context.Background(), id, nil)
-		for _, tk := range j.Tasks {
-			if tk.Node == node || tk.State != api.TaskRunning {
-				return false, fmt.Sprintf("task %d %s on %s", tk.Index, tk.State, tk.Node)
-			}
-		}
-		return true, ""
-	})
+	waitRunningElsewhere(t, in, id, node, 20*time.Second)
 	waitNoTaskProcesses(t, node)
 	n, _ := in.Client.Node(context.Background(), node)
 	if n.State != api.NodeDraining || n.Cluster != "" {
@@ -201,7 +193,7 @@ func TestDrainMovesTasks(t *testing.T) {
 }
 
 // TestAgentStopHandsTasksBack stops an agent with SIGTERM: it kills its
-// tasks and reports them lost at once, so that they run elsewhere long
+// tasks and tells the servers it leaves, so that they run elsewhere long
 // before the (here 30 s) heartbeat TTL would notice.
 func TestAgentStopHandsTasksBack(t *testing.T) {
 	in := testutil.StartInstallation(t, testutil.Options{Agents: 2, HeartbeatTTL: 30 * time.Second})
@@ -210,14 +202,9 @@ func TestAgentStopHandsTasksBack(t *testing.T) {
 	victim := runningNode(t, in, id)
 	in.Agent(victim).Stop()
 	waitNoTaskProcesses(t, victim)
-	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
-		j, _, _ := in.Client.Job(context.Background(), id, nil)
-		for _, tk := range j.Tasks {
-			if tk.Node == victim || tk.State != api.TaskRunning {
-				return false, fmt.Sprintf("task %d %s on %s", tk.Index, tk.State, tk.Node)
-			}
-		}
-		return hasEvent(j.Events, "task-lost", "shut down"), "no task-lost event"
-	})
+	job := waitRunningElsewhere(t, in, id, victim, 10*time.Second)
+	if !hasEvent(job.Events, "task-lost", "agent shut down") {
+		t.Errorf("events %v: want tasks lost because the agent shut down", job.Events)
+	}
 	mustShoal(t, in, "job", "cancel", id)
 }

@@ -140,3 +140,24 @@ func hasEvent(events []api.Event, typ, substr string) bool {
 	}
 	return false
 }
+
+// waitRunningElsewhere waits until every task of the job runs on a node
+// other than node, and returns the job.
+func waitRunningElsewhere(t *testing.T, in *testutil.Installation, id, node string, timeout time.Duration) *api.Job {
+	t.Helper()
+	var job *api.Job
+	testutil.WaitFor(t, timeout, func() (bool, string) {
+		j, _, err := in.Client.Job(context.Background(), id, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		job = j
+		for _, tk := range j.Tasks {
+			if tk.Node == node || tk.State != api.TaskRunning {
+				return false, fmt.Sprintf("task %d %s on %s", tk.Index, tk.State, tk.Node)
+			}
+		}
+		return true, ""
+	})
+	return job
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/sandbox"
+	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
 func TestTaskEnv(t *testing.T) {
@@ -266,7 +267,7 @@ func runKeys(a *Agent) []string {
 func waitReport(t *testing.T, srv *taskServer, task *api.Task, state string) api.TaskUpdate {
 	t.Helper()
 	var found api.TaskUpdate
-	pollUntil(t, 10*time.Second, func() (bool, string) {
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
 		var states []string
 		for _, u := range srv.accepted() {
 			if u.TaskID == task.ID && u.RunID == task.RunID {
@@ -363,7 +364,7 @@ func TestReconcileNewRunOfSameTask(t *testing.T) {
 		t.Errorf("runs started (-want +got):\n%s", diff)
 	}
 	h := d.handle(t, sandboxID(old))
-	pollUntil(t, 10*time.Second, func() (bool, string) {
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
 		return h.stopCount() == 1, fmt.Sprintf("old run stopped %d times, want 1", h.stopCount())
 	})
 	waitReport(t, srv, moved, api.TaskRunning)
@@ -575,7 +576,7 @@ func TestReconcileLeavingClusterWipesData(t *testing.T) {
 	}
 	// The node is back in the pool: its run stops, then c1's data goes.
 	a.reconcile(work("", nil))
-	pollUntil(t, 10*time.Second, func() (bool, string) {
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
 		_, err := os.Stat(clusterDir)
 		return errors.Is(err, os.ErrNotExist), fmt.Sprintf("stat %s: got %v, want it gone", clusterDir, err)
 	})

@@ -16,24 +16,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil"
 )
-
-// pollUntil calls cond every 10ms until it returns true, failing the test
-// with cond's last message when timeout passes first.
-func pollUntil(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %s", timeout, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -162,7 +146,7 @@ func newTestBatcher(t *testing.T, srv *taskServer) *updateBatcher {
 func waitAccepted(t *testing.T, srv *taskServer, n int) []api.TaskUpdate {
 	t.Helper()
 	var got []api.TaskUpdate
-	pollUntil(t, 10*time.Second, func() (bool, string) {
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
 		got = srv.accepted()
 		return len(got) >= n, fmt.Sprintf("got %d updates accepted, want %d", len(got), n)
 	})
@@ -400,7 +384,7 @@ func TestUpdateBatcherConcurrentSend(t *testing.T) {
 		task string
 		run  uint64
 	}
-	pollUntil(t, 20*time.Second, func() (bool, string) {
+	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
 		last := map[key]string{}
 		for _, u := range srv.accepted() {
 			last[key{u.TaskID, u.RunID}] = u.State

@@ -38,22 +38,18 @@ func clusterCmd(g *globals) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List clusters", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			cs, _, err := g.client().Clusters(cmd.Context(), nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, cs)
-			}
-			t := newTable(g.stdout, "NAME", "NODES", "SIZE", "ZONES", "CREATED")
-			for _, c := range cs {
-				t.row(c.Name, len(c.Nodes), c.Size, c.MinZones, c.Created.Format(time.RFC3339))
-			}
-			t.flush()
-			return nil
+			return g.view(cs, func() error {
+				t := newTable(g.stdout, "NAME", "NODES", "SIZE", "ZONES", "CREATED")
+				for _, c := range cs {
+					t.row(c.Name, len(c.Nodes), c.Size, c.MinZones, c.Created.Format(time.RFC3339))
+				}
+				t.flush()
+				return nil
+			})
 		},
 	}
 	addOutputFlag(list, g)
@@ -61,32 +57,28 @@ func clusterCmd(g *globals) *cobra.Command {
 	status := &cobra.Command{
 		Use: "status NAME", Short: "Show a cluster's nodes and events", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			cl := g.client()
 			c, _, err := cl.Cluster(cmd.Context(), args[0], nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, c)
-			}
-			fmt.Fprintf(g.stdout, "Cluster %s: %d of %d nodes, at least %d zones\n\n", c.Name, len(c.Nodes), c.Size, c.MinZones)
-			nodes, _, err := cl.Nodes(cmd.Context(), nil)
-			if err != nil {
-				return err
-			}
-			var members []*api.Node
-			for _, n := range nodes {
-				if n.Cluster == c.Name {
-					members = append(members, n)
+			return g.view(c, func() error {
+				fmt.Fprintf(g.stdout, "Cluster %s: %d of %d nodes, at least %d zones\n\n", c.Name, len(c.Nodes), c.Size, c.MinZones)
+				nodes, _, err := cl.Nodes(cmd.Context(), nil)
+				if err != nil {
+					return err
 				}
-			}
-			printNodes(g, members)
-			fmt.Fprintln(g.stdout, "\nEvents:")
-			printEvents(g, c.Events)
-			return nil
+				var members []*api.Node
+				for _, n := range nodes {
+					if n.Cluster == c.Name {
+						members = append(members, n)
+					}
+				}
+				printNodes(g, members)
+				fmt.Fprintln(g.stdout, "\nEvents:")
+				printEvents(g, c.Events)
+				return nil
+			})
 		},
 	}
 	addOutputFlag(status, g)

@@ -61,24 +61,20 @@ the job completed.`,
 	list := &cobra.Command{
 		Use: "list", Short: "List jobs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			jobs, _, err := g.client().Jobs(cmd.Context(), cluster, nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, jobs)
-			}
-			t := newTable(g.stdout, "ID", "CLUSTER", "STATE", "TASKS", "COMPLETE", "RUNNING", "PENDING", "FAILED", "SUBMITTED")
-			for _, j := range jobs {
-				c := j.Counts
-				t.row(j.ID, j.Cluster, j.State, c.Total(), c.Complete, c.Running, c.Pending+c.Lost, c.Failed,
-					j.Submitted.Local().Format("2006-01-02 15:04:05"))
-			}
-			t.flush()
-			return nil
+			return g.view(jobs, func() error {
+				t := newTable(g.stdout, "ID", "CLUSTER", "STATE", "TASKS", "COMPLETE", "RUNNING", "PENDING", "FAILED", "SUBMITTED")
+				for _, j := range jobs {
+					c := j.Counts
+					t.row(j.ID, j.Cluster, j.State, c.Total(), c.Complete, c.Running, c.Pending+c.Lost, c.Failed,
+						j.Submitted.Local().Format("2006-01-02 15:04:05"))
+				}
+				t.flush()
+				return nil
+			})
 		},
 	}
 	list.Flags().StringVar(&cluster, "cluster", "", "only jobs of this cluster")
@@ -87,32 +83,28 @@ the job completed.`,
 	status := &cobra.Command{
 		Use: "status JOB", Short: "Show a job, its tasks and its events", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			j, _, err := g.client().Job(cmd.Context(), args[0], nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, j)
-			}
-			c := j.Counts
-			fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
-			fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
-				c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
-			t := newTable(g.stdout, "GROUP", "INDEX", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE")
-			for _, tk := range j.Tasks {
-				exit := "-"
-				if !tk.Finished.IsZero() {
-					exit = fmt.Sprint(tk.ExitCode)
+			return g.view(j, func() error {
+				c := j.Counts
+				fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
+				fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
+					c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
+				t := newTable(g.stdout, "GROUP", "INDEX", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE")
+				for _, tk := range j.Tasks {
+					exit := "-"
+					if !tk.Finished.IsZero() {
+						exit = fmt.Sprint(tk.ExitCode)
+					}
+					t.row(tk.Group, tk.Index, tk.State, dash(tk.Node), tk.Attempt, exit, dash(tk.Message))
 				}
-				t.row(tk.Group, tk.Index, tk.State, dash(tk.Node), tk.Attempt, exit, dash(tk.Message))
-			}
-			t.flush()
-			fmt.Fprintln(g.stdout, "\nEvents:")
-			printEvents(g, j.Events)
-			return nil
+				t.flush()
+				fmt.Fprintln(g.stdout, "\nEvents:")
+				printEvents(g, j.Events)
+				return nil
+			})
 		},
 	}
 	addOutputFlag(status, g)

@@ -15,47 +15,39 @@ func nodeCmd(g *globals) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List nodes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			nodes, _, err := g.client().Nodes(cmd.Context(), nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, nodes)
-			}
-			printNodes(g, nodes)
-			return nil
+			return g.view(nodes, func() error {
+				printNodes(g, nodes)
+				return nil
+			})
 		},
 	}
 	addOutputFlag(list, g)
 	status := &cobra.Command{
 		Use: "status NODE", Short: "Show one node", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			n, err := g.client().Node(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, n)
-			}
-			t := newTable(g.stdout, "FIELD", "VALUE")
-			t.row("name", n.Name)
-			t.row("zone", n.Zone)
-			t.row("state", n.State)
-			t.row("since", n.StateSince.Format(time.RFC3339))
-			t.row("cluster", dash(n.Cluster))
-			t.row("address", n.Addr)
-			t.row("cpu", fmt.Sprintf("%d/%d millicores", n.Used.CPU, n.CPU))
-			t.row("memory", fmt.Sprintf("%d/%d MiB", n.Used.MemoryMB, n.MemoryMB))
-			t.row("tasks", n.Tasks)
-			t.row("labels", dash(formatLabels(n.Labels)))
-			t.flush()
-			return nil
+			return g.view(n, func() error {
+				t := newTable(g.stdout, "FIELD", "VALUE")
+				t.row("name", n.Name)
+				t.row("zone", n.Zone)
+				t.row("state", n.State)
+				t.row("since", n.StateSince.Format(time.RFC3339))
+				t.row("cluster", dash(n.Cluster))
+				t.row("address", n.Addr)
+				t.row("cpu", fmt.Sprintf("%d/%d millicores", n.Used.CPU, n.CPU))
+				t.row("memory", fmt.Sprintf("%d/%d MiB", n.Used.MemoryMB, n.MemoryMB))
+				t.row("tasks", n.Tasks)
+				t.row("labels", dash(formatLabels(n.Labels)))
+				t.flush()
+				return nil
+			})
 		},
 	}
 	addOutputFlag(status, g)
@@ -111,28 +103,24 @@ func poolCmd(g *globals) *cobra.Command {
 	status := &cobra.Command{
 		Use: "status", Short: "Show idle nodes by zone", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
 			p, _, err := g.client().Pool(cmd.Context(), nil)
 			if err != nil {
 				return err
 			}
-			if g.json() {
-				return printJSON(g.stdout, p)
-			}
-			fmt.Fprintf(g.stdout, "Idle: %d   Reserved: %d   Draining: %d   Down: %d\n\n", p.Idle, p.Reserved, p.Draining, p.Down)
-			var zones []string
-			for z := range p.ByZone {
-				zones = append(zones, z)
-			}
-			sort.Strings(zones)
-			t := newTable(g.stdout, "ZONE", "IDLE")
-			for _, z := range zones {
-				t.row(z, p.ByZone[z])
-			}
-			t.flush()
-			return nil
+			return g.view(p, func() error {
+				fmt.Fprintf(g.stdout, "Idle: %d   Reserved: %d   Draining: %d   Down: %d\n\n", p.Idle, p.Reserved, p.Draining, p.Down)
+				var zones []string
+				for z := range p.ByZone {
+					zones = append(zones, z)
+				}
+				sort.Strings(zones)
+				t := newTable(g.stdout, "ZONE", "IDLE")
+				for _, z := range zones {
+					t.row(z, p.ByZone[z])
+				}
+				t.flush()
+				return nil
+			})
 		},
 	}
 	addOutputFlag(status, g)

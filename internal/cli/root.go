@@ -36,8 +36,6 @@ func (g *globals) client() *api.Client {
 	return api.NewClient(strings.Split(g.addr, ","), g.token)
 }
 
-func (g *globals) json() bool { return g.output == "json" }
-
 // exitError carries an exit status without printing anything more.
 type exitError struct{ code int }
 
@@ -91,16 +89,24 @@ Start a whole installation on this machine with 'shoal dev', then try
 	return root
 }
 
-// addOutputFlag adds -o/--output to a list or status command.
+// addOutputFlag adds -o/--output to a list or status command, which then
+// prints its result with [globals.view].
 func addOutputFlag(cmd *cobra.Command, g *globals) {
 	cmd.Flags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if g.output != "table" && g.output != "json" {
+			return fmt.Errorf("--output: %q is not table or json", g.output)
+		}
+		return nil
+	}
 }
 
-func checkOutput(g *globals) error {
-	if g.output != "table" && g.output != "json" {
-		return fmt.Errorf("--output: %q is not table or json", g.output)
+// view prints v as JSON with -o json, and through table otherwise.
+func (g *globals) view(v any, table func() error) error {
+	if g.output == "json" {
+		return printJSON(g.stdout, v)
 	}
-	return nil
+	return table()
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -94,11 +94,11 @@ func Plan(st State, now time.Time) *Result {
 }
 
 type nodeView struct {
-	name      string
-	zone      *zoneView
-	free      api.Resources
-	cap       api.Resources
-	schedulab bool
+	name        string
+	zone        *zoneView
+	free        api.Resources
+	cap         api.Resources
+	schedulable bool
 }
 
 type zoneView struct {
@@ -133,11 +133,11 @@ func newClusterView(st State, name string) *clusterView {
 			zones[n.Zone] = z
 			cv.zones = append(cv.zones, z)
 		}
-		v := &nodeView{name: n.Name, zone: z, schedulab: n.Schedulable() && n.Cluster == name,
+		v := &nodeView{name: n.Name, zone: z, schedulable: n.Schedulable() && n.Cluster == name,
 			cap:  api.Resources{CPU: n.CPU, MemoryMB: n.MemoryMB},
 			free: api.Resources{CPU: n.CPU - n.Used.CPU, MemoryMB: n.MemoryMB - n.Used.MemoryMB}}
 		cv.byName[n.Name] = v
-		if v.schedulab {
+		if v.schedulable {
 			z.nodes = append(z.nodes, v)
 		}
 	}

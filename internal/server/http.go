@@ -214,7 +214,6 @@ func writeErr(w http.ResponseWriter, err error) {
 		{state.ErrConflict, http.StatusConflict, api.CodeConflict},
 		{state.ErrNoRoom, http.StatusConflict, api.CodeNoCapacity},
 		{ErrNotLeader, http.StatusServiceUnavailable, api.CodeNoLeader},
-		{ErrNoLeader, http.StatusServiceUnavailable, api.CodeNoLeader},
 	} {
 		if errors.Is(err, m.target) {
 			msg := strings.TrimPrefix(err.Error(), m.target.Error()+": ")

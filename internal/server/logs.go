@@ -2,8 +2,8 @@ package server
 
 import (
 	"fmt"
-	"io"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"strconv"
 
@@ -62,37 +62,18 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	v.Set("run", strconv.FormatUint(t.RunID, 10))
 	v.Set("stream", stream)
 	v.Set("follow", q.Get("follow"))
-	u := "http://" + n.Addr + "/v1/agent/logs?" + v.Encode()
-	req, err := http.NewRequestWithContext(r.Context(), "GET", u, nil)
-	if err != nil {
-		writeErr(w, err)
-		return
+	// The agent serves the file; a flushing proxy passes a followed log on
+	// as the task writes it.
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL = &url.URL{Scheme: "http", Host: n.Addr, Path: "/v1/agent/logs", RawQuery: v.Encode()}
+			pr.Out.Host = n.Addr
+		},
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable,
+				fmt.Sprintf("node %s (state %s), which ran task %s/%d, cannot be reached: %v", n.Name, n.State, group, index, err))
+		},
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable,
-			fmt.Sprintf("node %s (state %s), which ran task %s/%d, cannot be reached: %v", n.Name, n.State, group, index, err))
-		return
-	}
-	defer resp.Body.Close()
-	for _, h := range []string{"Content-Type"} {
-		w.Header().Set(h, resp.Header.Get(h))
-	}
-	w.WriteHeader(resp.StatusCode)
-	fl, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if fl != nil {
-				fl.Flush()
-			}
-		}
-		if err == io.EOF || err != nil {
-			return
-		}
-	}
+	proxy.ServeHTTP(w, r)
 }

@@ -51,11 +51,9 @@ type Config struct {
 	Clock func() time.Time
 }
 
-// Errors returned by the server to API callers.
-var (
-	ErrNoLeader  = errors.New("server: no leader")
-	ErrNotLeader = errors.New("server: not the leader")
-)
+// ErrNotLeader is returned by writes attempted on a server that lost
+// leadership while applying them.
+var ErrNotLeader = errors.New("server: not the leader")
 
 // Server is one control-plane server.
 type Server struct {

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -49,19 +50,9 @@ func (s *Snapshot) Jobs(ws memdb.WatchSet, cluster string) []*api.Job {
 func (s *Snapshot) JobTasks(ws memdb.WatchSet, job string) []*api.Task {
 	tasks := collect[*api.Task](s.txn, ws, tableTasks, "job", job)
 	slices.SortFunc(tasks, func(a, b *api.Task) int {
-		if a.Group != b.Group {
-			return groupOrder(a, b)
-		}
-		return a.Index - b.Index
+		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Index, b.Index))
 	})
 	return tasks
-}
-
-func groupOrder(a, b *api.Task) int {
-	if a.Group < b.Group {
-		return -1
-	}
-	return 1
 }
 
 // Task returns one task, or nil.

@@ -19,12 +19,6 @@ func (s *Snapshot) Nodes(ws memdb.WatchSet) []*api.Node {
 	return collect[*api.Node](s.txn, ws, tableNodes, "id")
 }
 
-// ClusterNodes returns the nodes attached to a cluster, members and nodes
-// still draining out of it.
-func (s *Snapshot) ClusterNodes(ws memdb.WatchSet, cluster string) []*api.Node {
-	return collect[*api.Node](s.txn, ws, tableNodes, "cluster", cluster)
-}
-
 // NodeTasks returns the tasks placed on a node, which its agent should run.
 func (s *Snapshot) NodeTasks(ws memdb.WatchSet, node string) []*api.Task {
 	var out []*api.Task

@@ -58,12 +58,6 @@ type ClusterDeleteRequest struct {
 	Now  time.Time `json:"now"`
 }
 
-// ClusterHealRequest draws pool nodes for clusters below their size.
-type ClusterHealRequest struct {
-	Names []string  `json:"names"`
-	Now   time.Time `json:"now"`
-}
-
 // JobSubmitRequest submits a job.
 type JobSubmitRequest struct {
 	Spec api.JobSpec `json:"spec"`
