@@ -208,3 +208,46 @@ func TestAgentStopHandsTasksBack(t *testing.T) {
 	}
 	mustShoal(t, in, "job", "cancel", id)
 }
+
+// TestJobSurvivesLostZone kills -9 every agent of one zone while a job
+// runs: the job completes on the other zones and the cluster is refilled
+// from the surviving pool.
+func TestJobSurvivesLostZone(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 6, Zones: 3})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
+	id := submit(t, in, fmt.Sprintf(sleepJob, 6, "3"))
+	runningNode(t, in, id)
+	nodes, _, err := in.Client.Nodes(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost []string
+	for _, n := range nodes {
+		if n.Zone == "zone-1" {
+			lost = append(lost, n.Name)
+			in.Agent(n.Name).Kill9()
+		}
+	}
+	job := waitJobState(t, in, id, api.JobComplete, 60*time.Second)
+	for _, tk := range job.Tasks {
+		if slices.Contains(lost, tk.Node) {
+			t.Errorf("task %d completed on %s in the lost zone", tk.Index, tk.Node)
+		}
+	}
+	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
+		c, _, err := in.Client.Cluster(context.Background(), "c1", nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range c.Nodes {
+			if slices.Contains(lost, n) {
+				return false, fmt.Sprintf("members %v still include a lost node", c.Nodes)
+			}
+		}
+		return len(c.Nodes) == 3, fmt.Sprintf("members %v, want 3", c.Nodes)
+	})
+	c, _, _ := in.Client.Cluster(context.Background(), "c1", nil)
+	if !hasEvent(c.Events, "replaced", "spans 2 zones, fewer than the 3 asked for") {
+		t.Errorf("cluster events %v do not record the lost zone spread", c.Events)
+	}
+}

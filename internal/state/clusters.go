@@ -353,7 +353,11 @@ func (tx *writeTxn) healClusters(now time.Time) error {
 		for i, p := range picked {
 			names[i] = fmt.Sprintf("%s (zone %s)", p.Name, p.Zone)
 		}
-		nc.Events = addEvent(nc.Events, now, "replaced", "drew from the pool: "+strings.Join(names, ", "))
+		msg := "drew from the pool: " + strings.Join(names, ", ")
+		if z := len(zoneCounts(tx, nc.Nodes)); z < nc.MinZones {
+			msg += fmt.Sprintf("; the cluster spans %d zones, fewer than the %d asked for, as the pool has no node in another zone", z, nc.MinZones)
+		}
+		nc.Events = addEvent(nc.Events, now, "replaced", msg)
 		if err := tx.putCluster(nc); err != nil {
 			return err
 		}
