@@ -138,6 +138,19 @@ type GroupSpec struct {
 	Resources   Resources         `json:"resources"`
 	MaxAttempts int               `json:"max_attempts,omitempty"`
 	Timeout     Duration          `json:"timeout,omitempty"`
+	// Inputs are DFS files the tasks read: paths, directories (their files)
+	// or globs (* ? [...] within one name; names starting with a dot match
+	// only a pattern that starts with one). Relative paths are under the
+	// cluster's root /clusters/NAME; nothing outside it may be named. They
+	// are resolved when the job is submitted. Tasks are placed next to
+	// replicas of their inputs and find local copies through SHOAL_INPUTS.
+	Inputs []string `json:"inputs,omitempty"`
+	// SplitInputs runs one task per input file (Count is then the number
+	// of files) instead of giving every task all of them.
+	SplitInputs bool `json:"split_inputs,omitempty"`
+	// Outputs is a DFS directory. What a task writes to SHOAL_OUTPUT_DIR is
+	// published there when, and only when, its attempt succeeds.
+	Outputs string `json:"outputs,omitempty"`
 }
 
 // Job is a submitted job with its tasks.
@@ -221,6 +234,8 @@ type Task struct {
 	MaxAttempts int               `json:"max_attempts"`
 	Timeout     Duration          `json:"timeout,omitempty"`
 	Count       int               `json:"count"`
+	Inputs      []string          `json:"inputs,omitempty"`  // DFS files, resolved
+	Outputs     string            `json:"outputs,omitempty"` // DFS directory
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`

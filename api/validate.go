@@ -100,6 +100,12 @@ func (j *JobSpec) Validate() error {
 			return invalid(f+".name", "%q is used by another group", g.Name)
 		}
 		seen[g.Name] = true
+		if err := g.validateData(f, j.Cluster); err != nil {
+			return err
+		}
+		if g.SplitInputs && g.Count == 0 {
+			g.Count = 1 // set to the number of input files when submitted
+		}
 		if g.Count < 1 {
 			return invalid(f+".count", "must be at least 1, got %d", g.Count)
 		}
@@ -202,6 +208,52 @@ func (r *NodeRegistration) Validate() error {
 		if len(v) > 255 || strings.ContainsFunc(v, unicode.IsControl) {
 			return invalid("labels."+k, "value must be at most 255 printable characters")
 		}
+	}
+	return nil
+}
+
+// MaxInputs bounds the input patterns of a group and the files they match.
+const MaxInputs = 100000
+
+// validateData checks a group's inputs and outputs and makes them absolute.
+// Relative paths are under the cluster's root; nothing may lie outside it.
+func (g *GroupSpec) validateData(f, cluster string) error {
+	root := ClusterRoot(cluster)
+	resolve := func(field, p string) (string, error) {
+		if p != "" && p[0] != '/' {
+			p = root + "/" + p
+		}
+		p, err := CleanPath(field, p)
+		if err != nil {
+			return "", err
+		}
+		if !WithinDir(p, root) {
+			return "", invalid(field, "%s is outside this cluster's directory %s", truncate(p), root)
+		}
+		return p, nil
+	}
+	if len(g.Inputs) > MaxInputs {
+		return invalid(f+".inputs", "%d entries; at most %d are allowed", len(g.Inputs), MaxInputs)
+	}
+	for k, in := range g.Inputs {
+		p, err := resolve(fmt.Sprintf("%s.inputs[%d]", f, k), in)
+		if err != nil {
+			return err
+		}
+		g.Inputs[k] = p
+	}
+	if g.SplitInputs && len(g.Inputs) == 0 {
+		return invalid(f+".split_inputs", "needs inputs to split")
+	}
+	if g.Outputs != "" {
+		p, err := resolve(f+".outputs", g.Outputs)
+		if err != nil {
+			return err
+		}
+		if p == root {
+			return invalid(f+".outputs", "must be a directory below %s, not the cluster root itself", root)
+		}
+		g.Outputs = p
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/sandbox"
 )
 
@@ -49,6 +50,12 @@ type Config struct {
 	StopGrace time.Duration
 	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
 	EnableDebug bool
+	// ChunkReportInterval is how often the node reports its chunk
+	// inventory (default 30 s; also once at start).
+	ChunkReportInterval time.Duration
+	// RepairRate limits the bytes per second this node copies from peers
+	// to repair replicas (0: 256 MiB/s; negative: unlimited).
+	RepairRate int64
 }
 
 // Agent runs one node.
@@ -60,6 +67,9 @@ type Agent struct {
 	ln      net.Listener
 	httpSrv *http.Server
 	updates *updateBatcher
+
+	chunks      *chunkstore.Store
+	chunkClient *chunkstore.Client
 
 	mu      sync.Mutex // guards runs and cluster
 	runs    map[runKey]*run
@@ -102,10 +112,21 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: a data directory is required (--data-dir)")
 	}
+	if cfg.ChunkReportInterval <= 0 {
+		cfg.ChunkReportInterval = 30 * time.Second
+	}
+	if cfg.RepairRate == 0 {
+		cfg.RepairRate = 256 << 20
+	}
 	if err := os.MkdirAll(allocRoot(cfg.DataDir), 0o755); err != nil {
 		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{}}
+	chunks, err := chunkstore.Open(filepath.Join(cfg.DataDir, "chunks"), a.log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.chunks, a.chunkClient = chunks, &chunkstore.Client{}
 	a.client = api.NewClient(cfg.Servers, cfg.Token)
 	a.driver = cfg.Driver
 	if a.driver == nil {
@@ -149,6 +170,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.recoverRuns()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.chunkReportLoop() }()
 	// The batcher outlives the other loops so that the reports of runs
 	// stopped at shutdown are delivered.
 	updatesCtx, stopUpdates := context.WithCancel(context.Background())

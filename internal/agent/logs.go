@@ -14,11 +14,16 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/chunkstore"
 )
 
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/agent/logs", a.handleLogs)
+	chunks := a.chunks.Handler(chunkstore.HandlerOptions{OnCorrupt: a.reportCorrupt,
+		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log})
+	mux.Handle("/v1/chunks", chunks)
+	mux.Handle("/v1/chunks/", chunks)
 	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"node": a.cfg.Name, "isolated": a.driver.Isolated()})
 	})

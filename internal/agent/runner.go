@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -157,13 +158,82 @@ func (a *Agent) startRun(t *api.Task) error {
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
 		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),
 		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB}
+	if len(t.Inputs) > 0 || t.Outputs != "" {
+		// Fetching inputs may take long: not on a start worker.
+		go a.startWithData(r, spec, fail)
+		return nil
+	}
+	return a.launch(r, spec, fail)
+}
+
+// launch starts a run's process and waits for it in the background.
+func (a *Agent) launch(r *run, spec *sandbox.Spec, fail func(string, error) error) error {
 	h, err := a.driver.Start(a.ctx, spec)
 	if err != nil {
 		return fail("starting command", err)
 	}
-	a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskRunning, Started: time.Now()})
+	a.updates.send(api.TaskUpdate{TaskID: r.task.ID, RunID: r.task.RunID, State: api.TaskRunning, Started: time.Now()})
 	go a.waitRun(r, h)
 	return nil
+}
+
+// startWithData fetches a run's inputs into DIR/inputs and creates its
+// DIR/outputs, sets SHOAL_INPUTS (the local input paths, one a line),
+// SHOAL_INPUT_DIR and SHOAL_OUTPUT_DIR, and launches it.
+func (a *Agent) startWithData(r *run, spec *sandbox.Spec, fail func(string, error) error) {
+	t := r.task
+	ctx, cancel := r.context(a.ctx)
+	defer cancel()
+	if len(t.Inputs) > 0 {
+		dir := filepath.Join(r.dir, "inputs")
+		paths, err := a.fetchInputs(ctx, t, dir)
+		if err != nil {
+			if r.isStopped() {
+				close(r.done)
+				return
+			}
+			fail("fetching inputs", err)
+			return
+		}
+		spec.Env = append(spec.Env, "SHOAL_INPUTS="+strings.Join(paths, "\n"), "SHOAL_INPUT_DIR="+dir)
+	}
+	if t.Outputs != "" {
+		dir := filepath.Join(r.dir, "outputs")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			fail("creating the output directory", err)
+			return
+		}
+		spec.Env = append(spec.Env, "SHOAL_OUTPUT_DIR="+dir)
+	}
+	if r.isStopped() {
+		close(r.done)
+		return
+	}
+	if err := a.launch(r, spec, fail); err != nil {
+		a.log.Error("starting task", "task", t.ID, "err", err)
+	}
+}
+
+// context returns a context that ends when the run is asked to stop.
+func (r *run) context(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-r.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+func (r *run) isStopped() bool {
+	select {
+	case <-r.stopped:
+		return true
+	default:
+		return false
+	}
 }
 
 // waitRun waits for a run to end, enforcing its timeout and stop requests,
@@ -191,8 +261,8 @@ func (a *Agent) waitRun(r *run, h sandbox.Handle) {
 		h.Stop(a.cfg.StopGrace)
 		res = <-exited
 	}
-	close(r.done)
 	if stoppedByUs {
+		close(r.done)
 		return // the servers moved or cancelled it, or the agent stops
 	}
 	u := api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, ExitCode: res.ExitCode, Started: res.Started, Finished: res.Finished}
@@ -210,6 +280,19 @@ func (a *Agent) waitRun(r *run, h sandbox.Handle) {
 			}
 		}
 	}
+	if u.State == api.TaskComplete && t.Outputs != "" {
+		ctx, cancel := r.context(a.ctx)
+		err := a.publishOutputs(ctx, t, filepath.Join(r.dir, "outputs"))
+		cancel()
+		if r.isStopped() {
+			close(r.done)
+			return
+		}
+		if err != nil {
+			u.State, u.Message = api.TaskFailed, "publishing outputs: "+err.Error()
+		}
+	}
+	close(r.done)
 	a.updates.send(u)
 }
 

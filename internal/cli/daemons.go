@@ -66,6 +66,7 @@ func agentCmd(g *globals) *cobra.Command {
 		servers  string
 		labels   []string
 		logLevel string
+		repairMB int64
 	)
 	cmd := &cobra.Command{
 		Use:     "agent",
@@ -90,6 +91,13 @@ func agentCmd(g *globals) *cobra.Command {
 				cfg.Labels[k] = v
 			}
 			cfg.Logger = log
+			if repairMB < 0 {
+				return fmt.Errorf("--repair-rate: %d is negative", repairMB)
+			}
+			cfg.RepairRate = repairMB << 20
+			if repairMB == 0 {
+				cfg.RepairRate = -1
+			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -101,13 +109,15 @@ func agentCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.Name, "name", hostname(), "node name")
 	f.StringVar(&cfg.Zone, "zone", "default", "failure zone of this node")
-	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for task data")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for task data and DFS chunks")
 	f.StringVar(&servers, "servers", "127.0.0.1:7460", "comma-separated server HTTP addresses")
-	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:0", "address to serve task logs on")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:0", "address to serve task logs and DFS chunks on")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address servers use to reach --http-addr (default: its listen address)")
 	f.Int64Var(&cfg.CPU, "cpu", 0, "cpu millicores to offer (default: detected)")
 	f.Int64Var(&cfg.MemoryMB, "memory", 0, "memory MiB to offer (default: detected)")
 	f.StringArrayVar(&labels, "label", nil, "node label key=value (repeatable)")
+	f.Int64Var(&repairMB, "repair-rate", 256, "MiB/s this node may copy from peers to repair DFS replicas (0: unlimited)")
+	f.DurationVar(&cfg.ChunkReportInterval, "chunk-report-interval", 30*time.Second, "how often to report the DFS chunk inventory")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -85,7 +85,7 @@ Start a whole installation on this machine with 'shoal dev', then try
 	}
 	root.PersistentFlags().StringVar(&g.addr, "addr", addr, "server API address (env SHOAL_ADDR)")
 	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token, sent as a bearer token (env SHOAL_TOKEN; servers do not check tokens yet)")
-	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g))
+	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g))
 	return root
 }
 

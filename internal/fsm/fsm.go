@@ -33,6 +33,17 @@ const (
 	TaskUpdate
 	Plan
 	ServerUpsert
+	FSMkdir
+	FSCreate
+	FSAllocate
+	FSCommit
+	FSClose
+	FSAbort
+	FSRemove
+	FSRename
+	FSSnapshot
+	FSReplicas
+	FSGarbageDone
 )
 
 var typeNames = map[MessageType]string{
@@ -40,6 +51,9 @@ var typeNames = map[MessageType]string{
 	DrainDeadline: "drain-deadline", ClusterCreate: "cluster-create", ClusterResize: "cluster-resize",
 	ClusterDelete: "cluster-delete", JobSubmit: "job-submit", JobCancel: "job-cancel",
 	TaskUpdate: "task-update", Plan: "plan", ServerUpsert: "server-upsert",
+	FSMkdir: "fs-mkdir", FSCreate: "fs-create", FSAllocate: "fs-allocate", FSCommit: "fs-commit",
+	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
+	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
 }
 
 func (t MessageType) String() string {
@@ -131,6 +145,43 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	ServerUpsert: decode(func(s *state.Store, i uint64, r *state.ServerUpsertRequest) Result {
 		return errOnly(s.UpsertServer(i, r))
+	}),
+	FSMkdir: decode(func(s *state.Store, i uint64, r *state.FSMkdirRequest) Result {
+		return errOnly(s.FSMkdir(i, r))
+	}),
+	FSCreate: decode(func(s *state.Store, i uint64, r *state.FSCreateRequest) Result {
+		v, err := s.FSCreate(i, r)
+		return Result{Value: v, Err: err}
+	}),
+	FSAllocate: decode(func(s *state.Store, i uint64, r *state.FSAllocateRequest) Result {
+		v, err := s.FSAllocate(i, r)
+		return Result{Value: v, Err: err}
+	}),
+	FSCommit: decode(func(s *state.Store, i uint64, r *state.FSCommitRequest) Result {
+		return errOnly(s.FSCommit(i, r))
+	}),
+	FSClose: decode(func(s *state.Store, i uint64, r *state.FSCloseRequest) Result {
+		v, err := s.FSClose(i, r)
+		return Result{Value: v, Err: err}
+	}),
+	FSAbort: decode(func(s *state.Store, i uint64, r *state.FSAbortRequest) Result {
+		return errOnly(s.FSAbort(i, r))
+	}),
+	FSRemove: decode(func(s *state.Store, i uint64, r *state.FSRemoveRequest) Result {
+		return errOnly(s.FSRemove(i, r))
+	}),
+	FSRename: decode(func(s *state.Store, i uint64, r *state.FSRenameRequest) Result {
+		return errOnly(s.FSRename(i, r))
+	}),
+	FSSnapshot: decode(func(s *state.Store, i uint64, r *state.FSSnapshotRequest) Result {
+		v, err := s.FSSnapshot(i, r)
+		return Result{Value: v, Err: err}
+	}),
+	FSReplicas: decode(func(s *state.Store, i uint64, r *state.FSReplicaRequest) Result {
+		return errOnly(s.FSReplicas(i, r))
+	}),
+	FSGarbageDone: decode(func(s *state.Store, i uint64, r *state.FSGarbageDoneRequest) Result {
+		return errOnly(s.FSGarbageDone(i, r))
 	}),
 }
 

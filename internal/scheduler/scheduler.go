@@ -8,11 +8,16 @@
 // tasks over the cluster's zones: for each task it tries the zones holding
 // the fewest tasks of the job first, and in a zone the best-fitting of a
 // few feasible nodes, starting where the previous placement left off.
+//
+// A task with DFS inputs goes first to the feasible node holding the most
+// bytes of them in live replicas; only when none has room does it fall
+// back to the spread above (and then reads its inputs over the network).
 package scheduler
 
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -26,6 +31,9 @@ type State interface {
 	JobTasks(ws memdb.WatchSet, job string) []*api.Task
 	Cluster(ws memdb.WatchSet, name string) *api.Cluster
 	Node(ws memdb.WatchSet, name string) *api.Node
+	// InputBytes returns, per node, how many bytes of the given DFS files
+	// it holds in live replicas.
+	InputBytes(paths []string) map[string]int64
 }
 
 // MaxPlacements bounds one plan so that one Raft entry stays small.
@@ -54,6 +62,7 @@ func Plan(st State, now time.Time) *Result {
 	})
 	clusters := map[string]*clusterView{}
 	jobZones := map[string]map[string]int{}
+	locality := map[string]map[string]int64{} // inputs key -> node -> bytes
 	for _, t := range tasks {
 		if len(res.Placements) >= MaxPlacements {
 			res.Wake = now // more to do right away
@@ -82,7 +91,19 @@ func Plan(st State, now time.Time) *Result {
 			}
 			jobZones[t.JobID] = zc
 		}
-		n := cv.place(t.Resources, zc)
+		var n *nodeView
+		if len(t.Inputs) > 0 {
+			key := strings.Join(t.Inputs, "\x00")
+			loc, ok := locality[key]
+			if !ok {
+				loc = st.InputBytes(t.Inputs)
+				locality[key] = loc
+			}
+			n = cv.placeNear(t.Resources, loc)
+		}
+		if n == nil {
+			n = cv.place(t.Resources, zc)
+		}
 		if n == nil {
 			res.Waiting++
 			continue
@@ -158,6 +179,26 @@ func (cv *clusterView) place(r api.Resources, jobZones map[string]int) *nodeView
 		}
 	}
 	return nil
+}
+
+// placeNear picks the feasible node holding the most bytes (ties: by name)
+// and reserves r on it; nil when no node holding any has room.
+func (cv *clusterView) placeNear(r api.Resources, bytes map[string]int64) *nodeView {
+	var best *nodeView
+	for name, b := range bytes {
+		n := cv.byName[name]
+		if n == nil || !n.schedulable || n.free.CPU < r.CPU || n.free.MemoryMB < r.MemoryMB || b <= 0 {
+			continue
+		}
+		if best == nil || b > bytes[best.name] || (b == bytes[best.name] && name < best.name) {
+			best = n
+		}
+	}
+	if best != nil {
+		best.free.CPU -= r.CPU
+		best.free.MemoryMB -= r.MemoryMB
+	}
+	return best
 }
 
 // bestFit scans the zone from its cursor for up to [candidates] nodes with

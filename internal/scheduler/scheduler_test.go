@@ -22,10 +22,12 @@ type fakeState struct {
 	tasks    []*api.Task
 	clusters map[string]*api.Cluster
 	nodes    map[string]*api.Node
+	local    map[string]map[string]int64 // input path -> node -> bytes
 }
 
 func newFakeState() *fakeState {
-	return &fakeState{clusters: map[string]*api.Cluster{}, nodes: map[string]*api.Node{}}
+	return &fakeState{clusters: map[string]*api.Cluster{}, nodes: map[string]*api.Node{},
+		local: map[string]map[string]int64{}}
 }
 
 func (s *fakeState) PlaceableTasks(memdb.WatchSet) []*api.Task {
@@ -50,6 +52,9 @@ func (s *fakeState) JobTasks(_ memdb.WatchSet, job string) []*api.Task {
 
 func (s *fakeState) Cluster(_ memdb.WatchSet, name string) *api.Cluster { return s.clusters[name] }
 func (s *fakeState) Node(_ memdb.WatchSet, name string) *api.Node       { return s.nodes[name] }
+
+// InputBytes reports the bytes set in s.local for the first input.
+func (s *fakeState) InputBytes(paths []string) map[string]int64 { return s.local[paths[0]] }
 
 // node adds a ready member of cluster "c" with cpu millicores and 1 GiB per
 // 1000 millicores.
@@ -396,5 +401,38 @@ func TestPlanAgainstStore(t *testing.T) {
 		if n.Used.CPU > n.CPU {
 			t.Errorf("node %s over capacity: %d of %d", n.Name, n.Used.CPU, n.CPU)
 		}
+	}
+}
+
+func TestLocality(t *testing.T) {
+	tests := []struct {
+		name  string
+		local map[string]int64
+		full  string // a node without room
+		want  string
+	}{
+		{"goes to the node holding the most bytes", map[string]int64{"n1": 10, "n3": 30, "n2": 20}, "", "n3"},
+		{"skips a holder without room", map[string]int64{"n3": 30, "n2": 20}, "n3", "n2"},
+		{"ties go to the first name", map[string]int64{"n3": 5, "n2": 5}, "", "n2"},
+		{"falls back to spreading when no holder has room", map[string]int64{"n3": 30}, "n3", "n1"},
+		{"ignores nodes outside the cluster", map[string]int64{"x9": 100, "n2": 1}, "", "n2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFakeState()
+			for _, n := range []string{"n1", "n2", "n3"} {
+				s.node(n, "z-"+n, 2000)
+			}
+			if tt.full != "" {
+				s.nodes[tt.full].Used = api.Resources{CPU: 2000, MemoryMB: 2048}
+			}
+			task := s.job("j", 1, 1, 1000)[0]
+			task.Inputs = []string{"/clusters/c/in"}
+			s.local["/clusters/c/in"] = tt.local
+			got := nodesOf(scheduler.Plan(s, time.Now()))
+			if len(got) != 1 || got[0] != tt.want {
+				t.Errorf("placed on %v, want %s", got, tt.want)
+			}
+		})
 	}
 }

@@ -79,6 +79,8 @@ func (s *Server) routes() http.Handler {
 	write("POST /v1/jobs", s.handleJobSubmit)
 	write("DELETE /v1/jobs/{id}", s.handleJobCancel)
 
+	s.fsRoutes(mux, write)
+
 	mux.Handle("GET /metrics", s.metrics.handler())
 	if s.cfg.EnableDebug {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/scheduler"
 	"github.com/shoal-dev/shoal/internal/state"
 )
@@ -34,6 +35,7 @@ func (s *Server) monitorLeadership() {
 			s.metrics.isLeader.Set(boolFloat(isLeader))
 			if !isLeader {
 				s.log.Info("lost leadership")
+				s.replMgr.Store(nil)
 				stopLoops()
 				continue
 			}
@@ -47,9 +49,13 @@ func (s *Server) monitorLeadership() {
 				s.log.Warn("leader barrier", "err", err)
 			}
 			s.heartbeats.reset(s.now())
-			wg.Add(2)
+			repl := replication.New(replication.Config{Store: s.store, Apply: s.apply, Chunks: s.chunkClient,
+				Log: s.log.With("component", "replication"), Now: s.now})
+			s.replMgr.Store(repl)
+			wg.Add(3)
 			go func(stop chan struct{}) { defer wg.Done(); s.nodeHealthLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.schedulerLoop(stop) }(stop)
+			go func(stop chan struct{}) { defer wg.Done(); repl.Run(stop) }(stop)
 		case <-s.shutdown:
 			return
 		}

@@ -50,6 +50,13 @@ var (
 	tasksDesc = prometheus.NewDesc("shoal_tasks", "Tasks by state, from this server's copy of the state.", []string{"state"}, nil)
 	nodesDesc = prometheus.NewDesc("shoal_nodes", "Nodes by state.", []string{"state"}, nil)
 	jobsDesc  = prometheus.NewDesc("shoal_jobs", "Jobs by state.", []string{"state"}, nil)
+
+	dfsStoredDesc   = prometheus.NewDesc("shoal_dfs_stored_bytes", "Bytes stored on live data nodes, all replicas counted.", nil, nil)
+	dfsLogicalDesc  = prometheus.NewDesc("shoal_dfs_logical_bytes", "Bytes of live files, each counted once.", nil, nil)
+	dfsUnderDesc    = prometheus.NewDesc("shoal_dfs_chunks_under_replicated", "Chunks with fewer live replicas than their replication factor.", nil, nil)
+	dfsUnavailDesc  = prometheus.NewDesc("shoal_dfs_chunks_unavailable", "Chunks with no live replica.", nil, nil)
+	dfsRepairedDesc = prometheus.NewDesc("shoal_dfs_repaired_bytes_total", "Bytes re-replicated by this server since it became leader; rate() gives the repair rate.", nil, nil)
+	dfsRepairsDesc  = prometheus.NewDesc("shoal_dfs_repairs_running", "Chunk copies in flight.", nil, nil)
 )
 
 // stateCollector reads counts from the state store at scrape time.
@@ -59,6 +66,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tasksDesc
 	ch <- nodesDesc
 	ch <- jobsDesc
+	for _, d := range []*prometheus.Desc{dfsStoredDesc, dfsLogicalDesc, dfsUnderDesc, dfsUnavailDesc, dfsRepairedDesc, dfsRepairsDesc} {
+		ch <- d
+	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -88,4 +98,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, v := range nodes {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(v), st)
 	}
+	fs := c.s.fsStatus(snap, nil)
+	ch <- prometheus.MustNewConstMetric(dfsStoredDesc, prometheus.GaugeValue, float64(fs.StoredBytes))
+	ch <- prometheus.MustNewConstMetric(dfsLogicalDesc, prometheus.GaugeValue, float64(fs.LogicalBytes))
+	ch <- prometheus.MustNewConstMetric(dfsUnderDesc, prometheus.GaugeValue, float64(fs.UnderReplicated))
+	ch <- prometheus.MustNewConstMetric(dfsUnavailDesc, prometheus.GaugeValue, float64(fs.Unavailable))
+	ch <- prometheus.MustNewConstMetric(dfsRepairedDesc, prometheus.CounterValue, float64(fs.RepairedBytes))
+	ch <- prometheus.MustNewConstMetric(dfsRepairsDesc, prometheus.GaugeValue, float64(fs.RepairsRunning))
 }

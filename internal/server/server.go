@@ -15,13 +15,17 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/chunkstore"
+	"github.com/shoal-dev/shoal/internal/dfs"
 	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -72,6 +76,13 @@ type Server struct {
 
 	heartbeats *heartbeatTracker
 
+	// DFS: a client of this server's own API (metadata writes from the
+	// upload path reach the leader through it), a client of data nodes,
+	// and the replication manager while this server leads.
+	self        *api.Client
+	chunkClient *chunkstore.Client
+	replMgr     atomic.Pointer[replication.Manager]
+
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
 	// is never held with another lock.
@@ -120,6 +131,8 @@ func New(cfg Config) (*Server, error) {
 		s.closeRaft()
 		return nil, err
 	}
+	s.self = api.NewClient([]string{s.HTTPAddr()}, "")
+	s.chunkClient = &chunkstore.Client{}
 	s.wg.Add(2)
 	go s.monitorLeadership()
 	go s.joinOrBootstrap()
@@ -250,6 +263,14 @@ func (s *Server) apply(t fsm.MessageType, req any) (any, uint64, error) {
 	s.metrics.applyLatency.WithLabelValues(t.String()).Observe(time.Since(start).Seconds())
 	res, _ := f.Response().(fsm.Result)
 	return res.Value, f.Index(), res.Err
+}
+
+// replication returns the replication manager while this server leads.
+func (s *Server) replication() *replication.Manager { return s.replMgr.Load() }
+
+// dfsWriter returns a writer whose metadata goes through this server's API.
+func (s *Server) dfsWriter() *dfs.Writer {
+	return &dfs.Writer{NS: s.self, Chunks: s.chunkClient, Log: s.log}
 }
 
 // slogWriter turns hclog's lines into slog records.

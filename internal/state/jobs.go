@@ -90,6 +90,12 @@ func (tx *writeTxn) jobEvent(id string, now time.Time, typ, msg string) {
 // and state in step. It is the only way a task changes.
 func (tx *writeTxn) updateTask(t, nt *api.Task, now time.Time) error {
 	nt.ModifyIndex = tx.index
+	if t.Placed() && (!nt.Placed() || nt.RunID != t.RunID) {
+		// The run ended: drop whatever it staged but did not publish.
+		if _, err := tx.endRun(t, false, now); err != nil {
+			return err
+		}
+	}
 	if t.Placed() && (!nt.Placed() || nt.Node != t.Node) {
 		if n, err := tx.nodeForWrite(t.Node); err == nil {
 			n.Used.CPU -= t.Resources.CPU
@@ -173,15 +179,22 @@ func (s *Store) SubmitJob(index uint64, req *JobSubmitRequest) (*api.Job, error)
 					ErrInvalid, i, g.Resources.MemoryMB, c.Name, largest.MemoryMB)
 			}
 		}
+		inputs, err := tx.groupData(spec.Groups, req.Now)
+		if err != nil {
+			return err
+		}
 		id := fmt.Sprintf("%s-%d", spec.Name, index)
 		j := &api.Job{ID: id, Name: spec.Name, Cluster: spec.Cluster, Type: spec.Type, State: api.JobPending,
 			Groups: spec.Groups, Submitted: req.Now, CreateIndex: index}
-		for _, g := range spec.Groups {
+		for gi, g := range spec.Groups {
 			for i := 0; i < g.Count; i++ {
 				t := &api.Task{ID: TaskID(id, g.Name, i), JobID: id, Cluster: spec.Cluster, Group: g.Name, Index: i,
 					State: api.TaskPending, Attempt: 1, Command: g.Command, Env: g.Env, Resources: g.Resources,
 					MaxAttempts: g.MaxAttempts, Timeout: g.Timeout, Count: g.Count,
-					CreateIndex: index, ModifyIndex: index}
+					Inputs: inputs[gi], Outputs: g.Outputs, CreateIndex: index, ModifyIndex: index}
+				if g.SplitInputs {
+					t.Inputs = inputs[gi][i : i+1]
+				}
 				if err := tx.put(tableTasks, t); err != nil {
 					return err
 				}
@@ -256,6 +269,17 @@ func (s *Store) UpdateTasks(index uint64, req *TaskUpdateRequest) error {
 }
 
 func (tx *writeTxn) applyTaskUpdate(t *api.Task, u *api.TaskUpdate, now time.Time) error {
+	if u.State == api.TaskComplete && t.Outputs != "" {
+		problem, err := tx.endRun(t, true, now)
+		if err != nil {
+			return err
+		}
+		if problem != "" {
+			failed := *u
+			failed.State, failed.Message = api.TaskFailed, problem
+			u = &failed
+		}
+	}
 	nt := *t
 	if !u.Started.IsZero() {
 		nt.Started = u.Started

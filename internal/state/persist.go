@@ -20,7 +20,8 @@ type persistRecord struct {
 func (s *Snapshot) Persist(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	enc := json.NewEncoder(bw)
-	for _, table := range []string{tableIndex, tableNodes, tableClusters, tableJobs, tableTasks, tableServers} {
+	for _, table := range []string{tableIndex, tableNodes, tableClusters, tableJobs, tableTasks, tableServers,
+		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage} {
 		it, err := s.txn.Get(table, "id")
 		if err != nil {
 			return err
@@ -65,6 +66,16 @@ func Restore(r io.Reader) (*Store, error) {
 			obj = &api.Task{}
 		case tableServers:
 			obj = &api.ServerInfo{}
+		case tableFSEntries:
+			obj = &fsEntry{}
+		case tableFSHistory:
+			obj = &fsVersion{}
+		case tableFSSnapshots:
+			obj = &fsSnapshot{}
+		case tableFSChunks:
+			obj = &fsChunk{}
+		case tableFSGarbage:
+			obj = &fsGarbage{}
 		default:
 			return nil, fmt.Errorf("state: snapshot has unknown table %q", rec.Table)
 		}

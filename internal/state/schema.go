@@ -13,6 +13,13 @@ const (
 	tableJobs     = "jobs"
 	tableTasks    = "tasks"
 	tableServers  = "servers"
+	// File system tables: live entries, old versions kept for snapshots,
+	// snapshots, chunks and chunks to delete from data nodes.
+	tableFSEntries   = "fs_entries"
+	tableFSHistory   = "fs_history"
+	tableFSSnapshots = "fs_snapshots"
+	tableFSChunks    = "fs_chunks"
+	tableFSGarbage   = "fs_garbage"
 )
 
 // indexEntry records the Raft index of the last write to a table.
@@ -69,6 +76,40 @@ func schema() *memdb.DBSchema {
 			Name: tableServers,
 			Indexes: map[string]*memdb.IndexSchema{
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+			},
+		},
+		tableFSEntries: {
+			Name: tableFSEntries,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":     {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Path"}},
+				"parent": {Name: "parent", Indexer: &memdb.StringFieldIndex{Field: "Parent"}},
+			},
+		},
+		tableFSHistory: {
+			Name: tableFSHistory,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":     {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+				"path":   {Name: "path", Indexer: &memdb.StringFieldIndex{Field: "Path"}},
+				"parent": {Name: "parent", Indexer: &memdb.StringFieldIndex{Field: "Parent"}},
+			},
+		},
+		tableFSSnapshots: {
+			Name: tableFSSnapshots,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":  {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+				"dir": {Name: "dir", Indexer: &memdb.StringFieldIndex{Field: "Dir"}},
+			},
+		},
+		tableFSChunks: {
+			Name: tableFSChunks,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+			},
+		},
+		tableFSGarbage: {
+			Name: tableFSGarbage,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Chunk"}},
 			},
 		},
 	}}

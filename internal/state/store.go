@@ -112,6 +112,9 @@ const (
 	TableJobs     = tableJobs
 	TableTasks    = tableTasks
 	TableServers  = tableServers
+	TableFS       = tableFSEntries
+	TableChunks   = tableFSChunks
+	TableGarbage  = tableFSGarbage
 )
 
 // writeTxn is one write transaction stamped with a Raft index.

@@ -1,0 +1,336 @@
+// Package replication is the leader's DFS replication manager. It keeps
+// every chunk at its replication factor: when a data node goes down or a
+// replica is found corrupt or missing, it has another node copy the chunk
+// from a surviving replica (most endangered chunks first, a few at a time,
+// each data node limiting its own copy bandwidth), records the new replica
+// through Raft, and forgets replicas on nodes that are gone. It also sends
+// the deletions of chunks no file refers to any more, and reconciles the
+// inventories data nodes report so that a returning node's stale or
+// surplus replicas are deleted rather than trusted.
+package replication
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/chunkstore"
+	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// ApplyFunc proposes one Raft entry and returns its result.
+type ApplyFunc func(t fsm.MessageType, req any) (any, uint64, error)
+
+// Config configures a [Manager].
+type Config struct {
+	Store  *state.Store
+	Apply  ApplyFunc
+	Chunks *chunkstore.Client
+	Log    *slog.Logger
+	Now    func() time.Time
+	// MaxConcurrent bounds the chunk copies in flight (default 8).
+	MaxConcurrent int
+	// Interval is how often the manager looks again without a change
+	// (default 1 s).
+	Interval time.Duration
+}
+
+// Manager repairs under-replicated chunks and deletes garbage. Run it on
+// the leader only. Its methods are safe for concurrent use.
+type Manager struct {
+	cfg Config
+
+	mu       sync.Mutex
+	inflight map[string]string // chunk -> node it is being copied to
+
+	repaired atomic.Int64 // bytes copied by repairs since this manager started
+	running  atomic.Int64
+}
+
+// New returns a manager.
+func New(cfg Config) *Manager {
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 8
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Manager{cfg: cfg, inflight: map[string]string{}}
+}
+
+// RepairedBytes returns the bytes re-replicated so far.
+func (m *Manager) RepairedBytes() int64 { return m.repaired.Load() }
+
+// Running returns the number of chunk copies in flight.
+func (m *Manager) Running() int64 { return m.running.Load() }
+
+// Run repairs and collects garbage until stop closes. It looks again
+// whenever nodes, chunks or garbage change, and at least every Interval.
+func (m *Manager) Run(stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { <-stop; cancel() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		snap := m.cfg.Store.Snapshot()
+		ws := memdb.NewWatchSet()
+		snap.WatchTables(ws, state.TableNodes, state.TableChunks, state.TableGarbage)
+		m.collectGarbage(ctx, snap)
+		m.repair(ctx, snap, &wg)
+		wctx, wcancel := context.WithTimeout(ctx, m.cfg.Interval)
+		state.Wait(wctx, ws)
+		wcancel()
+	}
+}
+
+// repair starts copies for the most endangered chunks, and trims chunks
+// that have replicas to spare.
+func (m *Manager) repair(ctx context.Context, snap *state.Snapshot, wg *sync.WaitGroup) {
+	nodes := snap.Nodes(nil)
+	byName := map[string]*api.Node{}
+	for _, n := range nodes {
+		byName[n.Name] = n
+	}
+	var todo []state.ChunkState
+	for _, c := range snap.FSChunks(nil) {
+		if !c.Committed || len(c.Live) == 0 {
+			continue
+		}
+		switch {
+		case len(c.Live) < c.Replication:
+			todo = append(todo, c)
+		case len(c.Live) > c.Replication || len(c.Live) < len(c.Replicas):
+			m.trim(c, byName)
+		}
+	}
+	// Most endangered first: one live replica before two.
+	sort.SliceStable(todo, func(i, j int) bool {
+		a, b := len(todo[i].Live), len(todo[j].Live)
+		if a != b {
+			return a < b
+		}
+		return todo[i].ID < todo[j].ID
+	})
+	for _, c := range todo {
+		if m.running.Load() >= int64(m.cfg.MaxConcurrent) {
+			return
+		}
+		m.mu.Lock()
+		_, busy := m.inflight[c.ID]
+		m.mu.Unlock()
+		if busy {
+			continue
+		}
+		exclude := map[string]bool{}
+		for _, r := range c.Replicas {
+			exclude[r] = true
+		}
+		live := liveNodes(c, byName)
+		targets := state.PlaceReplicas(nodes, snap.ClusterMembers(c.Cluster), live, 1, "", exclude, uint64(len(c.ID))+uint64(c.CRC))
+		if len(targets) == 0 {
+			continue // no node can take it now; look again on the next change
+		}
+		src := live[int(c.CRC)%len(live)]
+		m.start(ctx, wg, c, src, targets[0])
+	}
+}
+
+func liveNodes(c state.ChunkState, byName map[string]*api.Node) []*api.Node {
+	var out []*api.Node
+	for _, name := range c.Live {
+		if n := byName[name]; n != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// start copies chunk c from src to dst in the background and records the
+// new replica, dropping replicas on down nodes that it replaces.
+func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, c state.ChunkState, src, dst *api.Node) {
+	m.mu.Lock()
+	m.inflight[c.ID] = dst.Name
+	m.mu.Unlock()
+	m.running.Add(1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer m.running.Add(-1)
+		defer func() {
+			m.mu.Lock()
+			delete(m.inflight, c.ID)
+			m.mu.Unlock()
+		}()
+		log := m.cfg.Log.With("chunk", c.ID, "from", src.Name, "to", dst.Name)
+		if _, err := m.cfg.Chunks.Replicate(ctx, dst.Addr, c.ID, api.ReplicateRequest{Source: src.Addr, Length: c.Length, CRC: c.CRC}); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("chunk repair failed", "err", err)
+			}
+			return
+		}
+		var dead []string
+		for _, r := range c.Replicas {
+			if !slices.Contains(c.Live, r) {
+				dead = append(dead, r)
+			}
+		}
+		// Drop as many dead replicas as copies now exist beyond the live ones.
+		if extra := len(c.Live) + 1 - c.Replication; extra > 0 && len(dead) > extra {
+			dead = dead[:extra]
+		} else if extra <= 0 {
+			dead = nil
+		}
+		_, _, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Add: []string{dst.Name},
+			Remove: dead, Reason: "repaired", Now: m.cfg.Now()})
+		if err != nil {
+			log.Warn("recording a repaired replica failed", "err", err)
+			return
+		}
+		m.repaired.Add(c.Length)
+		log.Info("chunk repaired", "bytes", c.Length, "live", len(c.Live)+1, "want", c.Replication)
+	}()
+}
+
+// trim forgets replicas on down nodes once the chunk is fully replicated
+// without them, and removes surplus live replicas (say, of a node that
+// came back after its chunks were repaired elsewhere), keeping the zone
+// spread.
+func (m *Manager) trim(c state.ChunkState, byName map[string]*api.Node) {
+	var remove []string
+	for _, r := range c.Replicas {
+		if !slices.Contains(c.Live, r) && len(c.Live) >= c.Replication {
+			remove = append(remove, r)
+		}
+	}
+	if surplus := len(c.Live) - c.Replication; surplus > 0 {
+		zones := map[string]int{}
+		for _, r := range c.Live {
+			if n := byName[r]; n != nil {
+				zones[n.Zone]++
+			}
+		}
+		// Remove from the most crowded zones first, last replicas first.
+		live := slices.Clone(c.Live)
+		for surplus > 0 {
+			best := -1
+			for i := len(live) - 1; i >= 0; i-- {
+				if best < 0 || zones[byName[live[i]].Zone] > zones[byName[live[best]].Zone] {
+					best = i
+				}
+			}
+			zones[byName[live[best]].Zone]--
+			remove = append(remove, live[best])
+			live = slices.Delete(live, best, best+1)
+			surplus--
+		}
+	}
+	if len(remove) == 0 {
+		return
+	}
+	if _, _, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Remove: remove,
+		Reason: "surplus", Now: m.cfg.Now()}); err != nil {
+		m.cfg.Log.Warn("trimming replicas failed", "chunk", c.ID, "err", err)
+	}
+}
+
+// collectGarbage sends deletions of unreferenced chunks to the live nodes
+// that may hold them, then forgets them. A node that was down deletes its
+// copies when it reports its inventory.
+func (m *Manager) collectGarbage(ctx context.Context, snap *state.Snapshot) {
+	garbage := snap.FSGarbage(nil)
+	if len(garbage) == 0 {
+		return
+	}
+	var done []string
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for id, nodes := range garbage {
+		for _, name := range nodes {
+			n := snap.Node(nil, name)
+			if n == nil || n.State == api.NodeDown || n.Addr == "" {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				if err := m.cfg.Chunks.Delete(dctx, n.Addr, id); err != nil {
+					m.cfg.Log.Debug("deleting a garbage chunk failed; the node drops it when it reports", "chunk", id, "node", name, "err", err)
+				}
+			}()
+		}
+		done = append(done, id)
+		if len(done) == 1000 {
+			break
+		}
+	}
+	wg.Wait()
+	if _, _, err := m.cfg.Apply(fsm.FSGarbageDone, &state.FSGarbageDoneRequest{Chunks: done}); err != nil {
+		m.cfg.Log.Warn("recording garbage deletions failed", "err", err)
+	}
+}
+
+// Reconcile compares a data node's inventory with the namespace. It
+// returns the chunks the node must delete (unknown to the namespace, not
+// counted as this node's replica, or not matching the chunk's length and
+// checksum), and removes from the namespace this node's replicas that the
+// inventory lacks or that do not match. A chunk committed or repaired in
+// the last grace period is not judged missing: the inventory may predate
+// it.
+func (m *Manager) Reconcile(node string, inv []api.StoredChunk, grace time.Duration) ([]string, error) {
+	snap := m.cfg.Store.Snapshot()
+	if snap.Node(nil, node) == nil {
+		return nil, fmt.Errorf("%w: node %s is not registered", state.ErrNotFound, node)
+	}
+	now := m.cfg.Now()
+	reported := map[string]api.StoredChunk{}
+	del := []string{}
+	var bad []string
+	m.mu.Lock()
+	inflight := maps.Clone(m.inflight)
+	m.mu.Unlock()
+	for _, sc := range inv {
+		reported[sc.ID] = sc
+		c, ok := snap.FSChunk(sc.ID)
+		switch {
+		case !ok:
+			del = append(del, sc.ID)
+		case !slices.Contains(c.Replicas, node):
+			if inflight[sc.ID] != node {
+				del = append(del, sc.ID)
+			}
+		case c.Committed && (c.Length != sc.Length || c.CRC != sc.CRC):
+			del = append(del, sc.ID)
+			bad = append(bad, sc.ID)
+		}
+	}
+	for _, c := range snap.FSChunks(nil) {
+		if c.Committed && slices.Contains(c.Replicas, node) && now.Sub(c.Updated) > grace {
+			if _, ok := reported[c.ID]; !ok {
+				bad = append(bad, c.ID)
+			}
+		}
+	}
+	for _, id := range bad {
+		if _, _, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: id, Remove: []string{node},
+			Reason: "missing or stale on " + node, Now: now}); err != nil {
+			m.cfg.Log.Warn("dropping a stale replica failed", "chunk", id, "node", node, "err", err)
+		}
+	}
+	return del, nil
+}
