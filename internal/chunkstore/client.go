@@ -57,9 +57,12 @@ func (c *Client) Put(ctx context.Context, addr, id string, r io.Reader, length i
 	if err != nil {
 		return api.StoredChunk{}, err
 	}
-	body := io.NopCloser(r)
-	if length == 0 {
-		body = http.NoBody
+	if r == nil && length != 0 {
+		return api.StoredChunk{}, fmt.Errorf("%w: nil reader for a chunk of length %d", ErrInvalid, length)
+	}
+	var body io.ReadCloser = http.NoBody
+	if length != 0 {
+		body = io.NopCloser(r)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, body)
 	if err != nil {

@@ -197,6 +197,9 @@ func TestHTTPCorrupt(t *testing.T) {
 		if !bytes.HasPrefix(large, got) {
 			t.Errorf("the %d bytes received are not the stored bytes", len(got))
 		}
+		if len(got) == 0 {
+			t.Errorf("no bytes before the error; this case wants corruption found after the headers")
+		}
 		n.wantCorruptReport(t, "c")
 	})
 	t.Run("verify", func(t *testing.T) {
@@ -398,5 +401,25 @@ func TestHTTPReplicateKeepsGoodCopy(t *testing.T) {
 	got, err := c.Replicate(ctx, dst.addr, "c", api.ReplicateRequest{Source: src.addr, Length: sc.Length, CRC: sc.CRC})
 	if err != nil || got != sc {
 		t.Errorf("Replicate of a chunk already there = %+v, %v; want %+v", got, err, sc)
+	}
+}
+
+// TestClientGetChecksWholeCRC serves bytes that do not match the CRC
+// announced, as a flipped bit on the wire would: the client's read fails.
+func TestClientGetChecksWholeCRC(t *testing.T) {
+	data := content(1, 1000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(CRCHeader, strconv.FormatUint(uint64(stored("c", data).CRC+1), 10))
+		w.Write(data)
+	}))
+	defer srv.Close()
+	var c Client
+	r, err := c.Get(context.Background(), srv.URL, "c", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := io.ReadAll(r); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("ReadAll = %v, want %v", err, ErrCorrupt)
 	}
 }

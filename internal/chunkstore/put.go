@@ -14,9 +14,10 @@ import (
 // yield, or -1 when unknown; either way a chunk is at most
 // [api.MaxChunkSize] bytes. Put streams r to a temporary file, checksumming
 // it on the way, syncs data and metadata to disk and then renames them into
-// place, so it returns only once the chunk is durable. On any error (too
-// many or too few bytes: [ErrTooLarge], [ErrLength]; a read error from r:
-// [ErrSource]) nothing is stored and a previous chunk of that id is kept.
+// place, so it returns only once the chunk is durable. When the stream is
+// bad (too many or too few bytes: [ErrTooLarge], [ErrLength]; a read error
+// from r: [ErrSource]) nothing is stored and a previous chunk of that id is
+// kept; only a disk failure while replacing one may lose both.
 //
 // Storing a chunk that exists with the same length and CRC succeeds without
 // change; one with other contents replaces it once the new one is synced.

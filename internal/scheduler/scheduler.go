@@ -99,7 +99,7 @@ func Plan(st State, now time.Time) *Result {
 				loc = st.InputBytes(t.Inputs)
 				locality[key] = loc
 			}
-			n = cv.placeNear(t.Resources, loc)
+			n = cv.placeNear(t.Resources, loc, zc)
 		}
 		if n == nil {
 			n = cv.place(t.Resources, zc)
@@ -181,16 +181,22 @@ func (cv *clusterView) place(r api.Resources, jobZones map[string]int) *nodeView
 	return nil
 }
 
-// placeNear picks the feasible node holding the most bytes (ties: by name)
-// and reserves r on it; nil when no node holding any has room.
-func (cv *clusterView) placeNear(r api.Resources, bytes map[string]int64) *nodeView {
+// placeNear picks the feasible node holding the most bytes and reserves r
+// on it; among equal holders, the one whose zone runs fewest of the job's
+// tasks, then the first by name. It returns nil when no holder has room.
+func (cv *clusterView) placeNear(r api.Resources, bytes map[string]int64, jobZones map[string]int) *nodeView {
 	var best *nodeView
 	for name, b := range bytes {
 		n := cv.byName[name]
 		if n == nil || !n.schedulable || n.free.CPU < r.CPU || n.free.MemoryMB < r.MemoryMB || b <= 0 {
 			continue
 		}
-		if best == nil || b > bytes[best.name] || (b == bytes[best.name] && name < best.name) {
+		if best == nil {
+			best = n
+			continue
+		}
+		if c := cmp.Or(cmp.Compare(bytes[best.name], b), cmp.Compare(jobZones[n.zone.name], jobZones[best.zone.name]),
+			cmp.Compare(name, best.name)); c < 0 {
 			best = n
 		}
 	}

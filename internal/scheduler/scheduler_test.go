@@ -414,6 +414,7 @@ func TestLocality(t *testing.T) {
 		{"goes to the node holding the most bytes", map[string]int64{"n1": 10, "n3": 30, "n2": 20}, "", "n3"},
 		{"skips a holder without room", map[string]int64{"n3": 30, "n2": 20}, "n3", "n2"},
 		{"ties go to the first name", map[string]int64{"n3": 5, "n2": 5}, "", "n2"},
+		{"bytes before spread", map[string]int64{"n3": 6, "n2": 5}, "", "n3"},
 		{"falls back to spreading when no holder has room", map[string]int64{"n3": 30}, "n3", "n1"},
 		{"ignores nodes outside the cluster", map[string]int64{"x9": 100, "n2": 1}, "", "n2"},
 	}
@@ -434,5 +435,21 @@ func TestLocality(t *testing.T) {
 				t.Errorf("placed on %v, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestLocalitySpreadsEqualHolders(t *testing.T) {
+	s := newFakeState()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		s.node(n, "z-"+n, 4000)
+	}
+	for _, task := range s.job("j", 1, 3, 100) {
+		task.Inputs = []string{"/in"}
+	}
+	s.local["/in"] = map[string]int64{"n1": 5, "n2": 5, "n3": 5}
+	got := nodesOf(scheduler.Plan(s, time.Now()))
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"n1", "n2", "n3"}) {
+		t.Errorf("placed on %v, want one task on each holder", got)
 	}
 }

@@ -340,8 +340,8 @@ func PlaceReplicas(nodes []*api.Node, members map[string]bool, have []*api.Node,
 	sort.Slice(cands, func(i, j int) bool { return cands[i].Name < cands[j].Name })
 	rot := func(name string) uint64 {
 		h := fnv.New64a()
-		fmt.Fprintf(h, "%s/%d", name, seed)
-		return h.Sum64()
+		h.Write([]byte(name))
+		return mix64(h.Sum64() ^ seed*0x9e3779b97f4a7c15)
 	}
 	var out []*api.Node
 	for len(out) < count && len(cands) > 0 {
@@ -359,6 +359,15 @@ func PlaceReplicas(nodes []*api.Node, members map[string]bool, have []*api.Node,
 		cands = slices.Delete(cands, best, best+1)
 	}
 	return out
+}
+
+// mix64 is the splitmix64 finalizer: every input bit affects every output bit.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 func b2u(b bool) uint64 {

@@ -17,7 +17,6 @@ import (
 // a run (failure, loss, cancel) deletes its staging directory, so a retried
 // or lost attempt never leaves partial or duplicate output.
 
-
 // expandInputs resolves patterns to closed files, in order, without
 // duplicates. A directory stands for the files directly in it.
 func (tx *writeTxn) expandInputs(field string, patterns []string) ([]string, error) {
@@ -139,6 +138,11 @@ func (tx *writeTxn) endRun(t *api.Task, publish bool, now time.Time) (problem st
 		if err := tx.retire(e); err != nil {
 			return "", err
 		}
+	}
+	// The staging root goes once no run stages anything in it.
+	root := tx.entry(api.PathDir(staging))
+	if root != nil && len(collectEntries(tx, root.Path)) == 0 {
+		return problem, tx.retire(root)
 	}
 	return problem, nil
 }

@@ -172,6 +172,8 @@ type Options struct {
 	HeartbeatTTL time.Duration
 	AgentCPU     int64 // default 2000
 	AgentMemory  int64 // default 2048
+	// AgentArgs are extra flags for every agent (say, --repair-rate 0).
+	AgentArgs []string
 }
 
 // Installation is a set of spawned servers and agents.
@@ -251,6 +253,7 @@ func (in *Installation) AddAgent(zone string) *Proc {
 	args := []string{"agent", "--name", name, "--zone", zone, "--data-dir", filepath.Join(in.Dir, name),
 		"--servers", strings.Join(addrs, ","), "--cpu", strconv.FormatInt(in.Opts.AgentCPU, 10),
 		"--memory", strconv.FormatInt(in.Opts.AgentMemory, 10), "--log-level", "debug"}
+	args = append(args, in.Opts.AgentArgs...)
 	p := startProc(in.t, in.Bin, name, in.Dir, args)
 	in.Agents = append(in.Agents, p)
 	return p
