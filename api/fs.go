@@ -80,8 +80,8 @@ type FileCreate struct {
 	Path        string `json:"path"`
 	Replication int    `json:"replication,omitempty"`
 	ChunkSize   int64  `json:"chunk_size,omitempty"`
-	// Overwrite replaces a closed file of the same path when the new one is
-	// closed (the old one stays readable until then).
+	// Overwrite replaces a closed file of the same path at once (a
+	// snapshot that saw the old one keeps it).
 	Overwrite bool `json:"overwrite,omitempty"`
 	// Close creates the file closed and empty in the same write.
 	Close bool `json:"close,omitempty"`

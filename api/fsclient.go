@@ -118,7 +118,7 @@ func (c *Client) FSUpload(ctx context.Context, path string, body io.Reader, size
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("uploading %s: %w", path, err)
+		return nil, fmt.Errorf("uploading %s: cannot reach shoal server at %s: %w", path, c.Addr(), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {

@@ -42,6 +42,9 @@ type Config struct {
 	// Interval is how often the manager looks again without a change
 	// (default 1 s).
 	Interval time.Duration
+	// OpenLease is how long a file may stay open without a chunk committed
+	// before it is deleted as abandoned by a writer that died (default 10 min).
+	OpenLease time.Duration
 }
 
 // Manager repairs under-replicated chunks and deletes garbage. Run it on
@@ -67,6 +70,9 @@ func New(cfg Config) *Manager {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.OpenLease <= 0 {
+		cfg.OpenLease = 10 * time.Minute
+	}
 	return &Manager{cfg: cfg, inflight: map[string]string{}}
 }
 
@@ -84,12 +90,17 @@ func (m *Manager) Run(stop <-chan struct{}) {
 	go func() { <-stop; cancel() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var lastExpiry time.Time
 	for ctx.Err() == nil {
 		snap := m.cfg.Store.Snapshot()
 		ws := memdb.NewWatchSet()
 		snap.WatchTables(ws, state.TableNodes, state.TableChunks, state.TableGarbage)
 		m.collectGarbage(ctx, snap)
 		m.repair(ctx, snap, &wg)
+		if time.Since(lastExpiry) > 30*time.Second {
+			m.expireOpenFiles(snap)
+			lastExpiry = time.Now()
+		}
 		wctx, wcancel := context.WithTimeout(ctx, m.cfg.Interval)
 		state.Wait(wctx, ws)
 		wcancel()
@@ -243,6 +254,23 @@ func (m *Manager) trim(c state.ChunkState, byName map[string]*api.Node) {
 	if _, _, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Remove: remove,
 		Reason: "surplus", Now: m.cfg.Now()}); err != nil {
 		m.cfg.Log.Warn("trimming replicas failed", "chunk", c.ID, "err", err)
+	}
+}
+
+// expireOpenFiles deletes files whose writer stopped committing chunks
+// longer than the open lease ago: a writer that died mid-file.
+func (m *Manager) expireOpenFiles(snap *state.Snapshot) {
+	now := m.cfg.Now()
+	for _, f := range snap.FSOpenFiles() {
+		if now.Sub(f.Modified) < m.cfg.OpenLease {
+			continue
+		}
+		_, _, err := m.cfg.Apply(fsm.FSAbort, &state.FSAbortRequest{Req: api.FileAbort{Path: f.Path, FileID: f.FileID}, Now: now})
+		if err != nil {
+			m.cfg.Log.Warn("deleting an abandoned open file failed", "path", f.Path, "err", err)
+			continue
+		}
+		m.cfg.Log.Info("deleted a file left open by a writer that stopped", "path", f.Path, "idle", now.Sub(f.Modified))
 	}
 }
 

@@ -268,16 +268,11 @@ func (s *Snapshot) snapshotChildren(ws memdb.WatchSet, sn *fsSnapshot, dir strin
 	return out
 }
 
-// FSSnapshots lists the snapshots of dir, or all of them for "" or "/".
+// FSSnapshots lists the snapshots of dir, or every snapshot for "".
 func (s *Snapshot) FSSnapshots(ws memdb.WatchSet, dir string) []*api.SnapshotInfo {
-	var all []*fsSnapshot
-	if dir == "" || dir == "/" {
+	all := collect[*fsSnapshot](s.txn, ws, tableFSSnapshots, "dir", dir)
+	if dir == "" {
 		all = collect[*fsSnapshot](s.txn, ws, tableFSSnapshots, "id")
-		if dir == "/" {
-			all = collect[*fsSnapshot](s.txn, ws, tableFSSnapshots, "dir", dir)
-		}
-	} else {
-		all = collect[*fsSnapshot](s.txn, ws, tableFSSnapshots, "dir", dir)
 	}
 	out := []*api.SnapshotInfo{}
 	for _, sn := range all {
@@ -723,4 +718,22 @@ func (tx *writeTxn) collectVersions(dir string) error {
 		}
 	}
 	return nil
+}
+
+// OpenFile names a file being written and when it last changed.
+type OpenFile struct {
+	Path     string
+	FileID   uint64
+	Modified time.Time
+}
+
+// FSOpenFiles lists the files open for writing.
+func (s *Snapshot) FSOpenFiles() []OpenFile {
+	var out []OpenFile
+	for _, e := range collect[*fsEntry](s.txn, nil, tableFSEntries, "id") {
+		if !e.Dir && e.State == api.FileOpen {
+			out = append(out, OpenFile{Path: e.Path, FileID: e.FileID, Modified: e.Modified})
+		}
+	}
+	return out
 }
