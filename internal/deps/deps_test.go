@@ -18,7 +18,14 @@ func TestImportRules(t *testing.T) {
 		{"github.com/shoal-dev/shoal/internal/agent", []string{
 			"github.com/shoal-dev/shoal/internal/server", "github.com/shoal-dev/shoal/internal/state",
 			"github.com/shoal-dev/shoal/internal/fsm", "github.com/shoal-dev/shoal/internal/scheduler",
+			"github.com/shoal-dev/shoal/internal/replication",
 			"github.com/hashicorp/raft", "github.com/hashicorp/go-memdb"}},
+		// The DFS client and the chunk store run on agents too.
+		{"github.com/shoal-dev/shoal/internal/dfs", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/state", "github.com/hashicorp/raft", "github.com/hashicorp/go-memdb"}},
+		{"github.com/shoal-dev/shoal/internal/chunkstore", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/state", "github.com/shoal-dev/shoal/internal/agent",
+			"github.com/shoal-dev/shoal/internal/dfs", "github.com/hashicorp/raft"}},
 		{"github.com/shoal-dev/shoal/internal/sandbox", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/shoal-dev/shoal/internal/state"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
