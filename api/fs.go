@@ -80,8 +80,9 @@ type FileCreate struct {
 	Path        string `json:"path"`
 	Replication int    `json:"replication,omitempty"`
 	ChunkSize   int64  `json:"chunk_size,omitempty"`
-	// Overwrite replaces a closed file of the same path at once (a
-	// snapshot that saw the old one keeps it).
+	// Overwrite replaces a closed file of the same path when the new one
+	// closes; until then, and for good if the write fails, the old one
+	// stays readable (a snapshot that saw it keeps it after).
 	Overwrite bool `json:"overwrite,omitempty"`
 	// Close creates the file closed and empty in the same write.
 	Close bool `json:"close,omitempty"`

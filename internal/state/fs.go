@@ -40,6 +40,25 @@ type fsEntry struct {
 	// Visible is the index from which snapshots see this version: its
 	// creation for a directory, its close for a file (0 while open).
 	Visible uint64 `json:"visible,omitempty"`
+	// Target is, for a file that will replace another when it closes, the
+	// path it will take; until then it is kept under a shadow key so that
+	// the old file stays readable and survives a failed write.
+	Target string `json:"target,omitempty"`
+	// MadeDirs are the directories creating this open file created,
+	// deepest first; an aborted write removes those still empty.
+	MadeDirs []string `json:"made_dirs,omitempty"`
+}
+
+// shadowKey is where an open file that replaces path on close lives.
+func shadowKey(path string, fileID uint64) string { return fmt.Sprintf("%s\x00%d", path, fileID) }
+
+// missingDirs lists the ancestors of p that do not exist, deepest first.
+func (tx *writeTxn) missingDirs(p string) []string {
+	var out []string
+	for d := api.PathDir(p); d != "/" && tx.entry(d) == nil; d = api.PathDir(d) {
+		out = append(out, d)
+	}
+	return out
 }
 
 // fsVersion is an entry removed from the live namespace but still visible
@@ -383,6 +402,8 @@ func (s *Store) FSCreate(index uint64, req *FSCreateRequest) (*api.FileInfo, err
 	}
 	var out *api.FileInfo
 	err = s.write(index, func(tx *writeTxn) error {
+		e := &fsEntry{Path: p, Parent: api.PathDir(p), State: api.FileOpen, Replication: r.Replication,
+			ChunkSize: r.ChunkSize, Created: req.Now, Modified: req.Now, FileID: index}
 		if old := tx.entry(p); old != nil {
 			switch {
 			case old.Dir:
@@ -392,16 +413,17 @@ func (s *Store) FSCreate(index uint64, req *FSCreateRequest) (*api.FileInfo, err
 			case !r.Overwrite:
 				return fmt.Errorf("%w: %s already exists (overwrite replaces it)", ErrConflict, p)
 			}
-			if err := tx.retire(old); err != nil {
-				return err
-			}
+			// The old file stays until the new one closes.
+			e.Path, e.Parent, e.Target = shadowKey(p, index), "\x00shadow", p // listed nowhere
 		}
+		e.MadeDirs = tx.missingDirs(p)
 		if err := tx.ensureParents(p, true, req.Now); err != nil {
 			return err
 		}
-		e := &fsEntry{Path: p, Parent: api.PathDir(p), State: api.FileOpen, Replication: r.Replication,
-			ChunkSize: r.ChunkSize, Created: req.Now, Modified: req.Now, FileID: index}
 		if r.Close {
+			if err := tx.publishShadow(e); err != nil {
+				return err
+			}
 			e.State, e.Visible = api.FileClosed, index
 		}
 		if err := tx.putEntry(e); err != nil {
@@ -413,9 +435,38 @@ func (s *Store) FSCreate(index uint64, req *FSCreateRequest) (*api.FileInfo, err
 	return out, err
 }
 
+// publishShadow moves a file written under a shadow key to its target
+// path, retiring the file it replaces (a snapshot keeps seeing that one).
+func (tx *writeTxn) publishShadow(e *fsEntry) error {
+	if e.Target == "" {
+		return nil
+	}
+	if cur := tx.entry(e.Path); cur != nil && e.Path != e.Target {
+		if err := tx.del(tableFSEntries, cur); err != nil {
+			return err
+		}
+	}
+	if old := tx.entry(e.Target); old != nil {
+		if old.Dir || old.State == api.FileOpen {
+			return fmt.Errorf("%w: %s became a directory or is being written; not replaced", ErrConflict, e.Target)
+		}
+		if err := tx.retire(old); err != nil {
+			return err
+		}
+	}
+	if err := tx.ensureParents(e.Target, true, e.Modified); err != nil {
+		return err
+	}
+	e.Path, e.Parent, e.Target = e.Target, api.PathDir(e.Target), ""
+	return nil
+}
+
 // openFile returns a copy of the open file at path written as fileID.
 func (tx *writeTxn) openFile(path string, fileID uint64) (*fsEntry, error) {
 	e := tx.entry(path)
+	if e == nil || e.FileID != fileID {
+		e = tx.entry(shadowKey(path, fileID))
+	}
 	if e == nil || e.Dir || e.FileID != fileID {
 		return nil, fmt.Errorf("%w: %s (file id %d) does not exist; it was deleted or replaced", ErrNotFound, path, fileID)
 	}
@@ -445,7 +496,10 @@ func (s *Store) FSClose(index uint64, req *FSCloseRequest) (*api.FileInfo, error
 				return err
 			}
 		}
-		e.Pending, e.State, e.Visible, e.Modified = nil, api.FileClosed, index, req.Now
+		e.Pending, e.State, e.Visible, e.Modified, e.MadeDirs = nil, api.FileClosed, index, req.Now, nil
+		if err := tx.publishShadow(e); err != nil {
+			return err
+		}
 		if err := tx.putEntry(e); err != nil {
 			return err
 		}
@@ -462,7 +516,20 @@ func (s *Store) FSAbort(index uint64, req *FSAbortRequest) error {
 		if err != nil {
 			return err
 		}
-		return tx.retire(e)
+		if err := tx.retire(e); err != nil {
+			return err
+		}
+		// Remove the directories the write created, if still empty.
+		for _, d := range e.MadeDirs {
+			de := tx.entry(d)
+			if de == nil || !de.Dir || len(collectEntries(tx, d)) > 0 {
+				break
+			}
+			if err := tx.retire(de); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

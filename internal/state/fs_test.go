@@ -308,3 +308,50 @@ func TestJobInputsAndOutputs(t *testing.T) {
 		}
 	}
 }
+
+func TestFSOverwriteKeepsOldUntilClose(t *testing.T) {
+	f := newFixture(t)
+	f.fsNodes()
+	old := f.writeFile("/d/f", 10)
+	fi, err := f.s.FSCreate(f.next(), &state.FSCreateRequest{Req: api.FileCreate{Path: "/d/f", Overwrite: true}, Now: f.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.snap().FSFile(nil, "/d/f"); err != nil || got.Size != 10 {
+		t.Fatalf("old file while the new one is written: %+v, %v", got, err)
+	}
+	if got := f.names("/d"); !cmp.Equal(got, []string{"f"}) {
+		t.Errorf("list during overwrite = %v", got)
+	}
+	// A failed overwrite leaves the old file whole.
+	if err := f.s.FSAbort(f.next(), &state.FSAbortRequest{Req: api.FileAbort{Path: "/d/f", FileID: fi.FileID}, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.snap().FSFile(nil, "/d/f"); err != nil || got.Chunks[0].ID != old[0] {
+		t.Fatalf("old file after an aborted overwrite: %+v, %v", got, err)
+	}
+	// A completed one replaces it, and the old chunk is freed.
+	fi, _ = f.s.FSCreate(f.next(), &state.FSCreateRequest{Req: api.FileCreate{Path: "/d/f", Overwrite: true}, Now: f.now})
+	if _, err := f.s.FSClose(f.next(), &state.FSCloseRequest{Req: api.FileClose{Path: "/d/f", FileID: fi.FileID}, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.snap().FSFile(nil, "/d/f"); err != nil || got.Size != 0 || got.FileID != fi.FileID {
+		t.Fatalf("file after the overwrite closed: %+v, %v", got, err)
+	}
+	if _, ok := f.snap().FSChunk(old[0]); ok {
+		t.Error("the replaced file's chunk was not freed")
+	}
+}
+
+func TestFSAbortRemovesDirsItMade(t *testing.T) {
+	f := newFixture(t)
+	f.fsNodes()
+	f.writeFile("/keep/x", 1)
+	fi, _ := f.s.FSCreate(f.next(), &state.FSCreateRequest{Req: api.FileCreate{Path: "/keep/new/deeper/f"}, Now: f.now})
+	if err := f.s.FSAbort(f.next(), &state.FSAbortRequest{Req: api.FileAbort{Path: "/keep/new/deeper/f", FileID: fi.FileID}, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.names("/keep"); !cmp.Equal(got, []string{"x"}) {
+		t.Errorf("/keep after an aborted write = %v, want only x", got)
+	}
+}
