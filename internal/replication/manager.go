@@ -54,6 +54,9 @@ type Manager struct {
 
 	mu       sync.Mutex
 	inflight map[string]string // chunk -> node it is being copied to
+	// recorded holds, per chunk just repaired, the Raft index of the write
+	// that recorded it: a snapshot older than that must not repair it again.
+	recorded map[string]uint64
 
 	repaired atomic.Int64 // bytes copied by repairs since this manager started
 	running  atomic.Int64
@@ -73,7 +76,7 @@ func New(cfg Config) *Manager {
 	if cfg.OpenLease <= 0 {
 		cfg.OpenLease = 10 * time.Minute
 	}
-	return &Manager{cfg: cfg, inflight: map[string]string{}}
+	return &Manager{cfg: cfg, inflight: map[string]string{}, recorded: map[string]uint64{}}
 }
 
 // RepairedBytes returns the bytes re-replicated so far.
@@ -135,14 +138,23 @@ func (m *Manager) repair(ctx context.Context, snap *state.Snapshot, wg *sync.Wai
 		}
 		return todo[i].ID < todo[j].ID
 	})
+	seen := snap.Index(state.TableChunks)
+	m.mu.Lock()
+	for id, idx := range m.recorded {
+		if seen >= idx {
+			delete(m.recorded, id)
+		}
+	}
+	m.mu.Unlock()
 	for _, c := range todo {
 		if m.running.Load() >= int64(m.cfg.MaxConcurrent) {
 			return
 		}
 		m.mu.Lock()
 		_, busy := m.inflight[c.ID]
+		_, stale := m.recorded[c.ID]
 		m.mu.Unlock()
-		if busy {
+		if busy || stale {
 			continue
 		}
 		exclude := map[string]bool{}
@@ -204,12 +216,15 @@ func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, c state.ChunkSt
 		} else if extra <= 0 {
 			dead = nil
 		}
-		_, _, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Add: []string{dst.Name},
+		_, idx, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Add: []string{dst.Name},
 			Remove: dead, Reason: "repaired", Now: m.cfg.Now()})
 		if err != nil {
 			log.Warn("recording a repaired replica failed", "err", err)
 			return
 		}
+		m.mu.Lock()
+		m.recorded[c.ID] = idx
+		m.mu.Unlock()
 		m.repaired.Add(c.Length)
 		log.Info("chunk repaired", "bytes", c.Length, "live", len(c.Live)+1, "want", c.Replication)
 	}()
