@@ -538,6 +538,22 @@ func TestDFSZoneLoss(t *testing.T) {
 		checkReplicaFiles(t, in, fi, data)
 		checkSame(t, p+" after repair", download(t, in, p), data)
 	}
+	// /metrics tells the same story as fs status.
+	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"shoal_dfs_chunks_under_replicated 0", "shoal_dfs_chunks_unavailable 0",
+		"shoal_dfs_stored_bytes ", "shoal_dfs_repaired_bytes_total "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), "shoal_dfs_repaired_bytes_total 0\n") {
+		t.Error("/metrics says no bytes were repaired after a zone loss")
+	}
 }
 
 // TestDFSCorruptChunk flips a byte of one replica on disk: a read still

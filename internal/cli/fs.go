@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -200,25 +201,33 @@ func formatReplicas(rs []api.Replica) string {
 	return strings.Join(parts, ", ")
 }
 
+// eachPath returns a RunE that resolves every argument first (sending
+// nothing if one is bad) and then applies fn to each path in turn.
+func eachPath(g *globals, o *fsOptions, fn func(ctx context.Context, cl *api.Client, p string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		paths, err := o.resolveAll(args)
+		if err != nil {
+			return err
+		}
+		cl := g.client()
+		for _, p := range paths {
+			if err := fn(cmd.Context(), cl, p); err != nil {
+				return pathErr(p, err)
+			}
+		}
+		return nil
+	}
+}
+
 func fsRmCmd(g *globals, o *fsOptions) *cobra.Command {
 	var recursive bool
 	cmd := &cobra.Command{
 		Use:   "rm PATH...",
 		Short: "Delete files, or directory trees with -r",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			paths, err := o.resolveAll(args)
-			if err != nil {
-				return err
-			}
-			cl := g.client()
-			for _, p := range paths {
-				if err := cl.FSRemove(cmd.Context(), &api.Remove{Path: p, Recursive: recursive}); err != nil {
-					return pathErr(p, err)
-				}
-			}
-			return nil
-		},
+		RunE: eachPath(g, o, func(ctx context.Context, cl *api.Client, p string) error {
+			return cl.FSRemove(ctx, &api.Remove{Path: p, Recursive: recursive})
+		}),
 	}
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "delete directories and everything under them")
 	return cmd
@@ -230,19 +239,9 @@ func fsMkdirCmd(g *globals, o *fsOptions) *cobra.Command {
 		Use:   "mkdir PATH...",
 		Short: "Create directories",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			paths, err := o.resolveAll(args)
-			if err != nil {
-				return err
-			}
-			cl := g.client()
-			for _, p := range paths {
-				if err := cl.FSMkdir(cmd.Context(), &api.Mkdir{Path: p, Parents: parents}); err != nil {
-					return pathErr(p, err)
-				}
-			}
-			return nil
-		},
+		RunE: eachPath(g, o, func(ctx context.Context, cl *api.Client, p string) error {
+			return cl.FSMkdir(ctx, &api.Mkdir{Path: p, Parents: parents})
+		}),
 	}
 	cmd.Flags().BoolVarP(&parents, "parents", "p", false, "create missing parents too; an existing directory is not an error")
 	return cmd

@@ -1,5 +1,5 @@
 // Package cli implements the shoal command line: the server, agent and dev
-// processes and the noun-verb client commands (node, pool, cluster, job).
+// processes and the noun-verb client commands (node, pool, cluster, job, fs).
 package cli
 
 import (
@@ -70,7 +70,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "shoal",
 		Short: "Shoal: isolated clusters, fault-tolerant jobs, one binary",
 		Long: `Shoal carves isolated clusters out of a warm pool of nodes and runs batch jobs
-on them that survive dead nodes and a dead Raft leader.
+on them that survive dead nodes and a dead Raft leader, next to their data in
+a zone-replicated distributed file system ('shoal fs').
 
 Start a whole installation on this machine with 'shoal dev', then try
 'shoal cluster create c1 --nodes 3 --zones 3' and 'shoal job run FILE --wait'.`,

@@ -49,51 +49,33 @@ func (s *Server) fsRoutes(mux *http.ServeMux, write func(string, http.HandlerFun
 	mux.HandleFunc("PUT /v1/fs/data", s.handleUpload)
 	mux.HandleFunc("GET /v1/fs/data", s.handleDownload)
 
-	fsWrite := func(pattern string, t fsm.MessageType, newReq func(now time.Time) (req any, body any)) {
-		write(pattern, func(w http.ResponseWriter, r *http.Request) {
-			req, body := newReq(s.now())
-			if !decodeBody(w, r, body) {
-				return
-			}
-			s.write(w, t, req)
-		})
-	}
-	fsWrite("POST /v1/fs/mkdir", fsm.FSMkdir, func(now time.Time) (any, any) {
-		r := &state.FSMkdirRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/create", fsm.FSCreate, func(now time.Time) (any, any) {
-		r := &state.FSCreateRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/allocate", fsm.FSAllocate, func(now time.Time) (any, any) {
-		r := &state.FSAllocateRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/commit", fsm.FSCommit, func(now time.Time) (any, any) {
-		r := &state.FSCommitRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/close", fsm.FSClose, func(now time.Time) (any, any) {
-		r := &state.FSCloseRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/abort", fsm.FSAbort, func(now time.Time) (any, any) {
-		r := &state.FSAbortRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/remove", fsm.FSRemove, func(now time.Time) (any, any) {
-		r := &state.FSRemoveRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/rename", fsm.FSRename, func(now time.Time) (any, any) {
-		r := &state.FSRenameRequest{Now: now}
-		return r, &r.Req
-	})
-	fsWrite("POST /v1/fs/snapshots", fsm.FSSnapshot, func(now time.Time) (any, any) {
-		r := &state.FSSnapshotRequest{Now: now}
-		return r, &r.Req
-	})
+	write("POST /v1/fs/mkdir", fsWrite(s, fsm.FSMkdir, func(b api.Mkdir, now time.Time) any {
+		return &state.FSMkdirRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/create", fsWrite(s, fsm.FSCreate, func(b api.FileCreate, now time.Time) any {
+		return &state.FSCreateRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
+		return &state.FSAllocateRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/commit", fsWrite(s, fsm.FSCommit, func(b api.ChunkCommit, now time.Time) any {
+		return &state.FSCommitRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/close", fsWrite(s, fsm.FSClose, func(b api.FileClose, now time.Time) any {
+		return &state.FSCloseRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/abort", fsWrite(s, fsm.FSAbort, func(b api.FileAbort, now time.Time) any {
+		return &state.FSAbortRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/remove", fsWrite(s, fsm.FSRemove, func(b api.Remove, now time.Time) any {
+		return &state.FSRemoveRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/rename", fsWrite(s, fsm.FSRename, func(b api.Rename, now time.Time) any {
+		return &state.FSRenameRequest{Req: b, Now: now}
+	}))
+	write("POST /v1/fs/snapshots", fsWrite(s, fsm.FSSnapshot, func(b api.SnapshotRequest, now time.Time) any {
+		return &state.FSSnapshotRequest{Req: b, Now: now}
+	}))
 	write("DELETE /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		s.write(w, fsm.FSSnapshot, &state.FSSnapshotRequest{Delete: true, Now: s.now(),
@@ -101,6 +83,18 @@ func (s *Server) fsRoutes(mux *http.ServeMux, write func(string, http.HandlerFun
 	})
 	write("POST /v1/fs/corrupt", s.handleCorrupt)
 	write("PUT /v1/nodes/{name}/chunks", s.handleChunkReport)
+}
+
+// fsWrite serves a namespace write: it decodes the JSON body strictly into
+// a B and applies the Raft entry that wrap makes of it, stamped with now.
+func fsWrite[B any](s *Server, t fsm.MessageType, wrap func(b B, now time.Time) any) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var b B
+		if !decodeBody(w, r, &b) {
+			return
+		}
+		s.write(w, t, wrap(b, s.now()))
+	}
 }
 
 // pathQuery serves a blocking read of the DFS path named by ?path=.
@@ -135,12 +129,10 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o := dfs.WriteOptions{Size: r.ContentLength, Overwrite: q.Get("overwrite") == "true"}
-	for name, dst := range map[string]*int64{"chunk_size": &o.ChunkSize} {
-		if v := q.Get(name); v != "" {
-			if *dst, err = strconv.ParseInt(v, 10, 64); err != nil {
-				writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("%s: %q is not an integer", name, v))
-				return
-			}
+	if v := q.Get("chunk_size"); v != "" {
+		if o.ChunkSize, err = strconv.ParseInt(v, 10, 64); err != nil {
+			writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("chunk_size: %q is not an integer", v))
+			return
 		}
 	}
 	if v := q.Get("replication"); v != "" {

@@ -83,10 +83,9 @@ type fsSnapshot struct {
 func snapshotKey(dir, name string) string { return dir + "\x00" + name }
 
 func (e *fsEntry) info(path string, chunks []api.ChunkInfo) *api.FileInfo {
-	fi := &api.FileInfo{Path: path, Name: api.PathBase(path), Dir: e.Dir, Size: e.Size, State: e.State,
+	return &api.FileInfo{Path: path, Name: api.PathBase(path), Dir: e.Dir, Size: e.Size, State: e.State,
 		Replication: e.Replication, ChunkSize: e.ChunkSize, Chunks: chunks, Created: e.Created,
 		Modified: e.Modified, FileID: e.FileID, ModifyIndex: e.ModifyIndex}
-	return fi
 }
 
 // FS requests (payloads of Raft entries).

@@ -26,7 +26,7 @@ type fsChunk struct {
 	Replication int       `json:"replication"`
 	Cluster     string    `json:"cluster,omitempty"` // whose nodes it prefers
 	FileID      uint64    `json:"file_id"`
-	Updated     time.Time `json:"updated"` // last change of Replicas
+	Updated     time.Time `json:"updated"` // last time a replica was added
 }
 
 // fsGarbage is a chunk no file refers to any more, and the nodes that may
@@ -178,7 +178,7 @@ func (s *Store) FSAllocate(index uint64, req *FSAllocateRequest) (*api.ChunkAllo
 			count = r.Count
 		}
 		have := byName(nodes, c.Replicas)
-		picked := PlaceReplicas(nodes, tx.members(c.Cluster), have, count, r.Writer, exclude, index)
+		picked := PlaceReplicas(nodes, memberSet(tx.cluster(c.Cluster)), have, count, r.Writer, exclude, index)
 		if len(picked) == 0 {
 			return fmt.Errorf("%w: no ready data node can take a replica of %s", ErrNoRoom, r.Path)
 		}
@@ -193,10 +193,10 @@ func (s *Store) FSAllocate(index uint64, req *FSAllocateRequest) (*api.ChunkAllo
 	return out, err
 }
 
-// members returns the names of a cluster's nodes.
-func (tx *writeTxn) members(cluster string) map[string]bool {
+// memberSet returns the names of a cluster's nodes (none for nil).
+func memberSet(c *api.Cluster) map[string]bool {
 	out := map[string]bool{}
-	if c := tx.cluster(cluster); c != nil {
+	if c != nil {
 		for _, n := range c.Nodes {
 			out[n] = true
 		}
@@ -295,7 +295,11 @@ func (s *Store) FSReplicas(index uint64, req *FSReplicaRequest) error {
 			// Never forget the last copy's location: it may come back.
 			return fmt.Errorf("%w: chunk %s would have no replica left", ErrConflict, req.Chunk)
 		}
-		c.Updated = req.Now
+		if len(req.Add) > 0 {
+			// Only a new replica may be missing from an inventory taken
+			// just before it; removing one must not delay judging others.
+			c.Updated = req.Now
+		}
 		if err := tx.put(tableFSChunks, c); err != nil {
 			return err
 		}
@@ -409,8 +413,7 @@ func (s *Snapshot) FSChunks(ws memdb.WatchSet) []ChunkState {
 	}
 	var out []ChunkState
 	for _, c := range collect[*fsChunk](s.txn, ws, tableFSChunks, "id") {
-		cs := ChunkState{ID: c.ID, Length: c.Length, CRC: c.CRC, Replicas: c.Replicas,
-			Replication: c.Replication, Cluster: c.Cluster, Committed: c.Committed, Updated: c.Updated}
+		cs := c.state()
 		for _, r := range c.Replicas {
 			if n := nodes[r]; n != nil && n.State != api.NodeDown {
 				cs.Live = append(cs.Live, r)
@@ -427,19 +430,18 @@ func (s *Snapshot) FSChunk(id string) (ChunkState, bool) {
 	if c == nil {
 		return ChunkState{}, false
 	}
+	return c.state(), true
+}
+
+// state describes c without its liveness (Live is left empty).
+func (c *fsChunk) state() ChunkState {
 	return ChunkState{ID: c.ID, Length: c.Length, CRC: c.CRC, Replicas: c.Replicas,
-		Replication: c.Replication, Cluster: c.Cluster, Committed: c.Committed, Updated: c.Updated}, true
+		Replication: c.Replication, Cluster: c.Cluster, Committed: c.Committed, Updated: c.Updated}
 }
 
 // ClusterMembers returns the names of a cluster's nodes (none for "").
 func (s *Snapshot) ClusterMembers(cluster string) map[string]bool {
-	out := map[string]bool{}
-	if c := s.Cluster(nil, cluster); c != nil {
-		for _, n := range c.Nodes {
-			out[n] = true
-		}
-	}
-	return out
+	return memberSet(s.Cluster(nil, cluster))
 }
 
 // FSGarbage returns the chunks to delete and the nodes that may hold them.

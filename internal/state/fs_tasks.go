@@ -59,14 +59,7 @@ func (tx *writeTxn) expandInputs(field string, patterns []string) ([]string, err
 }
 
 func collectEntries(tx *writeTxn, dir string) []*fsEntry {
-	it, err := tx.Get(tableFSEntries, "parent", dir)
-	if err != nil {
-		return nil
-	}
-	var out []*fsEntry
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*fsEntry))
-	}
+	out := collect[*fsEntry](tx.Txn, nil, tableFSEntries, "parent", dir)
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }
