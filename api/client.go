@@ -26,6 +26,11 @@ const (
 	CodeInternal    = "internal"
 	CodeNoLeader    = "no_leader"
 	CodeNoCapacity  = "insufficient_capacity"
+	// CodeUnauthorized: no token, or a token no server knows (401).
+	CodeUnauthorized = "unauthorized"
+	// CodeForbidden: a known token that may not do this, such as a
+	// cluster's token reaching outside its cluster (403).
+	CodeForbidden = "forbidden"
 )
 
 // IndexHeader carries the state index a read reflects; pass it back as
@@ -329,6 +334,14 @@ func (c *Client) Cluster(ctx context.Context, name string, q *QueryOptions) (*Cl
 func (c *Client) ResizeCluster(ctx context.Context, name string, nodes int) (*Cluster, error) {
 	var cl Cluster
 	_, err := c.Do(ctx, "PUT", "/v1/clusters/"+esc(name), nil, &ClusterResize{Nodes: nodes}, &cl)
+	return &cl, err
+}
+
+// RotateClusterToken replaces a cluster's API token and returns the
+// cluster with the new one; the old token stops working at once.
+func (c *Client) RotateClusterToken(ctx context.Context, name string) (*Cluster, error) {
+	var cl Cluster
+	_, err := c.Do(ctx, "POST", "/v1/clusters/"+esc(name)+"/token", nil, nil, &cl)
 	return &cl, err
 }
 

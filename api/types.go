@@ -68,6 +68,10 @@ type Cluster struct {
 	Created     time.Time `json:"created"`
 	CreateIndex uint64    `json:"create_index"`
 	ModifyIndex uint64    `json:"modify_index"`
+	// Token is the cluster's API token: a caller presenting it sees only
+	// this cluster, its jobs and its part of the file system
+	// (/clusters/NAME). Servers show it to operators only.
+	Token string `json:"token,omitempty"`
 }
 
 // ClusterRequest asks for a new cluster.
@@ -254,6 +258,10 @@ type NodeWork struct {
 	Node  *Node    `json:"node"`
 	Runs  []RunRef `json:"runs"`
 	Tasks []*Task  `json:"tasks"`
+	// ClusterToken is the API token of the node's cluster; the agent hands
+	// it to the cluster's tasks (SHOAL_TOKEN) so that they act as the
+	// cluster, not as an operator.
+	ClusterToken string `json:"cluster_token,omitempty"`
 }
 
 // RunRef names one placement of a task.

@@ -71,9 +71,12 @@ type Agent struct {
 	chunks      *chunkstore.Store
 	chunkClient *chunkstore.Client
 
-	mu      sync.Mutex // guards runs and cluster
+	mu      sync.Mutex // guards runs, cluster and clusterToken
 	runs    map[runKey]*run
 	cluster string
+	// clusterToken is the API token of the node's cluster, handed to its
+	// tasks so that they reach only what their cluster may.
+	clusterToken string
 	// lostRuns are runs of a crashed earlier agent, reported lost; they
 	// must not be started again while the servers still list them. Only
 	// the watch loop touches it after start-up.

@@ -81,6 +81,7 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	}
 	oldCluster := a.cluster
 	a.cluster = work.Node.Cluster
+	a.clusterToken = work.ClusterToken
 	a.mu.Unlock()
 
 	for _, r := range toStop {
@@ -326,7 +327,16 @@ func (a *Agent) taskEnv(t *api.Task, work string) []string {
 	for k, v := range t.Env {
 		env[k] = v
 	}
+	// A task acts as its cluster: it gets the cluster's token, never the
+	// agent's, so the servers confine it to the cluster's jobs and files.
+	a.mu.Lock()
+	token := ""
+	if a.cluster == t.Cluster {
+		token = a.clusterToken
+	}
+	a.mu.Unlock()
 	for k, v := range map[string]string{
+		"SHOAL_TOKEN": token, "SHOAL_ADDR": strings.Join(a.cfg.Servers, ","),
 		"SHOAL_JOB_ID": t.JobID, "SHOAL_TASK_INDEX": strconv.Itoa(t.Index), "SHOAL_TASK_COUNT": strconv.Itoa(t.Count),
 		"SHOAL_ATTEMPT": strconv.Itoa(t.Attempt), "SHOAL_CLUSTER": t.Cluster, "SHOAL_NODE": a.cfg.Name,
 		"SHOAL_GROUP": t.Group, "SHOAL_TASK_ID": t.ID, "SHOAL_ZONE": a.cfg.Zone,

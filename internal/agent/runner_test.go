@@ -20,8 +20,11 @@ import (
 )
 
 func TestTaskEnv(t *testing.T) {
-	a := &Agent{cfg: Config{Name: "n1", Zone: "z1"}}
+	a := &Agent{cfg: Config{Name: "n1", Zone: "z1", Servers: []string{"s1:7460", "s2:7460"}},
+		cluster: "c1", clusterToken: "token-c1"}
 	shoal := map[string]string{
+		"SHOAL_TOKEN":      "token-c1",
+		"SHOAL_ADDR":       "s1:7460,s2:7460",
 		"SHOAL_JOB_ID":     "train-7",
 		"SHOAL_TASK_INDEX": "2",
 		"SHOAL_TASK_COUNT": "4",
@@ -51,7 +54,8 @@ func TestTaskEnv(t *testing.T) {
 		{"user PATH and HOME", map[string]string{"PATH": "/opt/bin", "HOME": "/home/u"},
 			withShoal(map[string]string{"PATH": "/opt/bin", "HOME": "/home/u"})},
 		{"user env cannot override SHOAL_ variables", map[string]string{
-			"SHOAL_JOB_ID": "other-1", "SHOAL_NODE": "n9", "SHOAL_TASK_INDEX": "0", "SHOAL_ZONE": "", "X": "y"},
+			"SHOAL_JOB_ID": "other-1", "SHOAL_NODE": "n9", "SHOAL_TASK_INDEX": "0", "SHOAL_ZONE": "", "X": "y",
+			"SHOAL_TOKEN": "operator", "SHOAL_ADDR": "evil:1"},
 			withShoal(map[string]string{"PATH": defaultPath, "HOME": "/data/work", "X": "y"})},
 	}
 	for _, tt := range tests {
@@ -74,6 +78,13 @@ func TestTaskEnv(t *testing.T) {
 				t.Errorf("environment (-want +got):\n%s", diff)
 			}
 		})
+	}
+
+	// A task of a cluster the node has left never gets the new cluster's
+	// token.
+	stale := &api.Task{ID: "old-1/g/0", JobID: "old-1", Cluster: "c0", Group: "g"}
+	if env := a.taskEnv(stale, "/data/work"); !slices.Contains(env, "SHOAL_TOKEN=") {
+		t.Errorf("task of cluster c0 on a node of c1: environment %q, want an empty SHOAL_TOKEN", env)
 	}
 }
 

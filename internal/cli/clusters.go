@@ -28,6 +28,7 @@ func clusterCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s created in %s with %d nodes: %s\n", c.Name,
 				time.Since(start).Round(time.Millisecond), len(c.Nodes), strings.Join(c.Nodes, ", "))
+			fmt.Fprintf(g.stdout, "Its API token (shoal cluster token %s): %s\n", c.Name, c.Token)
 			return nil
 		},
 	}
@@ -108,7 +109,36 @@ func clusterCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, status, resize, del)
+	var rotate bool
+	token := &cobra.Command{
+		Use:   "token NAME [--rotate]",
+		Short: "Print a cluster's API token, which sees only that cluster's jobs and /clusters/NAME",
+		Long: `Print a cluster's API token. A caller presenting it (--token or SHOAL_TOKEN) sees only
+the cluster's jobs and its part of the file system, /clusters/NAME; the cluster's
+tasks get it as SHOAL_TOKEN. --rotate replaces it first: the old token stops working
+at once.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl := g.client()
+			var c *api.Cluster
+			var err error
+			if rotate {
+				c, err = cl.RotateClusterToken(cmd.Context(), args[0])
+			} else {
+				c, _, err = cl.Cluster(cmd.Context(), args[0], nil)
+			}
+			if err != nil {
+				return err
+			}
+			if c.Token == "" {
+				return fmt.Errorf("cluster %s has no token; create one with --rotate", c.Name)
+			}
+			fmt.Fprintln(g.stdout, c.Token)
+			return nil
+		},
+	}
+	token.Flags().BoolVar(&rotate, "rotate", false, "replace the token first; the old one stops working")
+	cmd.AddCommand(create, list, status, resize, del, token)
 	return cmd
 }
 

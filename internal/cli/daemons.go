@@ -35,6 +35,10 @@ func serverCmd(g *globals) *cobra.Command {
 				cfg.Join = strings.Split(join, ",")
 			}
 			cfg.Logger = log
+			cfg.Token = g.token
+			if cfg.Token == "" {
+				log.Warn("no operator token (--token or SHOAL_TOKEN): any caller without a token may do anything; cluster tokens are still confined to their cluster")
+			}
 			s, err := server.New(cfg)
 			if err != nil {
 				return err
@@ -91,6 +95,7 @@ func agentCmd(g *globals) *cobra.Command {
 				cfg.Labels[k] = v
 			}
 			cfg.Logger = log
+			cfg.Token = g.token
 			if repairMB < 0 {
 				return fmt.Errorf("--repair-rate: %d is negative", repairMB)
 			}

@@ -21,6 +21,7 @@ agent whenever fewer than --pool-min idle nodes are left. Ctrl-C stops everythin
 				return err
 			}
 			cfg.Logger = log
+			cfg.Token = g.token
 			cfg.Stdout = g.stdout
 			return devmode.Run(cmd.Context(), cfg)
 		},

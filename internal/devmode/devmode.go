@@ -33,8 +33,11 @@ type Config struct {
 	AgentCPU     int64
 	AgentMemory  int64
 	HeartbeatTTL time.Duration
-	Logger       *slog.Logger
-	Stdout       io.Writer
+	// Token is the operator token the server requires and every child
+	// presents (passed in SHOAL_TOKEN); empty runs an open installation.
+	Token  string
+	Logger *slog.Logger
+	Stdout io.Writer
 	// Binary is the shoal executable; default: this process's.
 	Binary string
 }
@@ -93,7 +96,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
 	in := &installation{cfg: cfg, log: cfg.Logger, dir: dir, zoneOf: map[string]string{},
-		client: api.NewClient([]string{cfg.Addr}, "")}
+		client: api.NewClient([]string{cfg.Addr}, cfg.Token)}
 	defer in.stopAll()
 
 	raftAddr, err := freeAddr()
@@ -117,15 +120,20 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	access := "Access: open (no operator token): callers without a token may do anything;\n        a cluster's token (shoal cluster token NAME) sees only that cluster."
+	if cfg.Token != "" {
+		access = "Access: callers must present the operator token (SHOAL_TOKEN) or a cluster's token."
+	}
 	fmt.Fprintf(cfg.Stdout, `Shoal dev is running: 1 server, %d agents in %d zones (data and logs in %s).
 
   API:  http://%s
   Try:  export SHOAL_ADDR=http://%s
         shoal node list
         shoal cluster create c1 --nodes 3 --zones %d
+  %s
 
 Press Ctrl-C to stop everything.
-`, cfg.Agents, cfg.Zones, dir, cfg.Addr, cfg.Addr, min(cfg.Zones, 3))
+`, cfg.Agents, cfg.Zones, dir, cfg.Addr, cfg.Addr, min(cfg.Zones, 3), access)
 	in.poolProvider(ctx)
 	fmt.Fprintln(cfg.Stdout, "Stopping...")
 	return nil
@@ -138,6 +146,7 @@ func (in *installation) start(name string, args []string) (*child, error) {
 		return nil, err
 	}
 	cmd := exec.Command(in.cfg.Binary, args...)
+	cmd.Env = append(os.Environ(), "SHOAL_TOKEN="+in.cfg.Token)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Children die with us even on kill -9; their own children (tasks) die
 	// with them the same way.

@@ -44,6 +44,7 @@ const (
 	FSSnapshot
 	FSReplicas
 	FSGarbageDone
+	ClusterToken
 )
 
 var typeNames = map[MessageType]string{
@@ -54,6 +55,7 @@ var typeNames = map[MessageType]string{
 	FSMkdir: "fs-mkdir", FSCreate: "fs-create", FSAllocate: "fs-allocate", FSCommit: "fs-commit",
 	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
 	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
+	ClusterToken: "cluster-token",
 }
 
 func (t MessageType) String() string {
@@ -182,6 +184,10 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	FSGarbageDone: decode(func(s *state.Store, i uint64, r *state.FSGarbageDoneRequest) Result {
 		return errOnly(s.FSGarbageDone(i, r))
+	}),
+	ClusterToken: decode(func(s *state.Store, i uint64, r *state.ClusterTokenRequest) Result {
+		c, err := s.SetClusterToken(i, r)
+		return Result{Value: c, Err: err}
 	}),
 }
 

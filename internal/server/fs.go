@@ -19,17 +19,21 @@ import (
 // Raft on the leader; data streams (upload and download) are served by
 // whichever server receives them, which writes metadata through its own
 // API (and so through the leader) and moves the bytes to and from the data
-// nodes directly.
-func (s *Server) fsRoutes(mux *http.ServeMux, write func(string, http.HandlerFunc)) {
+// nodes directly. Every tenant route checks that a cluster's token names
+// only paths inside its cluster's directory.
+func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http.HandlerFunc)) {
 	fsTables := []string{state.TableFS, state.TableChunks, state.TableNodes}
-	mux.HandleFunc("GET /v1/fs/stat", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
+	tenantRead("GET /v1/fs/stat", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
 		return snap.FSStat(ws, p)
 	}))
-	mux.HandleFunc("GET /v1/fs/list", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
+	tenantRead("GET /v1/fs/list", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
 		return snap.FSList(ws, p)
 	}))
-	mux.HandleFunc("GET /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
+	tenantRead("GET /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		dir := r.URL.Query().Get("dir")
+		if p := principalOf(r); dir == "" && !p.operator() {
+			dir = api.ClusterRoot(p.cluster)
+		}
 		if dir != "" {
 			var err error
 			if dir, err = api.CleanPath("dir", dir); err != nil {
@@ -37,47 +41,53 @@ func (s *Server) fsRoutes(mux *http.ServeMux, write func(string, http.HandlerFun
 				return
 			}
 		}
+		if !allowPaths(w, r, dir) {
+			return
+		}
 		s.query(w, r, []string{state.TableFS}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 			return snap.FSSnapshots(ws, dir), nil
 		})
 	})
-	mux.HandleFunc("GET /v1/fs/status", func(w http.ResponseWriter, r *http.Request) {
+	read("GET /v1/fs/status", func(w http.ResponseWriter, r *http.Request) {
 		s.query(w, r, fsTables, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 			return s.fsStatus(snap, ws), nil
 		})
 	})
-	mux.HandleFunc("PUT /v1/fs/data", s.handleUpload)
-	mux.HandleFunc("GET /v1/fs/data", s.handleDownload)
+	tenantRead("PUT /v1/fs/data", s.handleUpload)
+	tenantRead("GET /v1/fs/data", s.handleDownload)
 
-	write("POST /v1/fs/mkdir", fsWrite(s, fsm.FSMkdir, func(b api.Mkdir, now time.Time) any {
+	tenantWrite("POST /v1/fs/mkdir", fsWrite(s, fsm.FSMkdir, func(b api.Mkdir, now time.Time) any {
 		return &state.FSMkdirRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/create", fsWrite(s, fsm.FSCreate, func(b api.FileCreate, now time.Time) any {
+	tenantWrite("POST /v1/fs/create", fsWrite(s, fsm.FSCreate, func(b api.FileCreate, now time.Time) any {
 		return &state.FSCreateRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
+	tenantWrite("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
 		return &state.FSAllocateRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/commit", fsWrite(s, fsm.FSCommit, func(b api.ChunkCommit, now time.Time) any {
+	tenantWrite("POST /v1/fs/commit", fsWrite(s, fsm.FSCommit, func(b api.ChunkCommit, now time.Time) any {
 		return &state.FSCommitRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/close", fsWrite(s, fsm.FSClose, func(b api.FileClose, now time.Time) any {
+	tenantWrite("POST /v1/fs/close", fsWrite(s, fsm.FSClose, func(b api.FileClose, now time.Time) any {
 		return &state.FSCloseRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/abort", fsWrite(s, fsm.FSAbort, func(b api.FileAbort, now time.Time) any {
+	tenantWrite("POST /v1/fs/abort", fsWrite(s, fsm.FSAbort, func(b api.FileAbort, now time.Time) any {
 		return &state.FSAbortRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/remove", fsWrite(s, fsm.FSRemove, func(b api.Remove, now time.Time) any {
+	tenantWrite("POST /v1/fs/remove", fsWrite(s, fsm.FSRemove, func(b api.Remove, now time.Time) any {
 		return &state.FSRemoveRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/rename", fsWrite(s, fsm.FSRename, func(b api.Rename, now time.Time) any {
+	tenantWrite("POST /v1/fs/rename", fsWrite(s, fsm.FSRename, func(b api.Rename, now time.Time) any {
 		return &state.FSRenameRequest{Req: b, Now: now}
 	}))
-	write("POST /v1/fs/snapshots", fsWrite(s, fsm.FSSnapshot, func(b api.SnapshotRequest, now time.Time) any {
+	tenantWrite("POST /v1/fs/snapshots", fsWrite(s, fsm.FSSnapshot, func(b api.SnapshotRequest, now time.Time) any {
 		return &state.FSSnapshotRequest{Req: b, Now: now}
 	}))
-	write("DELETE /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
+	tenantWrite("DELETE /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
+		if !allowPaths(w, r, q.Get("dir")) {
+			return
+		}
 		s.write(w, fsm.FSSnapshot, &state.FSSnapshotRequest{Delete: true, Now: s.now(),
 			Req: api.SnapshotRequest{Dir: q.Get("dir"), Name: q.Get("name")}})
 	})
@@ -86,11 +96,12 @@ func (s *Server) fsRoutes(mux *http.ServeMux, write func(string, http.HandlerFun
 }
 
 // fsWrite serves a namespace write: it decodes the JSON body strictly into
-// a B and applies the Raft entry that wrap makes of it, stamped with now.
+// a B, checks that the caller may use the paths it names, and applies the
+// Raft entry that wrap makes of it, stamped with now.
 func fsWrite[B any](s *Server, t fsm.MessageType, wrap func(b B, now time.Time) any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var b B
-		if !decodeBody(w, r, &b) {
+		if !decodeBody(w, r, &b) || !allowPaths(w, r, fsPaths(&b)...) {
 			return
 		}
 		s.write(w, t, wrap(b, s.now()))
@@ -103,6 +114,9 @@ func (s *Server) pathQuery(tables []string, fn func(*state.Snapshot, memdb.Watch
 		p, err := api.CleanPath("path", r.URL.Query().Get("path"))
 		if err != nil {
 			writeErr(w, err)
+			return
+		}
+		if !allowPaths(w, r, p) {
 			return
 		}
 		s.query(w, r, tables, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
@@ -126,6 +140,9 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 	p, err := api.CleanPath("path", q.Get("path"))
 	if err != nil {
 		writeErr(w, err)
+		return
+	}
+	if !allowPaths(w, r, p) {
 		return
 	}
 	o := dfs.WriteOptions{Size: r.ContentLength, Overwrite: q.Get("overwrite") == "true"}
@@ -164,6 +181,9 @@ func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request) {
 	p, err := api.CleanPath("path", r.URL.Query().Get("path"))
 	if err != nil {
 		writeErr(w, err)
+		return
+	}
+	if !allowPaths(w, r, p) {
 		return
 	}
 	fi, err := s.store.Snapshot().FSFile(nil, p)

@@ -147,12 +147,15 @@ func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, api.CodeInvalid, "since: not a non-negative integer")
 		return
 	}
-	s.query(w, r, []string{state.TableNodes, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	s.query(w, r, []string{state.TableNodes, state.TableTasks, state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		n := snap.Node(ws, name)
 		if n == nil {
 			return nil, fmt.Errorf("%w: no node named %q", state.ErrNotFound, name)
 		}
 		work := &api.NodeWork{Node: n, Runs: []api.RunRef{}, Tasks: []*api.Task{}}
+		if c := snap.Cluster(ws, n.Cluster); c != nil && n.Cluster != "" {
+			work.ClusterToken = c.Token
+		}
 		for _, t := range snap.NodeTasks(ws, name) {
 			work.Runs = append(work.Runs, api.RunRef{Task: t.ID, RunID: t.RunID})
 			if t.ModifyIndex > since {
@@ -260,11 +263,14 @@ func (s *Server) handlePool(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
-		c := snap.Clusters(ws)
-		if c == nil {
-			c = []*api.Cluster{}
+		out := []*api.Cluster{}
+		p := principalOf(r)
+		for _, c := range snap.Clusters(ws) {
+			if p.sees(c.Name) {
+				out = append(out, c)
+			}
 		}
-		return c, nil
+		return out, nil
 	})
 }
 
@@ -272,7 +278,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		c := snap.Cluster(ws, name)
-		if c == nil {
+		if c == nil || !principalOf(r).sees(name) {
 			return nil, fmt.Errorf("%w: no cluster named %q", state.ErrNotFound, name)
 		}
 		return c, nil
@@ -288,7 +294,24 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now()})
+	token, err := newToken()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token})
+}
+
+// handleClusterToken replaces a cluster's API token, for when it leaked:
+// the old token stops working at once, including in tasks already running
+// (they get the new one when they next start).
+func (s *Server) handleClusterToken(w http.ResponseWriter, r *http.Request) {
+	token, err := newToken()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.write(w, fsm.ClusterToken, &state.ClusterTokenRequest{Name: r.PathValue("name"), Token: token, Now: s.now()})
 }
 
 func (s *Server) handleClusterResize(w http.ResponseWriter, r *http.Request) {
@@ -307,6 +330,12 @@ func (s *Server) handleClusterDelete(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	cluster := r.URL.Query().Get("cluster")
+	if p := principalOf(r); !p.operator() {
+		if cluster != "" && !allowCluster(w, r, cluster) {
+			return
+		}
+		cluster = p.cluster
+	}
 	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Jobs(ws, cluster)
 		if j == nil {
@@ -321,7 +350,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	withTasks := r.URL.Query().Get("tasks") != "false"
 	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
-		if j == nil {
+		if j == nil || !principalOf(r).sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
 		if !withTasks {
@@ -342,6 +371,9 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if !allowCluster(w, r, spec.Cluster) {
+		return
+	}
 	v, idx, err := s.apply(fsm.JobSubmit, &state.JobSubmitRequest{Spec: spec, Now: s.now()})
 	if err != nil {
 		writeErr(w, err)
@@ -351,5 +383,9 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
+	if j := s.store.Snapshot().Job(nil, r.PathValue("id")); j != nil && !principalOf(r).sees(j.Cluster) {
+		writeErr(w, fmt.Errorf("%w: no job named %q", state.ErrNotFound, r.PathValue("id")))
+		return
+	}
 	s.write(w, fsm.JobCancel, &state.JobCancelRequest{ID: r.PathValue("id"), Now: s.now()})
 }

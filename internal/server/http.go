@@ -45,16 +45,24 @@ func (s *Server) setupHTTP() error {
 	return nil
 }
 
+// routes builds the API. Every route is for operators only unless it is
+// registered as a tenant route, whose handler confines a cluster's token
+// to that cluster itself (see auth.go): what is not explicitly opened to
+// clusters stays closed to them.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	read := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, h) }
+	read := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, operatorOnly(h)) }
 	// write routes are served by the leader; followers forward them.
-	write := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, s.forwardToLeader(h)) }
+	write := func(pattern string, h http.HandlerFunc) {
+		mux.HandleFunc(pattern, operatorOnly(s.forwardToLeader(h)))
+	}
+	tenantRead := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, h) }
+	tenantWrite := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, s.forwardToLeader(h)) }
 
-	read("GET /v1/status/leader", s.handleLeader)
-	read("GET /v1/status/peers", s.handlePeers)
-	read("GET /v1/status/servers", s.handleServers)
-	read("GET /v1/status/self", s.handleSelf)
+	tenantRead("GET /v1/status/leader", s.handleLeader)
+	tenantRead("GET /v1/status/peers", s.handlePeers)
+	tenantRead("GET /v1/status/servers", s.handleServers)
+	tenantRead("GET /v1/status/self", s.handleSelf)
 	write("POST /v1/status/join", s.handleJoin)
 	write("POST /v1/status/register", s.handleRegisterServer)
 
@@ -67,30 +75,31 @@ func (s *Server) routes() http.Handler {
 	write("PUT /v1/nodes/{name}/drain", s.handleDrain)
 	read("GET /v1/pool", s.handlePool)
 
-	read("GET /v1/clusters", s.handleClusters)
-	read("GET /v1/clusters/{name}", s.handleCluster)
+	tenantRead("GET /v1/clusters", s.handleClusters)
+	tenantRead("GET /v1/clusters/{name}", s.handleCluster)
 	write("POST /v1/clusters", s.handleClusterCreate)
 	write("PUT /v1/clusters/{name}", s.handleClusterResize)
 	write("DELETE /v1/clusters/{name}", s.handleClusterDelete)
+	write("POST /v1/clusters/{name}/token", s.handleClusterToken)
 
-	read("GET /v1/jobs", s.handleJobs)
-	read("GET /v1/jobs/{id}", s.handleJob)
-	read("GET /v1/jobs/{id}/logs", s.handleLogs)
-	write("POST /v1/jobs", s.handleJobSubmit)
-	write("DELETE /v1/jobs/{id}", s.handleJobCancel)
+	tenantRead("GET /v1/jobs", s.handleJobs)
+	tenantRead("GET /v1/jobs/{id}", s.handleJob)
+	tenantRead("GET /v1/jobs/{id}/logs", s.handleLogs)
+	tenantWrite("POST /v1/jobs", s.handleJobSubmit)
+	tenantWrite("DELETE /v1/jobs/{id}", s.handleJobCancel)
 
-	s.fsRoutes(mux, write)
+	s.fsRoutes(read, write, tenantRead, tenantWrite)
 
-	mux.Handle("GET /metrics", s.metrics.handler())
+	read("GET /metrics", s.metrics.handler().ServeHTTP)
 	if s.cfg.EnableDebug {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		read("/debug/pprof/", pprof.Index)
+		read("/debug/pprof/profile", pprof.Profile)
+		read("/debug/pprof/trace", pprof.Trace)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.recoverPanics(mux)
+	return s.recoverPanics(s.authenticate(mux))
 }
 
 // recoverPanics turns a handler panic into a 500 so that no request can

@@ -18,7 +18,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	snap := s.store.Snapshot()
 	j := snap.Job(nil, id)
-	if j == nil {
+	if j == nil || !principalOf(r).sees(j.Cluster) {
 		writeErr(w, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id))
 		return
 	}

@@ -50,7 +50,12 @@ type Config struct {
 	HeartbeatTTL time.Duration
 	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
 	EnableDebug bool
-	Logger      *slog.Logger
+	// Token is the operator token: callers presenting it may do anything,
+	// and servers present it to each other. Empty means an open
+	// installation, where a caller without a token is an operator; a
+	// cluster's token is confined to its cluster either way.
+	Token  string
+	Logger *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
 }
@@ -131,7 +136,7 @@ func New(cfg Config) (*Server, error) {
 		s.closeRaft()
 		return nil, err
 	}
-	s.self = api.NewClient([]string{s.HTTPAddr()}, "")
+	s.self = api.NewClient([]string{s.HTTPAddr()}, cfg.Token)
 	s.chunkClient = &chunkstore.Client{}
 	s.wg.Add(2)
 	go s.monitorLeadership()

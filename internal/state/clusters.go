@@ -1,6 +1,7 @@
 package state
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sort"
@@ -22,6 +23,42 @@ func (s *Snapshot) Cluster(ws memdb.WatchSet, name string) *api.Cluster {
 // Clusters returns all clusters sorted by name.
 func (s *Snapshot) Clusters(ws memdb.WatchSet) []*api.Cluster {
 	return collect[*api.Cluster](s.txn, ws, tableClusters, "id")
+}
+
+// ClusterByToken returns the cluster whose API token is token, or nil. The
+// comparison takes the same time whatever the tokens share, and an empty
+// token matches nothing.
+func (s *Snapshot) ClusterByToken(token string) *api.Cluster {
+	if token == "" {
+		return nil
+	}
+	var found *api.Cluster
+	for _, c := range s.Clusters(nil) {
+		if subtle.ConstantTimeCompare([]byte(c.Token), []byte(token)) == 1 {
+			found = c
+		}
+	}
+	return found
+}
+
+// SetClusterToken replaces a cluster's API token; the old one stops
+// working at once.
+func (s *Store) SetClusterToken(index uint64, req *ClusterTokenRequest) (*api.Cluster, error) {
+	if req.Token == "" {
+		return nil, fmt.Errorf("%w: token: must not be empty", ErrInvalid)
+	}
+	var out *api.Cluster
+	err := s.write(index, func(tx *writeTxn) error {
+		c, err := tx.clusterForWrite(req.Name)
+		if err != nil {
+			return err
+		}
+		c.Token = req.Token
+		c.Events = addEvent(c.Events, req.Now, "token", "API token replaced")
+		out = c
+		return tx.putCluster(c)
+	})
+	return out, err
 }
 
 func (tx *writeTxn) cluster(name string) *api.Cluster {
@@ -167,7 +204,8 @@ func (s *Store) CreateCluster(index uint64, req *ClusterCreateRequest) (*api.Clu
 			return fmt.Errorf("%w: cluster %q needs %d nodes in at least %d zones; %s",
 				ErrNoRoom, r.Name, r.Nodes, r.Zones, desc)
 		}
-		c := &api.Cluster{Name: r.Name, Size: r.Nodes, MinZones: r.Zones, Created: req.Now, CreateIndex: index}
+		c := &api.Cluster{Name: r.Name, Size: r.Nodes, MinZones: r.Zones, Created: req.Now, CreateIndex: index,
+			Token: req.Token}
 		if err := tx.reserve(c, picked); err != nil {
 			return err
 		}

@@ -370,3 +370,37 @@ func TestDeleteClusterReleasesDrainingNode(t *testing.T) {
 		}
 	}
 }
+
+func TestClusterTokens(t *testing.T) {
+	f := fixtureWithPool(t, pool3x3)
+	f.createCluster("c1", 1, 1)
+	f.createCluster("c2", 1, 1)
+	for token, want := range map[string]string{"token-c1": "c1", "token-c2": "c2", "": "", "token-c": "", "token-c1x": ""} {
+		got := ""
+		if c := f.snap().ClusterByToken(token); c != nil {
+			got = c.Name
+		}
+		if got != want {
+			t.Errorf("ClusterByToken(%q) = %q, want %q", token, got, want)
+		}
+	}
+
+	c, err := f.s.SetClusterToken(f.next(), &state.ClusterTokenRequest{Name: "c1", Token: "new", Now: f.now})
+	if err != nil || c.Token != "new" {
+		t.Fatalf("SetClusterToken: %+v, %v", c, err)
+	}
+	if f.snap().ClusterByToken("token-c1") != nil {
+		t.Error("the replaced token still finds c1")
+	}
+	if c := f.snap().ClusterByToken("new"); c == nil || c.Name != "c1" {
+		t.Errorf("ClusterByToken(new) = %v, want c1", c)
+	}
+
+	before := dump(t, f.s)
+	for _, req := range []*state.ClusterTokenRequest{{Name: "c1", Token: ""}, {Name: "nope", Token: "x"}} {
+		if _, err := f.s.SetClusterToken(f.next(), req); err == nil {
+			t.Errorf("SetClusterToken(%+v) succeeded", req)
+		}
+	}
+	checkUnchanged(t, f.s, before)
+}

@@ -76,7 +76,7 @@ func (f *fixture) addSizedNode(name, zone string, cpu, mem int64) {
 func (f *fixture) createCluster(name string, nodes, zones int) *api.Cluster {
 	f.t.Helper()
 	c, err := f.s.CreateCluster(f.next(), &state.ClusterCreateRequest{
-		Req: api.ClusterRequest{Name: name, Nodes: nodes, Zones: zones}, Now: f.now})
+		Req: api.ClusterRequest{Name: name, Nodes: nodes, Zones: zones}, Now: f.now, Token: "token-" + name})
 	if err != nil {
 		f.t.Fatalf("CreateCluster(%s): %v", name, err)
 	}

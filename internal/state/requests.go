@@ -43,6 +43,16 @@ type DrainDeadlineRequest struct {
 type ClusterCreateRequest struct {
 	Req api.ClusterRequest `json:"req"`
 	Now time.Time          `json:"now"`
+	// Token is the cluster's API token, drawn at random by the server
+	// that received the request (the FSM must stay deterministic).
+	Token string `json:"token"`
+}
+
+// ClusterTokenRequest replaces a cluster's API token.
+type ClusterTokenRequest struct {
+	Name  string    `json:"name"`
+	Token string    `json:"token"`
+	Now   time.Time `json:"now"`
 }
 
 // ClusterResizeRequest changes a cluster's size.

@@ -60,7 +60,7 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 			fn(i, &cfg)
 		}
 		g.cfgs = append(g.cfgs, cfg)
-		g.clients = append(g.clients, api.NewClient([]string{cfg.HTTPAddr}, ""))
+		g.clients = append(g.clients, api.NewClient([]string{cfg.HTTPAddr}, cfg.Token))
 	}
 	// Registered first so that it runs after the shutdown below.
 	t.Cleanup(func() {

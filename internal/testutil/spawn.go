@@ -62,8 +62,10 @@ func FreeAddr(t testing.TB) string {
 
 // Proc is a spawned shoal process.
 type Proc struct {
-	Name    string
-	Args    []string
+	Name string
+	Args []string
+	// Env is added to the process's environment.
+	Env     []string
 	LogPath string
 	bin     string
 
@@ -72,9 +74,9 @@ type Proc struct {
 	done chan struct{}
 }
 
-func startProc(t testing.TB, bin, name, logDir string, args []string) *Proc {
+func startProc(t testing.TB, bin, name, logDir string, args, env []string) *Proc {
 	t.Helper()
-	p := &Proc{Name: name, Args: args, LogPath: filepath.Join(logDir, name+".log"), bin: bin}
+	p := &Proc{Name: name, Args: args, Env: env, LogPath: filepath.Join(logDir, name+".log"), bin: bin}
 	if err := p.start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
@@ -88,6 +90,7 @@ func (p *Proc) start() error {
 		return err
 	}
 	cmd := exec.Command(p.bin, p.Args...)
+	cmd.Env = append(os.Environ(), p.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -174,6 +177,9 @@ type Options struct {
 	AgentMemory  int64 // default 2048
 	// AgentArgs are extra flags for every agent (say, --repair-rate 0).
 	AgentArgs []string
+	// Token is the operator token the servers require; empty runs an open
+	// installation. Servers, agents, Client and Shoal all present it.
+	Token string
 }
 
 // Installation is a set of spawned servers and agents.
@@ -226,9 +232,9 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 		if opts.HeartbeatTTL > 0 {
 			args = append(args, "--heartbeat-ttl", opts.HeartbeatTTL.String())
 		}
-		s.Proc = startProc(t, in.Bin, name, in.Dir, args)
+		s.Proc = startProc(t, in.Bin, name, in.Dir, args, in.tokenEnv())
 	}
-	in.Client = api.NewClient(httpAddrs, "")
+	in.Client = api.NewClient(httpAddrs, opts.Token)
 	t.Cleanup(func() {
 		if t.Failed() {
 			in.dumpLogs()
@@ -254,7 +260,7 @@ func (in *Installation) AddAgent(zone string) *Proc {
 		"--servers", strings.Join(addrs, ","), "--cpu", strconv.FormatInt(in.Opts.AgentCPU, 10),
 		"--memory", strconv.FormatInt(in.Opts.AgentMemory, 10), "--log-level", "debug"}
 	args = append(args, in.Opts.AgentArgs...)
-	p := startProc(in.t, in.Bin, name, in.Dir, args)
+	p := startProc(in.t, in.Bin, name, in.Dir, args, in.tokenEnv())
 	in.Agents = append(in.Agents, p)
 	return p
 }
@@ -305,7 +311,7 @@ func (in *Installation) Leader() int {
 			if !s.Running() {
 				continue
 			}
-			c := api.NewClient([]string{s.HTTPAddr}, "")
+			c := api.NewClient([]string{s.HTTPAddr}, in.Opts.Token)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			l, err := c.Leader(ctx)
 			cancel()
@@ -327,13 +333,32 @@ func (in *Installation) Leader() int {
 // stderr and exit status.
 func (in *Installation) Shoal(args ...string) (string, string, int) {
 	in.t.Helper()
+	return in.ShoalAs(in.Opts.Token, args...)
+}
+
+// ShoalAs runs the CLI as the holder of token (say, a cluster's token, or
+// none at all).
+func (in *Installation) ShoalAs(token string, args ...string) (string, string, int) {
+	in.t.Helper()
+	return RunCLI(in.t, in.Bin, []string{"SHOAL_TOKEN=" + token, "SHOAL_ADDR=" + in.Addrs()}, args...)
+}
+
+// Addrs returns the HTTP addresses of the running servers, comma-separated
+// as SHOAL_ADDR takes them.
+func (in *Installation) Addrs() string {
 	var addrs []string
 	for _, s := range in.Servers {
 		if s.Running() {
 			addrs = append(addrs, s.HTTPAddr)
 		}
 	}
-	return RunCLI(in.t, in.Bin, []string{"SHOAL_ADDR=" + strings.Join(addrs, ",")}, args...)
+	return strings.Join(addrs, ",")
+}
+
+// tokenEnv passes the operator token to a spawned process the way a user
+// would: in SHOAL_TOKEN, never on the command line.
+func (in *Installation) tokenEnv() []string {
+	return []string{"SHOAL_TOKEN=" + in.Opts.Token}
 }
 
 // RunCLI runs the shoal binary with extra environment variables.
