@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -63,7 +64,7 @@ func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http
 		return &state.FSCreateRequest{Req: b, Now: now}
 	}))
 	tenantWrite("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
-		return &state.FSAllocateRequest{Req: b, Now: now}
+		return &state.FSAllocateRequest{Req: b, Now: now, Nonce: rand.Text()}
 	}))
 	tenantWrite("POST /v1/fs/commit", fsWrite(s, fsm.FSCommit, func(b api.ChunkCommit, now time.Time) any {
 		return &state.FSCommitRequest{Req: b, Now: now}

@@ -40,6 +40,10 @@ type fsGarbage struct {
 type FSAllocateRequest struct {
 	Req api.ChunkAllocate `json:"req"`
 	Now time.Time         `json:"now"`
+	// Nonce, drawn at random by the server that received the request, ends
+	// a new chunk's id so that ids cannot be guessed: the data nodes serve
+	// a chunk to whoever names it.
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // FSCommitRequest appends a written chunk to its file.
@@ -167,7 +171,11 @@ func (s *Store) FSAllocate(index uint64, req *FSAllocateRequest) (*api.ChunkAllo
 			}
 			count = 1
 		} else {
-			c = &fsChunk{ID: strconv.FormatUint(index, 10), Replication: e.Replication,
+			id := strconv.FormatUint(index, 10)
+			if req.Nonce != "" {
+				id += "-" + req.Nonce
+			}
+			c = &fsChunk{ID: id, Replication: e.Replication,
 				Cluster: clusterOfPath(e.Path), FileID: e.FileID}
 			e.Pending = append(e.Pending, c.ID)
 			if err := tx.putEntry(e); err != nil {
