@@ -85,6 +85,9 @@ func (m *Manager) RepairedBytes() int64 { return m.repaired.Load() }
 // Running returns the number of chunk copies in flight.
 func (m *Manager) Running() int64 { return m.running.Load() }
 
+// minPassGap is the least time between two repair passes.
+const minPassGap = 200 * time.Millisecond
+
 // Run repairs and collects garbage until stop closes. It looks again
 // whenever nodes, chunks or garbage change, and at least every Interval.
 func (m *Manager) Run(stop <-chan struct{}) {
@@ -93,8 +96,20 @@ func (m *Manager) Run(stop <-chan struct{}) {
 	go func() { <-stop; cancel() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var lastExpiry time.Time
+	var lastExpiry, lastPass time.Time
 	for ctx.Err() == nil {
+		// A pass reads every chunk. While chunks change quickly (a large
+		// upload commits one every few milliseconds) passes are spaced
+		// minPassGap apart, so that scanning costs the leader a bounded
+		// share of a core however large the namespace.
+		if wait := minPassGap - time.Since(lastPass); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		lastPass = time.Now()
 		snap := m.cfg.Store.Snapshot()
 		ws := memdb.NewWatchSet()
 		snap.WatchTables(ws, state.TableNodes, state.TableChunks, state.TableGarbage)
