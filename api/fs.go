@@ -73,6 +73,9 @@ type Replica struct {
 	Zone  string `json:"zone"`
 	Addr  string `json:"addr"`
 	State string `json:"state,omitempty"`
+	// Socket is the data node's short-circuit socket (see
+	// [NodeRegistration]), empty when it has none.
+	Socket string `json:"socket,omitempty"`
 }
 
 // FileCreate opens a new file for writing.

@@ -27,6 +27,8 @@ type Node struct {
 	MemoryMB int64             `json:"memory"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	State    string            `json:"state"`
+	// Socket is the agent's short-circuit socket (see NodeRegistration).
+	Socket string `json:"socket,omitempty"`
 	// Cluster is the cluster the node is reserved for; empty when it is in the pool.
 	Cluster string `json:"cluster"`
 	// DrainDeadline is when tasks still running on a draining node are moved.
@@ -295,6 +297,10 @@ type NodeRegistration struct {
 	CPU      int64             `json:"cpu"`
 	MemoryMB int64             `json:"memory"`
 	Labels   map[string]string `json:"labels,omitempty"`
+	// Socket is the path of the unix socket on which the agent passes
+	// open chunk files to DFS clients on its host (short-circuit reads);
+	// empty when it serves none.
+	Socket string `json:"socket,omitempty"`
 }
 
 // Heartbeat is sent by an agent periodically. Leaving is sent once by an

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"time"
 	"unicode"
@@ -209,8 +210,16 @@ func (r *NodeRegistration) Validate() error {
 			return invalid("labels."+k, "value must be at most 255 printable characters")
 		}
 	}
+	if s := r.Socket; s != "" && (!strings.HasPrefix(s, "/") || path.Clean(s) != s || len(s) > MaxSocketPathLen ||
+		strings.ContainsFunc(s, unicode.IsControl)) {
+		return invalid("socket", "must be a clean absolute path of at most %d bytes", MaxSocketPathLen)
+	}
 	return nil
 }
+
+// MaxSocketPathLen is the longest path a unix socket can be bound to on
+// Linux (sun_path holds 108 bytes with the terminating NUL).
+const MaxSocketPathLen = 107
 
 // MaxInputs bounds the input patterns of a group and the files they match.
 const MaxInputs = 100000

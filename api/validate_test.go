@@ -228,6 +228,10 @@ func TestNodeRegistrationValidate(t *testing.T) {
 		{"label value too long", func(r *api.NodeRegistration) { r.Labels = map[string]string{"k": strings.Repeat("v", 256)} }, "labels.k"},
 		{"label value at the limit", func(r *api.NodeRegistration) { r.Labels = map[string]string{"k": strings.Repeat("v", 255)} }, ""},
 		{"label value with control char", func(r *api.NodeRegistration) { r.Labels = map[string]string{"k": "a\tb"} }, "labels.k"},
+		{"socket", func(r *api.NodeRegistration) { r.Socket = "/var/lib/shoal/local/chunks.sock" }, ""},
+		{"relative socket", func(r *api.NodeRegistration) { r.Socket = "local/chunks.sock" }, "socket"},
+		{"unclean socket", func(r *api.NodeRegistration) { r.Socket = "/var/lib/../x.sock" }, "socket"},
+		{"socket path too long", func(r *api.NodeRegistration) { r.Socket = "/" + strings.Repeat("s", api.MaxSocketPathLen) }, "socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

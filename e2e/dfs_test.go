@@ -303,7 +303,11 @@ func TestDFSBadInput(t *testing.T) {
 		if out, errOut, code := in.Shoal("fs", "cat", "/keep/base.bin"); code != 0 || out != string(keep) {
 			t.Errorf("fs cat during put -f: exit %d, %d bytes, stderr %q; want the original's %d bytes", code, len(out), errOut, len(keep))
 		}
-		cmd.Process.Kill() // the user interrupts the upload
+		// The user interrupts the upload (Ctrl-C). The CLI writes to the
+		// data nodes itself, so it is the CLI that deletes the new version;
+		// a CLI killed with -9 could not, and its open file would go when
+		// the servers expire it, as any dead writer's does.
+		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 		testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
 			s, err := in.Client.FSStatus(ctx)

@@ -70,6 +70,9 @@ type Agent struct {
 
 	chunks      *chunkstore.Store
 	chunkClient *chunkstore.Client
+	// local is the short-circuit socket (shortcircuit.go); nil when there
+	// is none.
+	local *localSocket
 
 	mu      sync.Mutex // guards runs, cluster and clusterToken
 	runs    map[runKey]*run
@@ -130,6 +133,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.chunks, a.chunkClient = chunks, &chunkstore.Client{}
+	a.local = a.listenLocal()
 	a.client = api.NewClient(cfg.Servers, cfg.Token)
 	a.driver = cfg.Driver
 	if a.driver == nil {
@@ -168,6 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.httpSrv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go a.httpSrv.Serve(a.ln)
 	defer a.httpSrv.Close()
+	defer a.serveLocal()() // serves until Run returns
 
 	if err := a.register(); err != nil {
 		return err
@@ -200,7 +205,7 @@ func (a *Agent) Shutdown() { a.cancel() }
 // register announces the node, retrying until a server answers.
 func (a *Agent) register() error {
 	reg := &api.NodeRegistration{Name: a.cfg.Name, Zone: a.cfg.Zone, Addr: a.cfg.AdvertiseAddr,
-		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels}
+		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels, Socket: a.local.socketPath()}
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		err := a.client.RegisterNode(ctx, reg)

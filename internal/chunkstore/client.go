@@ -86,6 +86,40 @@ func (c *Client) Put(ctx context.Context, addr, id string, r io.Reader, length i
 // bytes, tells of it; when offset is 0 the body is also checked against
 // the chunk's CRC at its end (an error wrapping [ErrCorrupt] on mismatch).
 func (c *Client) Get(ctx context.Context, addr, id string, offset int64) (io.ReadCloser, error) {
+	resp, err := c.get(ctx, addr, id, offset)
+	if err != nil {
+		return nil, err
+	}
+	if offset == 0 {
+		if want, err := strconv.ParseUint(resp.Header.Get(CRCHeader), 10, 32); err == nil {
+			return &crcReader{ReadCloser: resp.Body, id: id, want: uint32(want), h: crc32.New(castagnoli)}, nil
+		}
+	}
+	return resp.Body, nil
+}
+
+// Fetch is Get without the whole-chunk check: it returns the bytes of a
+// chunk from offset to its end as the data node verified them block by
+// block, with the chunk's length and CRC32C as the node announces them
+// (Length is -1 if it announced none). A reader that checks each chunk
+// end to end itself, as package dfs does, uses it to checksum every byte
+// once.
+func (c *Client) Fetch(ctx context.Context, addr, id string, offset int64) (io.ReadCloser, api.StoredChunk, error) {
+	resp, err := c.get(ctx, addr, id, offset)
+	if err != nil {
+		return nil, api.StoredChunk{}, err
+	}
+	sc := api.StoredChunk{ID: id, Length: -1}
+	length, lerr := strconv.ParseInt(resp.Header.Get(LengthHeader), 10, 64)
+	crc, cerr := strconv.ParseUint(resp.Header.Get(CRCHeader), 10, 32)
+	if lerr == nil && cerr == nil {
+		sc.Length, sc.CRC = length, uint32(crc)
+	}
+	return resp.Body, sc, nil
+}
+
+// get sends a chunk GET and returns the response if it is a 200.
+func (c *Client) get(ctx context.Context, addr, id string, offset int64) (*http.Response, error) {
 	u, err := c.url(addr, id, "")
 	if err != nil {
 		return nil, err
@@ -105,12 +139,7 @@ func (c *Client) Get(ctx context.Context, addr, id string, offset int64) (io.Rea
 		defer resp.Body.Close()
 		return nil, decodeError(resp)
 	}
-	if offset == 0 {
-		if want, err := strconv.ParseUint(resp.Header.Get(CRCHeader), 10, 32); err == nil {
-			return &crcReader{ReadCloser: resp.Body, id: id, want: uint32(want), h: crc32.New(castagnoli)}, nil
-		}
-	}
-	return resp.Body, nil
+	return resp, nil
 }
 
 // crcReader checks a whole chunk's CRC when its body ends.

@@ -92,11 +92,12 @@ func decodeMeta(b []byte) (chunkMeta, error) {
 	return m, nil
 }
 
-// summer computes the whole-chunk and per-block checksums of a stream fed
-// to it in pieces of any size.
+// summer computes the per-block checksums of a stream fed to it in pieces
+// of any size, and from them the whole-chunk checksum (see [CombineCRC]),
+// so that each byte is checksummed once.
 type summer struct {
 	n      int64
-	whole  uint32
+	whole  uint32 // of the complete blocks
 	block  uint32 // checksum of the current, incomplete block
 	fill   int    // bytes in the current block
 	blocks []uint32
@@ -104,23 +105,34 @@ type summer struct {
 
 func (s *summer) write(p []byte) {
 	s.n += int64(len(p))
-	s.whole = crc32.Update(s.whole, castagnoli, p)
 	for len(p) > 0 {
 		k := min(api.BlockSize-s.fill, len(p))
 		s.block = crc32.Update(s.block, castagnoli, p[:k])
 		s.fill += k
 		p = p[k:]
 		if s.fill == api.BlockSize {
+			s.whole = CombineCRC(s.whole, s.block, api.BlockSize)
 			s.blocks = append(s.blocks, s.block)
 			s.block, s.fill = 0, 0
 		}
 	}
 }
 
+// blocksCRC returns the CRC32C of the chunk as its block checksums make it
+// up; it equals m.crc for a sound metadata file.
+func (m *chunkMeta) blocksCRC() uint32 {
+	var crc uint32
+	for i, b := range m.blocks {
+		crc = CombineCRC(crc, b, min(api.BlockSize, m.length-int64(i)*api.BlockSize))
+	}
+	return crc
+}
+
 func (s *summer) meta() chunkMeta {
-	blocks := s.blocks
+	blocks, whole := s.blocks, s.whole
 	if s.fill > 0 {
 		blocks = append(blocks, s.block)
+		whole = CombineCRC(whole, s.block, int64(s.fill))
 	}
-	return chunkMeta{length: s.n, crc: s.whole, blocks: blocks}
+	return chunkMeta{length: s.n, crc: whole, blocks: blocks}
 }

@@ -58,38 +58,9 @@ func (s *Store) Open(id string, offset int64) (io.ReadCloser, api.StoredChunk, e
 }
 
 func (s *Store) open(id string, offset int64) (*chunkReader, api.StoredChunk, error) {
-	if err := ValidateID(id); err != nil {
+	f, _, m, e, err := s.openChecked(id, false)
+	if err != nil {
 		return nil, api.StoredChunk{}, err
-	}
-	l := s.lockFor(id)
-	l.RLock()
-	e, ok := s.lookup(id)
-	if !ok {
-		l.RUnlock()
-		return nil, api.StoredChunk{}, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	m, merr := readMeta(s.metaPath(id))
-	f, ferr := os.Open(s.Path(id))
-	l.RUnlock()
-
-	var reason string
-	switch {
-	case merr != nil && !errors.Is(merr, ErrCorrupt):
-		reason = fmt.Sprintf("reading metadata: %v", merr)
-	case merr != nil:
-		reason = merr.Error()
-	case ferr != nil && errors.Is(ferr, fs.ErrNotExist):
-		reason = "data file is missing"
-	case ferr != nil:
-		return nil, api.StoredChunk{}, fmt.Errorf("chunkstore: opening chunk %s: %w", id, ferr)
-	case m.length != e.Length || m.crc != e.CRC:
-		reason = "metadata changed under the store"
-	}
-	if reason != "" {
-		if f != nil {
-			f.Close()
-		}
-		return nil, api.StoredChunk{}, s.corrupt(e, -1, reason)
 	}
 	if offset < 0 || offset > m.length {
 		f.Close()
@@ -105,6 +76,64 @@ func (s *Store) open(id string, offset int64) (*chunkReader, api.StoredChunk, er
 		buf:    bufPool.Get().(*[]byte),
 	}
 	return r, e.StoredChunk, nil
+}
+
+// openChecked opens a chunk's data file and, with withMeta, its metadata
+// file too, and checks the metadata against the index. Both are opened
+// under the chunk's lock, so they belong together even if the chunk is
+// replaced or deleted right after: open files keep their contents, since
+// the store never rewrites a file in place. The metadata is read through
+// the descriptor returned, so a caller handing it on hands on what was
+// checked. A chunk whose files are unusable is dropped as corrupt.
+func (s *Store) openChecked(id string, withMeta bool) (f, mf *os.File, m chunkMeta, e entry, err error) {
+	if err := ValidateID(id); err != nil {
+		return nil, nil, chunkMeta{}, entry{}, err
+	}
+	l := s.lockFor(id)
+	l.RLock()
+	e, ok := s.lookup(id)
+	if !ok {
+		l.RUnlock()
+		return nil, nil, chunkMeta{}, entry{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	mf, merr := os.Open(s.metaPath(id))
+	f, ferr := os.Open(s.Path(id))
+	l.RUnlock()
+	if merr == nil {
+		m, merr = readMetaFile(mf)
+	}
+	closeBoth := func() {
+		if f != nil {
+			f.Close()
+		}
+		if mf != nil {
+			mf.Close()
+		}
+	}
+
+	var reason string
+	switch {
+	case merr != nil && !errors.Is(merr, ErrCorrupt):
+		reason = fmt.Sprintf("reading metadata: %v", merr)
+	case merr != nil:
+		reason = merr.Error()
+	case ferr != nil && errors.Is(ferr, fs.ErrNotExist):
+		reason = "data file is missing"
+	case ferr != nil:
+		closeBoth()
+		return nil, nil, chunkMeta{}, entry{}, fmt.Errorf("chunkstore: opening chunk %s: %w", id, ferr)
+	case m.length != e.Length || m.crc != e.CRC:
+		reason = "metadata changed under the store"
+	}
+	if reason != "" {
+		closeBoth()
+		return nil, nil, chunkMeta{}, entry{}, s.corrupt(e, -1, reason)
+	}
+	if !withMeta {
+		mf.Close()
+		mf = nil
+	}
+	return f, mf, m, e, nil
 }
 
 // corrupt drops the replica e if it is still the stored one and returns

@@ -2,9 +2,12 @@
 // Shoal's distributed file system on local disk, each beside a metadata file
 // holding its length, its CRC32C and one CRC32C per [api.BlockSize] block;
 // it verifies every block it returns, and it serves chunks to writers,
-// readers and peer data nodes over HTTP ([Store.Handler], [Client]).
+// readers and peer data nodes over HTTP ([Store.Handler], [Client]) and
+// passes readers on the same host the chunks' open files over a unix socket
+// (short-circuit reads: [LocalServer], [OpenLocal]).
 //
-// Layout under the store's directory:
+// Layout under the store's directory, which only its user may enter
+// (mode 0700):
 //
 //	tmp/          files being written; whatever is left there is removed by Open
 //	XX/ID         chunk data, read-only (XX: two hex digits of a hash of ID,
@@ -22,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -115,7 +119,17 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{dir: dir, tmp: filepath.Join(dir, "tmp"), log: log, chunks: map[string]entry{}}
-	if err := os.MkdirAll(s.tmp, 0o755); err != nil {
+	// Only the store's user (root on a data node) may reach the chunks:
+	// clients read them through the data node, over HTTP or a local
+	// socket that hands out open files. A replica hard-linked into a
+	// task's directory stays readable there, since its own mode is 0444.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chunkstore: creating %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chunkstore: %w", err)
+	}
+	if err := os.MkdirAll(s.tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("chunkstore: creating %s: %w", s.tmp, err)
 	}
 	left, err := os.ReadDir(s.tmp)
@@ -203,6 +217,19 @@ func (s *Store) load(dir string) error {
 
 func readMeta(path string) (chunkMeta, error) {
 	b, err := os.ReadFile(path)
+	if err != nil {
+		return chunkMeta{}, err
+	}
+	return decodeMeta(b)
+}
+
+// maxMetaSize is the size of the metadata of the largest chunk.
+const maxMetaSize = metaHeader + 4*(api.MaxChunkSize/api.BlockSize) + 4
+
+// readMetaFile reads a metadata file from its start, whatever the file's
+// offset: a descriptor passed to another process shares its offset.
+func readMetaFile(f *os.File) (chunkMeta, error) {
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, maxMetaSize+1))
 	if err != nil {
 		return chunkMeta{}, err
 	}

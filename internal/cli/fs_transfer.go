@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/dfs"
 )
 
 // progressMinBytes is the size above which a transfer shows a progress bar
@@ -48,7 +49,10 @@ otherwise LOCAL is written as REMOTE. With -r, directories are uploaded with
 everything under them. LOCAL - reads standard input.
 
 A file appears on the DFS only once all of it is stored; an interrupted upload
-leaves nothing behind. A progress bar is shown for large files on a terminal.`,
+leaves nothing behind (and a file replaced with -f keeps its old contents).
+The data goes straight from this machine to the data nodes, which it must be
+able to reach; the servers only record where it went. A progress bar is shown
+for large files on a terminal.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("replication") && (opts.Replication < 1 || opts.Replication > api.MaxReplication) {
@@ -225,8 +229,13 @@ func planPutTree(src, dst string) ([]putStep, error) {
 	return steps, err
 }
 
-// putFile uploads one file, streaming it with its size so the server can
-// tell a complete upload from a cut one.
+// newDFSClient returns the client that moves file data between this
+// machine and the data nodes, asking cl for metadata. Replica failures it
+// works around are not worth a user's attention: it logs nowhere.
+func newDFSClient(cl *api.Client) *dfs.Client { return dfs.NewClient(cl, nil) }
+
+// putFile uploads one file, streaming it with its size so that a complete
+// upload can be told from a cut one.
 func putFile(ctx context.Context, g *globals, cl *api.Client, s putStep, stdin io.Reader, opts api.UploadOptions) error {
 	var r io.Reader = stdin
 	size := int64(-1)
@@ -246,7 +255,7 @@ func putFile(ctx context.Context, g *globals, cl *api.Client, s putStep, stdin i
 	if bar != nil {
 		r = io.TeeReader(r, bar)
 	}
-	_, err := cl.FSUpload(ctx, s.remote, r, size, opts)
+	_, err := newDFSClient(cl).Upload(ctx, s.remote, r, size, opts)
 	endTransferBar(bar, err)
 	if err != nil {
 		return pathErr(s.remote, err)
@@ -267,7 +276,9 @@ staging directories of running tasks.
 
 Each file is written to a temporary file beside its target and renamed into
 place only once all of it arrived, so a failed download leaves no partial file.
-A progress bar is shown for large files on a terminal.`,
+The data comes straight from the data nodes, which this machine must be able to
+reach; on a data node's host, its replicas are read from its disk. A progress
+bar is shown for large files on a terminal.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			remotes, err := o.resolveAll(args[:len(args)-1])
@@ -275,7 +286,7 @@ A progress bar is shown for large files on a terminal.`,
 				return err
 			}
 			local := args[len(args)-1]
-			d := &downloader{g: g, cl: g.client(), verbose: verbose}
+			d := newDownloader(g, verbose)
 			ctx := cmd.Context()
 			if local == "-" {
 				for _, r := range remotes {
@@ -312,7 +323,7 @@ A progress bar is shown for large files on a terminal.`,
 				if fi.Dir {
 					err = d.tree(ctx, r, target)
 				} else {
-					err = d.file(ctx, r, target, fi.Size)
+					err = d.file(ctx, r, fi, target)
 				}
 				if err != nil {
 					return err
@@ -336,7 +347,7 @@ func fsCatCmd(g *globals, o *fsOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d := &downloader{g: g, cl: g.client()}
+			d := newDownloader(g, false)
 			for _, r := range remotes {
 				if err := d.toWriter(cmd.Context(), r, g.stdout, false); err != nil {
 					return err
@@ -352,7 +363,13 @@ func fsCatCmd(g *globals, o *fsOptions) *cobra.Command {
 type downloader struct {
 	g       *globals
 	cl      *api.Client
+	dc      *dfs.Client
 	verbose bool
+}
+
+func newDownloader(g *globals, verbose bool) *downloader {
+	cl := g.client()
+	return &downloader{g: g, cl: cl, dc: newDFSClient(cl), verbose: verbose}
 }
 
 // tree downloads the directory dir into the local directory target,
@@ -379,7 +396,7 @@ func (d *downloader) tree(ctx context.Context, dir, target string) error {
 		if e.Dir {
 			err = d.tree(ctx, remote, local)
 		} else {
-			err = d.file(ctx, remote, local, e.Size)
+			err = d.fileAt(ctx, remote, local)
 		}
 		if err != nil {
 			return err
@@ -388,23 +405,29 @@ func (d *downloader) tree(ctx context.Context, dir, target string) error {
 	return nil
 }
 
-// file downloads remote into a temporary file beside target and renames it
-// into place once all of it arrived. known is the size from a stat or a
-// listing, used when the download does not announce one.
-func (d *downloader) file(ctx context.Context, remote, target string, known int64) error {
-	body, size, err := d.cl.FSDownload(ctx, remote)
+// fileAt downloads the file at remote to target.
+func (d *downloader) fileAt(ctx context.Context, remote, target string) error {
+	fi, err := d.cl.FSStat(ctx, remote)
+	if err != nil {
+		return pathErr(remote, err)
+	}
+	return d.file(ctx, remote, fi, target)
+}
+
+// file downloads remote, which fi describes (as stat does), into a
+// temporary file beside target and renames it into place once all of it
+// arrived.
+func (d *downloader) file(ctx context.Context, remote string, fi *api.FileInfo, target string) error {
+	body, err := d.dc.Reader(ctx, fi)
 	if err != nil {
 		return pathErr(remote, err)
 	}
 	defer body.Close()
-	if size < 0 {
-		size = known
-	}
 	tmp, err := createTempBeside(target)
 	if err != nil {
 		return err
 	}
-	err = d.copy(tmp, body, remote, size, true)
+	err = d.copy(tmp, body, remote, fi.Size, true)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -427,20 +450,13 @@ func (d *downloader) file(ctx context.Context, remote, target string, known int6
 // toWriter streams remote to w. What was written cannot be taken back, but
 // a short download is still an error.
 func (d *downloader) toWriter(ctx context.Context, remote string, w io.Writer, bars bool) error {
-	body, size, err := d.cl.FSDownload(ctx, remote)
+	body, fi, err := d.dc.Open(ctx, remote)
 	if err != nil {
 		return pathErr(remote, err)
 	}
 	defer body.Close()
-	if size < 0 {
-		fi, err := d.cl.FSStat(ctx, remote)
-		if err != nil {
-			return pathErr(remote, err)
-		}
-		size = fi.Size
-	}
 	// A bar on the terminal the data is printed to would garble both.
-	return d.copy(w, body, remote, size, bars && !isTerminal(w))
+	return d.copy(w, body, remote, fi.Size, bars && !isTerminal(w))
 }
 
 // copy moves a download to w and checks that exactly size bytes arrived

@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,39 +21,95 @@ import (
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 )
 
-// dataNode is a chunk store served over HTTP; failPuts makes its PUTs fail
-// after reading part of the body.
+// dataNode is a chunk store served over HTTP, as an agent serves it, and,
+// when made local, on a short-circuit socket too. failPuts makes its PUTs
+// fail after reading part of the body; hook, if set, may answer a request
+// instead of the store. gets counts the chunk reads over HTTP; corrupt
+// receives what the node reports corrupt.
 type dataNode struct {
-	name     string
-	store    *chunkstore.Store
-	srv      *httptest.Server
-	failPuts atomic.Bool
+	name      string
+	store     *chunkstore.Store
+	srv       *httptest.Server
+	socket    string // short-circuit socket, "" when not local
+	advertise string // the socket its replicas name, if not socket
+	failPuts  atomic.Bool
+	hook      atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
+	gets      atomic.Int32
+	corrupt   chan string
 }
 
 func newDataNode(t *testing.T, name string) *dataNode {
+	t.Helper()
 	st, err := chunkstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dataNode{name: name, store: st}
-	h := st.Handler(chunkstore.HandlerOptions{})
-	d.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	d := &dataNode{name: name, store: st, corrupt: make(chan string, 100)}
+	d.srv = httptest.NewServer(d.handler())
+	t.Cleanup(d.srv.Close)
+	return d
+}
+
+// newLocalDataNode is a data node that serves a short-circuit socket too,
+// in a directory of its own (short, for the socket path's sake).
+func newLocalDataNode(t *testing.T, name string) *dataNode {
+	t.Helper()
+	d := newDataNode(t, name)
+	dir, err := os.MkdirTemp("", "dn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d.socket = filepath.Join(dir, "chunks.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: d.socket, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &chunkstore.LocalServer{Store: d.store, Node: name, OnCorrupt: func(id string) { d.corrupt <- id }}
+	go ls.Serve(ln)
+	t.Cleanup(func() { ln.Close() })
+	return d
+}
+
+func (d *dataNode) handler() http.Handler {
+	h := d.store.Handler(chunkstore.HandlerOptions{OnCorrupt: func(id string) { d.corrupt <- id }})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "GET" {
+			d.gets.Add(1)
+		}
+		if hook := d.hook.Load(); hook != nil && (*hook)(w, r) {
+			return
+		}
 		if r.Method == "PUT" && d.failPuts.Load() {
 			io.CopyN(io.Discard, r.Body, 100<<10)
 			http.Error(w, "disk on fire", http.StatusInternalServerError)
 			return
 		}
 		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(d.srv.Close)
-	return d
+	})
+}
+
+// setHook installs hook (nil removes it).
+func (d *dataNode) setHook(hook func(w http.ResponseWriter, r *http.Request) bool) {
+	if hook == nil {
+		d.hook.Store(nil)
+		return
+	}
+	d.hook.Store(&hook)
 }
 
 func (d *dataNode) replica() api.Replica {
-	return api.Replica{Node: d.name, Zone: "z-" + d.name, Addr: d.srv.Listener.Addr().String(), State: api.ReplicaOK}
+	sock := d.socket
+	if d.advertise != "" {
+		sock = d.advertise
+	}
+	return api.Replica{Node: d.name, Zone: "z-" + d.name, Addr: d.srv.Listener.Addr().String(),
+		State: api.ReplicaOK, Socket: sock}
 }
 
 // fakeNS is an in-memory namespace that allocates the first free nodes.
+// events lists the allocations ("alloc ID"), commits ("commit ID") and
+// abort in the order they came.
 type fakeNS struct {
 	mu      sync.Mutex
 	nodes   []*dataNode
@@ -59,9 +117,23 @@ type fakeNS struct {
 	chunks  []api.ChunkInfo
 	aborted bool
 	next    int
+	events  []string
+}
+
+func (f *fakeNS) log(e string) {
+	f.events = append(f.events, e)
+}
+
+// history returns the events so far.
+func (f *fakeNS) history() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.events...)
 }
 
 func (f *fakeNS) FSCreate(_ context.Context, r *api.FileCreate) (*api.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.file = &api.FileInfo{Path: r.Path, FileID: 1, ChunkSize: r.ChunkSize, State: api.FileOpen}
 	return f.file, nil
 }
@@ -69,6 +141,9 @@ func (f *fakeNS) FSCreate(_ context.Context, r *api.FileCreate) (*api.FileInfo, 
 func (f *fakeNS) FSAllocate(_ context.Context, r *api.ChunkAllocate) (*api.ChunkAllocation, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if r.Chunk == "" {
+		f.log("alloc " + strings.Repeat("c", f.next+1))
+	}
 	count := 3
 	if r.Count > 0 {
 		count = r.Count
@@ -98,6 +173,7 @@ func contains(s []string, v string) bool {
 func (f *fakeNS) FSCommit(_ context.Context, r *api.ChunkCommit) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.log("commit " + r.ID)
 	ci := api.ChunkInfo{ID: r.ID, Offset: f.file.Size, Length: r.Length, CRC: r.CRC}
 	for _, name := range r.Replicas {
 		for _, n := range f.nodes {
@@ -112,6 +188,8 @@ func (f *fakeNS) FSCommit(_ context.Context, r *api.ChunkCommit) error {
 }
 
 func (f *fakeNS) FSClose(_ context.Context, r *api.FileClose) (*api.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if r.Size != f.file.Size {
 		return nil, errors.New("size mismatch")
 	}
@@ -120,6 +198,9 @@ func (f *fakeNS) FSClose(_ context.Context, r *api.FileClose) (*api.FileInfo, er
 }
 
 func (f *fakeNS) FSAbort(context.Context, *api.FileAbort) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log("abort")
 	f.aborted = true
 	return nil
 }

@@ -193,7 +193,7 @@ func (s *Store) FSAllocate(index uint64, req *FSAllocateRequest) (*api.ChunkAllo
 		out = &api.ChunkAllocation{ID: c.ID}
 		for _, n := range picked {
 			c.Replicas = append(c.Replicas, n.Name)
-			out.Replicas = append(out.Replicas, api.Replica{Node: n.Name, Zone: n.Zone, Addr: n.Addr})
+			out.Replicas = append(out.Replicas, api.Replica{Node: n.Name, Zone: n.Zone, Addr: n.Addr, Socket: n.Socket})
 		}
 		c.Updated = req.Now
 		return tx.put(tableFSChunks, c)
@@ -474,7 +474,7 @@ func (s *Snapshot) chunkInfos(ws memdb.WatchSet, ids []string) []api.ChunkInfo {
 		for _, name := range c.Replicas {
 			r := api.Replica{Node: name, State: api.ReplicaDown}
 			if n := s.Node(ws, name); n != nil {
-				r.Zone, r.Addr = n.Zone, n.Addr
+				r.Zone, r.Addr, r.Socket = n.Zone, n.Addr, n.Socket
 				if n.State != api.NodeDown {
 					r.State = api.ReplicaOK
 				}

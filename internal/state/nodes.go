@@ -123,6 +123,7 @@ func (s *Store) RegisterNode(index uint64, req *NodeRegisterRequest) error {
 			n.State, n.StateSince = api.NodeInitializing, req.Now
 		}
 		n.Zone, n.Addr, n.CPU, n.MemoryMB, n.Labels = r.Zone, r.Addr, r.CPU, r.MemoryMB, r.Labels
+		n.Socket = r.Socket
 		return nil
 	})
 }
