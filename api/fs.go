@@ -56,6 +56,10 @@ type FileInfo struct {
 	// again under the same path is never written by the old writer.
 	FileID      uint64 `json:"file_id"`
 	ModifyIndex uint64 `json:"modify_index"`
+	// LeaseSeconds is, while the file is open, how long its writer may go
+	// without renewing it ([Client.FSRenew]) or committing a chunk before
+	// the servers delete it as abandoned.
+	LeaseSeconds int `json:"lease_seconds,omitempty"`
 }
 
 // ChunkInfo is one chunk of a file, with where its replicas live.
@@ -136,6 +140,19 @@ type FileAbort struct {
 	Path   string `json:"path"`
 	FileID uint64 `json:"file_id"`
 }
+
+// FileRenew keeps a file open: a writer renews while it writes, and the
+// servers delete a file whose writer stopped renewing (see
+// [DefaultOpenFileLease]).
+type FileRenew struct {
+	Path   string `json:"path"`
+	FileID uint64 `json:"file_id"`
+}
+
+// DefaultOpenFileLease is how long a file stays open after its writer last
+// renewed it or committed a chunk; then the servers delete it as abandoned.
+// Writers renew every third of it.
+const DefaultOpenFileLease = time.Minute
 
 // Mkdir creates a directory (and its parents with Parents).
 type Mkdir struct {

@@ -78,6 +78,12 @@ func (c *Client) FSAbort(ctx context.Context, r *FileAbort) error {
 	return err
 }
 
+// FSRenew renews a writer's lease on an open file.
+func (c *Client) FSRenew(ctx context.Context, r *FileRenew) error {
+	_, err := c.Do(ctx, "POST", "/v1/fs/renew", nil, r, nil)
+	return err
+}
+
 // UploadOptions tune [Client.FSUpload].
 type UploadOptions struct {
 	Replication int

@@ -305,8 +305,8 @@ func TestDFSBadInput(t *testing.T) {
 		}
 		// The user interrupts the upload (Ctrl-C). The CLI writes to the
 		// data nodes itself, so it is the CLI that deletes the new version;
-		// a CLI killed with -9 could not, and its open file would go when
-		// the servers expire it, as any dead writer's does.
+		// a CLI killed with -9 could not, and its open file goes when its
+		// lease runs out (TestDFSWriterKilled).
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 		testutil.WaitFor(t, 20*time.Second, func() (bool, string) {

@@ -118,6 +118,11 @@ type fakeNS struct {
 	aborted bool
 	next    int
 	events  []string
+	// lease is the lease FSCreate grants, in seconds; renewals counts
+	// FSRenew calls and renewed, if set, hears of each.
+	lease    int
+	renewals int
+	renewed  chan struct{}
 }
 
 func (f *fakeNS) log(e string) {
@@ -134,7 +139,7 @@ func (f *fakeNS) history() []string {
 func (f *fakeNS) FSCreate(_ context.Context, r *api.FileCreate) (*api.FileInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.file = &api.FileInfo{Path: r.Path, FileID: 1, ChunkSize: r.ChunkSize, State: api.FileOpen}
+	f.file = &api.FileInfo{Path: r.Path, FileID: 1, ChunkSize: r.ChunkSize, State: api.FileOpen, LeaseSeconds: f.lease}
 	return f.file, nil
 }
 
@@ -202,6 +207,20 @@ func (f *fakeNS) FSAbort(context.Context, *api.FileAbort) error {
 	defer f.mu.Unlock()
 	f.log("abort")
 	f.aborted = true
+	return nil
+}
+
+// FSRenew counts renewals and signals each on renewed, if set.
+func (f *fakeNS) FSRenew(context.Context, *api.FileRenew) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renewals++
+	if f.renewed != nil {
+		select {
+		case f.renewed <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
@@ -336,4 +355,50 @@ func flipByte(path string) error {
 	}
 	b[len(b)/2] ^= 0xff
 	return os.WriteFile(path, b, 0o444)
+}
+
+// gatedReader yields data once open is closed, then EOF.
+type gatedReader struct {
+	open <-chan struct{}
+	data []byte
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	<-g.open
+	if len(g.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, g.data)
+	g.data = g.data[n:]
+	return n, nil
+}
+
+// TestWriteRenewsLease checks that a writer waiting for its input renews
+// its lease on the open file.
+func TestWriteRenewsLease(t *testing.T) {
+	ns, w := setup(t, "a", "b", "c")
+	ns.lease = 1 // renew every third of a second
+	ns.renewed = make(chan struct{}, 1)
+	open := make(chan struct{})
+	data := randomData(1000)
+	go func() {
+		// Release the input only after two renewals: the write cannot
+		// finish unless the writer renews while its input is stalled.
+		<-ns.renewed
+		<-ns.renewed
+		close(open)
+	}()
+	fi, err := w.Write(t.Context(), "/f", &gatedReader{open: open, data: data}, WriteOptions{Size: -1, ChunkSize: api.MinChunkSize})
+	if err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if fi.Size != int64(len(data)) {
+		t.Errorf("size %d, want %d", fi.Size, len(data))
+	}
+	ns.mu.Lock()
+	after := ns.renewals
+	ns.mu.Unlock()
+	if after < 2 {
+		t.Errorf("%d renewals, want at least 2", after)
+	}
 }

@@ -34,6 +34,7 @@ type Namespace interface {
 	FSCommit(ctx context.Context, r *api.ChunkCommit) error
 	FSClose(ctx context.Context, r *api.FileClose) (*api.FileInfo, error)
 	FSAbort(ctx context.Context, r *api.FileAbort) error
+	FSRenew(ctx context.Context, r *api.FileRenew) error
 }
 
 // ErrShortBody means the data ended before the length the caller declared.
@@ -94,7 +95,9 @@ func (w *Writer) Write(ctx context.Context, path string, r io.Reader, o WriteOpt
 	if err != nil {
 		return nil, err
 	}
+	stopRenewing := w.renew(ctx, fi)
 	size, err := w.fill(ctx, fi, r, o)
+	stopRenewing()
 	if err == nil && o.Size >= 0 && size != o.Size {
 		err = fmt.Errorf("%w: got %d of %d bytes", ErrShortBody, size, o.Size)
 	}
@@ -111,6 +114,35 @@ func (w *Writer) Write(ctx context.Context, path string, r io.Reader, o WriteOpt
 		w.Log.Warn("could not delete a file whose write failed", "path", fi.Path, "err", aerr)
 	}
 	return nil, err
+}
+
+// renew keeps fi open while it is being written, renewing the writer's
+// lease every third of it, so that a writer waiting for slow input keeps
+// its file while one that died loses it within a lease. It returns a
+// function that stops renewing and waits until it has.
+func (w *Writer) renew(ctx context.Context, fi *api.FileInfo) (stop func()) {
+	lease := time.Duration(fi.LeaseSeconds) * time.Second
+	if lease <= 0 {
+		lease = api.DefaultOpenFileLease
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := w.NS.FSRenew(ctx, &api.FileRenew{Path: fi.Path, FileID: fi.FileID}); err != nil && ctx.Err() == nil {
+				w.Log.Warn("renewing the lease of a file being written", "path", fi.Path, "err", err)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // chunkWrite is one chunk on its way: streamed by fill, then synced,

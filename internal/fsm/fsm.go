@@ -45,6 +45,7 @@ const (
 	FSReplicas
 	FSGarbageDone
 	ClusterToken
+	FSRenew
 )
 
 var typeNames = map[MessageType]string{
@@ -55,7 +56,7 @@ var typeNames = map[MessageType]string{
 	FSMkdir: "fs-mkdir", FSCreate: "fs-create", FSAllocate: "fs-allocate", FSCommit: "fs-commit",
 	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
 	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
-	ClusterToken: "cluster-token",
+	ClusterToken: "cluster-token", FSRenew: "fs-renew",
 }
 
 func (t MessageType) String() string {
@@ -184,6 +185,9 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	FSGarbageDone: decode(func(s *state.Store, i uint64, r *state.FSGarbageDoneRequest) Result {
 		return errOnly(s.FSGarbageDone(i, r))
+	}),
+	FSRenew: decode(func(s *state.Store, i uint64, r *state.FSRenewRequest) Result {
+		return errOnly(s.FSRenew(i, r))
 	}),
 	ClusterToken: decode(func(s *state.Store, i uint64, r *state.ClusterTokenRequest) Result {
 		c, err := s.SetClusterToken(i, r)

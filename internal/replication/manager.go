@@ -42,8 +42,9 @@ type Config struct {
 	// Interval is how often the manager looks again without a change
 	// (default 1 s).
 	Interval time.Duration
-	// OpenLease is how long a file may stay open without a chunk committed
-	// before it is deleted as abandoned by a writer that died (default 10 min).
+	// OpenLease is how long a file may stay open after its writer last
+	// renewed it or committed a chunk before it is deleted as abandoned by a
+	// writer that died (default api.DefaultOpenFileLease).
 	OpenLease time.Duration
 }
 
@@ -74,7 +75,7 @@ func New(cfg Config) *Manager {
 		cfg.Now = time.Now
 	}
 	if cfg.OpenLease <= 0 {
-		cfg.OpenLease = 10 * time.Minute
+		cfg.OpenLease = api.DefaultOpenFileLease
 	}
 	return &Manager{cfg: cfg, inflight: map[string]string{}, recorded: map[string]uint64{}}
 }
@@ -115,7 +116,7 @@ func (m *Manager) Run(stop <-chan struct{}) {
 		snap.WatchTables(ws, state.TableNodes, state.TableChunks, state.TableGarbage)
 		m.collectGarbage(ctx, snap)
 		m.repair(ctx, snap, &wg)
-		if time.Since(lastExpiry) > 30*time.Second {
+		if time.Since(lastExpiry) > m.cfg.OpenLease/6 {
 			m.expireOpenFiles(snap)
 			lastExpiry = time.Now()
 		}
@@ -292,7 +293,11 @@ func (m *Manager) trim(c state.ChunkState, byName map[string]*api.Node) {
 func (m *Manager) expireOpenFiles(snap *state.Snapshot) {
 	now := m.cfg.Now()
 	for _, f := range snap.FSOpenFiles() {
-		if now.Sub(f.Modified) < m.cfg.OpenLease {
+		lease := f.Lease
+		if lease <= 0 {
+			lease = m.cfg.OpenLease
+		}
+		if now.Sub(f.Modified) < lease {
 			continue
 		}
 		_, _, err := m.cfg.Apply(fsm.FSAbort, &state.FSAbortRequest{Req: api.FileAbort{Path: f.Path, FileID: f.FileID}, Now: now})

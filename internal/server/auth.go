@@ -141,6 +141,8 @@ func fsPaths(req any) []string {
 		return []string{b.Path}
 	case *api.FileAbort:
 		return []string{b.Path}
+	case *api.FileRenew:
+		return []string{b.Path}
 	case *api.Remove:
 		return []string{b.Path}
 	case *api.Rename:

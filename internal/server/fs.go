@@ -61,7 +61,7 @@ func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http
 		return &state.FSMkdirRequest{Req: b, Now: now}
 	}))
 	tenantWrite("POST /v1/fs/create", fsWrite(s, fsm.FSCreate, func(b api.FileCreate, now time.Time) any {
-		return &state.FSCreateRequest{Req: b, Now: now}
+		return &state.FSCreateRequest{Req: b, Now: now, LeaseSeconds: int(s.cfg.OpenFileLease / time.Second)}
 	}))
 	tenantWrite("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
 		return &state.FSAllocateRequest{Req: b, Now: now, Nonce: rand.Text()}
@@ -74,6 +74,9 @@ func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http
 	}))
 	tenantWrite("POST /v1/fs/abort", fsWrite(s, fsm.FSAbort, func(b api.FileAbort, now time.Time) any {
 		return &state.FSAbortRequest{Req: b, Now: now}
+	}))
+	tenantWrite("POST /v1/fs/renew", fsWrite(s, fsm.FSRenew, func(b api.FileRenew, now time.Time) any {
+		return &state.FSRenewRequest{Req: b, Now: now}
 	}))
 	tenantWrite("POST /v1/fs/remove", fsWrite(s, fsm.FSRemove, func(b api.Remove, now time.Time) any {
 		return &state.FSRemoveRequest{Req: b, Now: now}

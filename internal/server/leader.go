@@ -50,7 +50,7 @@ func (s *Server) monitorLeadership() {
 			}
 			s.heartbeats.reset(s.now())
 			repl := replication.New(replication.Config{Store: s.store, Apply: s.apply, Chunks: s.chunkClient,
-				Log: s.log.With("component", "replication"), Now: s.now})
+				Log: s.log.With("component", "replication"), Now: s.now, OpenLease: s.cfg.OpenFileLease})
 			s.replMgr.Store(repl)
 			wg.Add(3)
 			go func(stop chan struct{}) { defer wg.Done(); s.nodeHealthLoop(stop) }(stop)

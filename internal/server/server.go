@@ -49,6 +49,9 @@ type Config struct {
 	// HeartbeatTTL is how long after its last heartbeat a node is declared
 	// down.
 	HeartbeatTTL time.Duration
+	// OpenFileLease is how long a file stays open after its writer last
+	// renewed it or committed a chunk (default api.DefaultOpenFileLease).
+	OpenFileLease time.Duration
 	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
 	EnableDebug bool
 	// Token is the operator token: callers presenting it may do anything,
@@ -108,6 +111,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
+	}
+	if cfg.OpenFileLease <= 0 {
+		cfg.OpenFileLease = api.DefaultOpenFileLease
+	}
+	if cfg.OpenFileLease < time.Second {
+		return nil, fmt.Errorf("server: the open file lease must be at least 1s, got %s", cfg.OpenFileLease)
 	}
 	if cfg.HeartbeatTTL <= 0 {
 		cfg.HeartbeatTTL = 2 * time.Second

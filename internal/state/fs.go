@@ -47,6 +47,9 @@ type fsEntry struct {
 	// MadeDirs are the directories creating this open file created,
 	// deepest first; an aborted write removes those still empty.
 	MadeDirs []string `json:"made_dirs,omitempty"`
+	// LeaseSeconds is, for an open file, how long after Modified its
+	// writer must renew it (or commit a chunk) before it is deleted.
+	LeaseSeconds int `json:"lease_seconds,omitempty"`
 }
 
 // shadowKey is where an open file that replaces path on close lives.
@@ -85,7 +88,7 @@ func snapshotKey(dir, name string) string { return dir + "\x00" + name }
 func (e *fsEntry) info(path string, chunks []api.ChunkInfo) *api.FileInfo {
 	return &api.FileInfo{Path: path, Name: api.PathBase(path), Dir: e.Dir, Size: e.Size, State: e.State,
 		Replication: e.Replication, ChunkSize: e.ChunkSize, Chunks: chunks, Created: e.Created,
-		Modified: e.Modified, FileID: e.FileID, ModifyIndex: e.ModifyIndex}
+		Modified: e.Modified, FileID: e.FileID, ModifyIndex: e.ModifyIndex, LeaseSeconds: e.LeaseSeconds}
 }
 
 // FS requests (payloads of Raft entries).
@@ -94,6 +97,9 @@ func (e *fsEntry) info(path string, chunks []api.ChunkInfo) *api.FileInfo {
 type FSCreateRequest struct {
 	Req api.FileCreate `json:"req"`
 	Now time.Time      `json:"now"`
+	// LeaseSeconds is the server's writer lease for the new file; 0 means
+	// api.DefaultOpenFileLease.
+	LeaseSeconds int `json:"lease_seconds,omitempty"`
 }
 
 // FSMkdirRequest creates a directory.
@@ -123,6 +129,12 @@ type FSCloseRequest struct {
 // FSAbortRequest deletes an open file.
 type FSAbortRequest struct {
 	Req api.FileAbort `json:"req"`
+	Now time.Time     `json:"now"`
+}
+
+// FSRenewRequest renews a writer's lease on an open file.
+type FSRenewRequest struct {
+	Req api.FileRenew `json:"req"`
 	Now time.Time     `json:"now"`
 }
 
@@ -402,7 +414,7 @@ func (s *Store) FSCreate(index uint64, req *FSCreateRequest) (*api.FileInfo, err
 	var out *api.FileInfo
 	err = s.write(index, func(tx *writeTxn) error {
 		e := &fsEntry{Path: p, Parent: api.PathDir(p), State: api.FileOpen, Replication: r.Replication,
-			ChunkSize: r.ChunkSize, Created: req.Now, Modified: req.Now, FileID: index}
+			ChunkSize: r.ChunkSize, Created: req.Now, Modified: req.Now, FileID: index, LeaseSeconds: req.LeaseSeconds}
 		if old := tx.entry(p); old != nil {
 			switch {
 			case old.Dir:
@@ -495,7 +507,7 @@ func (s *Store) FSClose(index uint64, req *FSCloseRequest) (*api.FileInfo, error
 				return err
 			}
 		}
-		e.Pending, e.State, e.Visible, e.Modified, e.MadeDirs = nil, api.FileClosed, index, req.Now, nil
+		e.Pending, e.State, e.Visible, e.Modified, e.MadeDirs, e.LeaseSeconds = nil, api.FileClosed, index, req.Now, nil, 0
 		if err := tx.publishShadow(e); err != nil {
 			return err
 		}
@@ -506,6 +518,19 @@ func (s *Store) FSClose(index uint64, req *FSCloseRequest) (*api.FileInfo, error
 		return nil
 	})
 	return out, err
+}
+
+// FSRenew records that an open file's writer is alive: the file's
+// Modified time, from which its lease runs, becomes now.
+func (s *Store) FSRenew(index uint64, req *FSRenewRequest) error {
+	return s.write(index, func(tx *writeTxn) error {
+		e, err := tx.openFile(req.Req.Path, req.Req.FileID)
+		if err != nil {
+			return err
+		}
+		e.Modified = req.Now
+		return tx.putEntry(e)
+	})
 }
 
 // FSAbort deletes an open file and its chunks.
@@ -791,6 +816,7 @@ type OpenFile struct {
 	Path     string
 	FileID   uint64
 	Modified time.Time
+	Lease    time.Duration // 0: the default
 }
 
 // FSOpenFiles lists the files open for writing.
@@ -798,7 +824,8 @@ func (s *Snapshot) FSOpenFiles() []OpenFile {
 	var out []OpenFile
 	for _, e := range collect[*fsEntry](s.txn, nil, tableFSEntries, "id") {
 		if !e.Dir && e.State == api.FileOpen {
-			out = append(out, OpenFile{Path: e.Path, FileID: e.FileID, Modified: e.Modified})
+			out = append(out, OpenFile{Path: e.Path, FileID: e.FileID, Modified: e.Modified,
+				Lease: time.Duration(e.LeaseSeconds) * time.Second})
 		}
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/shoal-dev/shoal/api"
@@ -354,4 +355,35 @@ func TestFSAbortRemovesDirsItMade(t *testing.T) {
 	if got := f.names("/keep"); !cmp.Equal(got, []string{"x"}) {
 		t.Errorf("/keep after an aborted write = %v, want only x", got)
 	}
+}
+
+func TestFSRenewLease(t *testing.T) {
+	f := newFixture(t)
+	f.fsNodes()
+	fi, err := f.s.FSCreate(f.next(), &state.FSCreateRequest{Req: api.FileCreate{Path: "/w"}, Now: f.now, LeaseSeconds: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.LeaseSeconds != 7 {
+		t.Errorf("lease of the new file = %d s, want 7", fi.LeaseSeconds)
+	}
+	later := f.now.Add(time.Minute)
+	if err := f.s.FSRenew(f.next(), &state.FSRenewRequest{Req: api.FileRenew{Path: "/w", FileID: fi.FileID}, Now: later}); err != nil {
+		t.Fatalf("FSRenew: %v", err)
+	}
+	open := f.snap().FSOpenFiles()
+	want := []state.OpenFile{{Path: "/w", FileID: fi.FileID, Modified: later, Lease: 7 * time.Second}}
+	if diff := cmp.Diff(want, open); diff != "" {
+		t.Errorf("open files after a renewal (-want +got):\n%s", diff)
+	}
+
+	f.writeFile("/closed", 1)
+	closed, _ := f.snap().FSStat(nil, "/closed")
+	before := dump(t, f.s)
+	for _, r := range []api.FileRenew{{Path: "/w", FileID: fi.FileID + 100}, {Path: "/closed", FileID: closed.FileID}, {Path: "/nope", FileID: 1}} {
+		if err := f.s.FSRenew(f.next(), &state.FSRenewRequest{Req: r, Now: later}); err == nil {
+			t.Errorf("FSRenew(%+v) succeeded", r)
+		}
+	}
+	checkUnchanged(t, f.s, before)
 }

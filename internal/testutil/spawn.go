@@ -177,6 +177,8 @@ type Options struct {
 	AgentMemory  int64 // default 2048
 	// AgentArgs are extra flags for every agent (say, --repair-rate 0).
 	AgentArgs []string
+	// ServerArgs are extra flags for every server.
+	ServerArgs []string
 	// Token is the operator token the servers require; empty runs an open
 	// installation. Servers, agents, Client and Shoal all present it.
 	Token string
@@ -232,6 +234,7 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 		if opts.HeartbeatTTL > 0 {
 			args = append(args, "--heartbeat-ttl", opts.HeartbeatTTL.String())
 		}
+		args = append(args, opts.ServerArgs...)
 		s.Proc = startProc(t, in.Bin, name, in.Dir, args, in.tokenEnv())
 	}
 	in.Client = api.NewClient(httpAddrs, opts.Token)
