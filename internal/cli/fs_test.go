@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,16 +20,8 @@ import (
 // handler registered for "METHOD /path"; others get a not_found error.
 type fsFake struct {
 	*httptest.Server
-	mu      sync.Mutex
-	reqs    []string // "METHOD /path?query", the query decoded for legibility
-	uploads []fsUpload
-}
-
-// fsUpload is what the fake received for one PUT /v1/fs/data.
-type fsUpload struct {
-	path          string
-	contentLength int64
-	body          string
+	mu   sync.Mutex
+	reqs []string // "METHOD /path?query", the query decoded for legibility
 }
 
 func newFSFake(t *testing.T, handlers map[string]http.HandlerFunc) *fsFake {
@@ -45,15 +36,6 @@ func newFSFake(t *testing.T, handlers map[string]http.HandlerFunc) *fsFake {
 		f.mu.Lock()
 		f.reqs = append(f.reqs, line)
 		f.mu.Unlock()
-		if r.Method == "PUT" && r.URL.Path == "/v1/fs/data" {
-			b, err := io.ReadAll(r.Body)
-			if err != nil {
-				t.Errorf("reading upload: %v", err)
-			}
-			f.mu.Lock()
-			f.uploads = append(f.uploads, fsUpload{path: r.URL.Query().Get("path"), contentLength: r.ContentLength, body: string(b)})
-			f.mu.Unlock()
-		}
 		h, ok := handlers[r.Method+" "+r.URL.Path]
 		if !ok {
 			h = fsError(404, api.CodeNotFound, "no such file or directory")
