@@ -2,14 +2,17 @@ package server_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/server"
+	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
@@ -59,6 +62,13 @@ func newAuthFixture(t *testing.T) *authFixture {
 			t.Fatalf("FSMkdir(%s): %v", d, err)
 		}
 	}
+	// Tests go through a follower: let it catch up with all of the above.
+	tables := slices.Concat(allTables, []string{state.TableFS})
+	want := g.Server(f.leader).Store().Snapshot().Index(tables...)
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		got := g.Server(f.follower).Store().Snapshot().Index(tables...)
+		return got >= want, fmt.Sprintf("follower at index %d, leader at %d", got, want)
+	})
 	return f
 }
 
@@ -193,10 +203,12 @@ func TestClusterTokenConfinement(t *testing.T) {
 	if err != nil || len(cs) != 1 || cs[0].Name != "c1" {
 		t.Errorf("Clusters with c1's token: %v, %v; want only c1", cs, err)
 	}
-	jobs, _, err := tc.Jobs(ctx, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The follower may not have applied the job submitted above yet.
+	var jobs []*api.Job
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		jobs, _, err = tc.Jobs(ctx, "", nil)
+		return err == nil && len(jobs) >= 2, fmt.Sprintf("Jobs with c1's token: %d jobs, %v; want c1's 2", len(jobs), err)
+	})
 	for _, j := range jobs {
 		if j.Cluster != "c1" {
 			t.Errorf("Jobs with c1's token lists job %s of cluster %s", j.ID, j.Cluster)
