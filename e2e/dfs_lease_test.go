@@ -18,7 +18,7 @@ import (
 // again.
 func TestDFSWriterKilled(t *testing.T) {
 	in := testutil.StartInstallation(t, testutil.Options{Agents: 3, Zones: 3,
-		ServerArgs: []string{"--open-file-lease", "2s"}})
+		ServerArgs: []string{"--open-file-lease", "3s"}})
 	ctx := t.Context()
 
 	cmd := exec.Command(in.Bin, "fs", "put", "--chunk-size", "64KiB", "-", "/w/half.bin")
@@ -43,7 +43,7 @@ func TestDFSWriterKilled(t *testing.T) {
 		}
 		return fi.State == api.FileOpen && fi.Size > 0, fmt.Sprintf("state %s, %d bytes committed", fi.State, fi.Size)
 	})
-	time.Sleep(3 * time.Second) // more than the lease, with nothing to write
+	time.Sleep(4 * time.Second) // more than the lease, with nothing to write
 	if fi, err := in.Client.FSStat(ctx, "/w/half.bin"); err != nil || fi.State != api.FileOpen {
 		t.Fatalf("a live writer's file after a stall longer than the lease: %+v, %v; want it still open", fi, err)
 	}
