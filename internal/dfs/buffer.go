@@ -1,6 +1,7 @@
 package dfs
 
 import (
+	"io"
 	"sync"
 	"sync/atomic"
 )
@@ -51,5 +52,67 @@ func (b *buffer) full() []byte { return (*b.p)[:b.pool.size] }
 func (b *buffer) release() {
 	if b.refs.Add(-1) == 0 {
 		b.pool.pool.Put(b.p)
+	}
+}
+
+// bufferStream reads the buffers that next yields, in order, releasing
+// each once it is consumed. WriteTo hands each buffer to w whole (io.Copy
+// prefers it to Read), so that data moves in large writes rather than in
+// 32 KiB pieces.
+type bufferStream struct {
+	next func() (*buffer, error)
+	cur  *buffer // being consumed
+	off  int     // of cur
+}
+
+func (s *bufferStream) Read(p []byte) (int, error) {
+	if s.cur == nil {
+		b, err := s.next()
+		if err != nil {
+			return 0, err
+		}
+		s.cur, s.off = b, 0
+	}
+	n := copy(p, s.cur.b[s.off:])
+	s.off += n
+	if s.off == len(s.cur.b) {
+		s.drop()
+	}
+	return n, nil
+}
+
+func (s *bufferStream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if s.cur == nil {
+			b, err := s.next()
+			if err == io.EOF {
+				return total, nil
+			}
+			if err != nil {
+				return total, err
+			}
+			s.cur, s.off = b, 0
+		}
+		n, err := w.Write(s.cur.b[s.off:])
+		total += int64(n)
+		s.off += n
+		if s.off == len(s.cur.b) || err != nil {
+			s.drop()
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, io.ErrShortWrite
+		}
+	}
+}
+
+// drop releases the buffer being consumed, if any.
+func (s *bufferStream) drop() {
+	if s.cur != nil {
+		s.cur.release()
+		s.cur = nil
 	}
 }

@@ -73,7 +73,9 @@ func NewReader(ctx context.Context, cc *chunkstore.Client, fi *api.FileInfo, o R
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	return &reader{ctx: ctx, cancel: cancel, cc: cc, fi: fi, o: o, log: log}
+	r := &reader{ctx: ctx, cancel: cancel, cc: cc, fi: fi, o: o, log: log}
+	r.bufferStream.next = r.next
+	return r
 }
 
 // reader hands out, in order, the buffers that one fetch goroutine per
@@ -87,11 +89,10 @@ type reader struct {
 	log    *slog.Logger
 	wg     sync.WaitGroup
 
-	fetches []*chunkFetch // started and not yet read to the end, in file order
-	started int           // chunks whose fetch has started
-	cur     *buffer       // being returned
-	off     int           // of cur
-	err     error         // sticky: io.EOF or what stopped the reader
+	fetches      []*chunkFetch // started and not yet read to the end, in file order
+	started      int           // chunks whose fetch has started
+	err          error         // sticky: io.EOF or what stopped the reader
+	bufferStream               // Read and WriteTo, over the buffers next yields
 }
 
 // chunkFetch is one chunk on its way to the reader: out carries its
@@ -140,61 +141,11 @@ func (r *reader) chunkBytes() int64 {
 	return n
 }
 
-func (r *reader) Read(p []byte) (int, error) {
-	if r.cur == nil {
-		b, err := r.next()
-		if err != nil {
-			return 0, err
-		}
-		r.cur, r.off = b, 0
-	}
-	n := copy(p, r.cur.b[r.off:])
-	r.off += n
-	if r.off == len(r.cur.b) {
-		r.cur.release()
-		r.cur = nil
-	}
-	return n, nil
-}
-
-// WriteTo writes the rest of the file to w, buffer by buffer.
-func (r *reader) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for {
-		if r.cur == nil {
-			b, err := r.next()
-			if err == io.EOF {
-				return total, nil
-			}
-			if err != nil {
-				return total, err
-			}
-			r.cur, r.off = b, 0
-		}
-		n, err := w.Write(r.cur.b[r.off:])
-		total += int64(n)
-		r.off += n
-		if r.off == len(r.cur.b) {
-			r.cur.release()
-			r.cur = nil
-		}
-		if err != nil {
-			return total, err
-		}
-		if n == 0 && r.cur != nil {
-			return total, io.ErrShortWrite
-		}
-	}
-}
-
 // Close stops the fetches and waits for them to end.
 func (r *reader) Close() error {
 	r.cancel()
 	r.wg.Wait()
-	if r.cur != nil {
-		r.cur.release()
-		r.cur = nil
-	}
+	r.drop()
 	for _, f := range r.fetches {
 		for b := range f.out {
 			b.release()

@@ -314,7 +314,7 @@ func (w *Writer) stream(ctx context.Context, fi *api.FileInfo, first *buffer, fi
 	cw := &chunkWrite{id: alloc.ID, done: make(chan struct{}), cancel: cancelPuts}
 	for _, rep := range alloc.Replicas {
 		p := &replicaPut{rep: rep, done: make(chan struct{}),
-			body: &chunkBody{bufs: make(chan *buffer, replicaQueue), stop: make(chan struct{})}}
+			body: newChunkBody()}
 		cw.puts = append(cw.puts, p)
 		go w.put(pctx, alloc.ID, p)
 	}
@@ -463,17 +463,21 @@ var errUploadEnded = errors.New("dfs: replica upload ended")
 var errChunkAborted = errors.New("dfs: chunk write aborted")
 
 // chunkBody is the request body of one replica's upload: the buffers the
-// writer sends it, in order, until it closes bufs. WriteTo hands each
-// buffer to the HTTP transport whole (io.Copy prefers it to Read), so that
-// a MiB goes out in one write rather than in 32 KiB pieces. The transport
+// writer sends it, in order, until it closes bufs; its bufferStream hands
+// each MiB to the HTTP transport in one write. The transport
 // may still read the body after the upload returned; stop, closed then,
 // ends it.
 type chunkBody struct {
 	bufs    chan *buffer
 	stop    chan struct{}
 	aborted atomic.Bool // set before bufs is closed on a failed chunk
-	cur     *buffer     // being read by Read
-	off     int
+	bufferStream
+}
+
+func newChunkBody() *chunkBody {
+	b := &chunkBody{bufs: make(chan *buffer, replicaQueue), stop: make(chan struct{})}
+	b.bufferStream.next = b.next
+	return b
 }
 
 func (b *chunkBody) next() (*buffer, error) {
@@ -488,46 +492,6 @@ func (b *chunkBody) next() (*buffer, error) {
 		return nil, io.EOF
 	case <-b.stop:
 		return nil, errUploadEnded
-	}
-}
-
-func (b *chunkBody) Read(p []byte) (int, error) {
-	if b.cur == nil {
-		buf, err := b.next()
-		if err != nil {
-			return 0, err
-		}
-		b.cur, b.off = buf, 0
-	}
-	n := copy(p, b.cur.b[b.off:])
-	b.off += n
-	if b.off == len(b.cur.b) {
-		b.cur.release()
-		b.cur = nil
-	}
-	return n, nil
-}
-
-func (b *chunkBody) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for {
-		if b.cur == nil {
-			buf, err := b.next()
-			if err == io.EOF {
-				return total, nil
-			}
-			if err != nil {
-				return total, err
-			}
-			b.cur, b.off = buf, 0
-		}
-		n, err := w.Write(b.cur.b[b.off:])
-		total += int64(n)
-		b.cur.release()
-		b.cur = nil
-		if err != nil {
-			return total, err
-		}
 	}
 }
 
