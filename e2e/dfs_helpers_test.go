@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -241,4 +242,28 @@ func names(list []*api.FileInfo) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// startStalledPut starts `shoal fs put [flags] - PATH` with 64 KiB chunks
+// (the last argument is PATH), writes data to its stdin and leaves stdin
+// open, so that the upload stalls mid-file until the test ends it. The
+// process is killed when the test ends.
+func startStalledPut(t *testing.T, in *testutil.Installation, data []byte, args ...string) *exec.Cmd {
+	t.Helper()
+	path := args[len(args)-1]
+	argv := append([]string{"fs", "put", "--chunk-size", "64KiB"}, args[:len(args)-1]...)
+	cmd := exec.Command(in.Bin, append(argv, "-", path)...)
+	cmd.Env = append(os.Environ(), "SHOAL_ADDR="+in.Addrs(), "SHOAL_TOKEN="+in.Opts.Token)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	if _, err := stdin.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -21,19 +20,7 @@ func TestDFSWriterKilled(t *testing.T) {
 		ServerArgs: []string{"--open-file-lease", "3s"}})
 	ctx := t.Context()
 
-	cmd := exec.Command(in.Bin, "fs", "put", "--chunk-size", "64KiB", "-", "/w/half.bin")
-	cmd.Env = append(os.Environ(), "SHOAL_ADDR="+in.Addrs())
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	if _, err := stdin.Write(randomBytes(7, 300000)); err != nil {
-		t.Fatal(err)
-	}
+	cmd := startStalledPut(t, in, randomBytes(7, 300000), "/w/half.bin")
 	// The writer holds the file open, renewing its lease, while its input
 	// stalls for longer than the lease.
 	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {

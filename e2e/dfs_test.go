@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -280,19 +279,7 @@ func TestDFSBadInput(t *testing.T) {
 	// new version is complete": while an overwrite streams, and after one
 	// is interrupted, the original is there.
 	t.Run("interrupted put -f keeps the original", func(t *testing.T) {
-		cmd := exec.Command(in.Bin, "fs", "put", "-f", "--chunk-size", "64KiB", "-", "/keep/base.bin")
-		cmd.Env = append(os.Environ(), "SHOAL_ADDR="+in.Servers[0].HTTPAddr)
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		if _, err := stdin.Write(randomBytes(5, 300000)); err != nil {
-			t.Fatal(err)
-		}
+		cmd := startStalledPut(t, in, randomBytes(5, 300000), "-f", "/keep/base.bin")
 		testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
 			s, err := in.Client.FSStatus(ctx)
 			if err != nil {
