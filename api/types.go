@@ -33,6 +33,11 @@ type Node struct {
 	Cluster string `json:"cluster"`
 	// DrainDeadline is when tasks still running on a draining node are moved.
 	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
+	// ExpectedBack is set on a down node that stopped in an orderly way
+	// while a member of a cluster: it stays a member, and its data stays on
+	// it, until then (the servers' --rejoin-grace after it stopped). A node
+	// not back by then is replaced in its cluster from the pool.
+	ExpectedBack time.Time `json:"expected_back,omitzero"`
 	// Used is the cpu and memory reserved by tasks placed on the node.
 	Used        Resources `json:"used"`
 	Tasks       int       `json:"tasks"`
@@ -58,9 +63,21 @@ type Event struct {
 	Message string    `json:"message"`
 }
 
+// Cluster health states.
+const (
+	ClusterHealthy  = "healthy"
+	ClusterDegraded = "degraded"
+)
+
 // Cluster is a named set of nodes reserved from the pool.
 type Cluster struct {
 	Name string `json:"name"`
+	// State is healthy or degraded; Problems says why a cluster is
+	// degraded: members down (and when they are expected back), fewer
+	// nodes than its size, or fewer zones than it asked for. Servers derive
+	// both from the members' nodes when they answer.
+	State    string   `json:"state,omitempty"`
+	Problems []string `json:"problems,omitempty"`
 	// Size is the number of nodes the cluster keeps; MinZones the number of
 	// distinct zones they must span.
 	Size        int       `json:"size"`

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -246,8 +247,23 @@ func TestJobSurvivesLostZone(t *testing.T) {
 		}
 		return len(c.Nodes) == 3, fmt.Sprintf("members %v, want 3", c.Nodes)
 	})
-	c, _, _ := in.Client.Cluster(context.Background(), "c1", nil)
+	c := clusterJSON(t, in, "c1")
 	if !hasEvent(c.Events, "replaced", "spans 2 zones, fewer than the 3 asked for") {
 		t.Errorf("cluster events %v do not record the lost zone spread", c.Events)
+	}
+	if c.State != api.ClusterDegraded || !strings.Contains(strings.Join(c.Problems, "; "), "spans 2 zones, fewer than the 3 asked for") {
+		t.Errorf("cluster with a lost zone: got %s %q, want degraded saying it spans 2 zones", c.State, c.Problems)
+	}
+
+	// The zone comes back: an idle member of a crowded zone goes back to
+	// the pool and a node of zone-1 takes its place.
+	back := in.AddAgent("zone-1").Name
+	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
+		c := clusterJSON(t, in, "c1")
+		return c.State == api.ClusterHealthy && slices.Contains(c.Nodes, back),
+			fmt.Sprintf("cluster %s %q members %v, want healthy with %s", c.State, c.Problems, c.Nodes, back)
+	})
+	if c := clusterJSON(t, in, "c1"); !hasEvent(c.Events, "rebalanced", back) {
+		t.Errorf("cluster events %v do not record the rebalance", c.Events)
 	}
 }

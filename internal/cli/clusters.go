@@ -44,9 +44,9 @@ func clusterCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.view(cs, func() error {
-				t := newTable(g.stdout, "NAME", "NODES", "SIZE", "ZONES", "CREATED")
+				t := newTable(g.stdout, "NAME", "STATE", "NODES", "SIZE", "ZONES", "CREATED")
 				for _, c := range cs {
-					t.row(c.Name, len(c.Nodes), c.Size, c.MinZones, c.Created.Format(time.RFC3339))
+					t.row(c.Name, dash(c.State), len(c.Nodes), c.Size, c.MinZones, c.Created.Format(time.RFC3339))
 				}
 				t.flush()
 				return nil
@@ -64,17 +64,24 @@ func clusterCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.view(c, func() error {
-				fmt.Fprintf(g.stdout, "Cluster %s: %d of %d nodes, at least %d zones\n\n", c.Name, len(c.Nodes), c.Size, c.MinZones)
 				nodes, _, err := cl.Nodes(cmd.Context(), nil)
 				if err != nil {
 					return err
 				}
 				var members []*api.Node
+				zones := map[string]bool{}
 				for _, n := range nodes {
 					if n.Cluster == c.Name {
 						members = append(members, n)
+						zones[n.Zone] = true
 					}
 				}
+				fmt.Fprintf(g.stdout, "Cluster %s: %s; %d of %d nodes in %d zones (asked for at least %d)\n", c.Name,
+					dash(c.State), len(c.Nodes), c.Size, len(zones), c.MinZones)
+				for _, p := range c.Problems {
+					fmt.Fprintf(g.stdout, "  - %s\n", p)
+				}
+				fmt.Fprintln(g.stdout)
 				printNodes(g, members)
 				fmt.Fprintln(g.stdout, "\nEvents:")
 				printEvents(g, c.Events)

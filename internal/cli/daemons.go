@@ -60,6 +60,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "number of servers that form the group at first start (1 bootstraps alone)")
 	f.StringVar(&join, "join", "", "comma-separated HTTP addresses of other servers")
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")
+	f.DurationVar(&cfg.RejoinGrace, "rejoin-grace", server.DefaultRejoinGrace, "keep a node whose agent stopped in an orderly way in its cluster, with its data, this long (negative: replace it at once)")
 	f.DurationVar(&cfg.OpenFileLease, "open-file-lease", api.DefaultOpenFileLease, "delete a DFS file left open this long after its writer last renewed it")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -197,7 +197,9 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	s.heartbeats.beat(name, s.now())
 	s.metrics.heartbeats.Inc()
 	if hb.Leaving {
-		s.write(w, fsm.NodeState, &state.NodeStateRequest{Name: name, State: api.NodeDown, Reason: "agent shut down", Now: s.now()})
+		now := s.now()
+		s.write(w, fsm.NodeState, &state.NodeStateRequest{Name: name, State: api.NodeDown, Reason: "agent shut down",
+			KeepUntil: now.Add(s.cfg.RejoinGrace), Now: now})
 		return
 	}
 	if hb.Ready && (n.State == api.NodeDown || n.State == api.NodeInitializing) {
@@ -262,26 +264,34 @@ func (s *Server) handlePool(w http.ResponseWriter, r *http.Request) {
 // --- clusters ---
 
 func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
-	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	s.query(w, r, []string{state.TableClusters, state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		out := []*api.Cluster{}
 		p := principalOf(r)
 		for _, c := range snap.Clusters(ws) {
 			if p.sees(c.Name) {
-				out = append(out, c)
+				out = append(out, clusterView(snap, ws, c))
 			}
 		}
 		return out, nil
 	})
 }
 
+// clusterView is a copy of a stored cluster with its health, which depends
+// on its members' nodes and so is derived when answering.
+func clusterView(snap *state.Snapshot, ws memdb.WatchSet, c *api.Cluster) *api.Cluster {
+	v := *c
+	v.State, v.Problems = snap.ClusterHealth(ws, c)
+	return &v
+}
+
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	s.query(w, r, []string{state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	s.query(w, r, []string{state.TableClusters, state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		c := snap.Cluster(ws, name)
 		if c == nil || !principalOf(r).sees(name) {
 			return nil, fmt.Errorf("%w: no cluster named %q", state.ErrNotFound, name)
 		}
-		return c, nil
+		return clusterView(snap, ws, c), nil
 	})
 }
 

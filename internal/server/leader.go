@@ -105,8 +105,23 @@ func (h *heartbeatTracker) lastSeen(node string) time.Time {
 	return h.since
 }
 
-// nodeHealthLoop declares nodes down when their heartbeats stop and moves
-// tasks off draining nodes whose deadline passed.
+// expectedBack is when a node that stopped in an orderly way is replaced
+// if it is not back: the time recorded when it stopped, but at least grace
+// after this leader took over, so that an installation restarted as a
+// whole, however long it was stopped, gets its nodes back in their
+// clusters.
+func (h *heartbeatTracker) expectedBack(n *api.Node, grace time.Duration) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t := h.since.Add(grace); t.After(n.ExpectedBack) {
+		return t
+	}
+	return n.ExpectedBack
+}
+
+// nodeHealthLoop declares nodes down when their heartbeats stop, replaces
+// in their clusters the nodes that stopped and did not come back in time,
+// and moves tasks off draining nodes whose deadline passed.
 func (s *Server) nodeHealthLoop(stop chan struct{}) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -125,6 +140,12 @@ func (s *Server) nodeHealthLoop(stop chan struct{}) {
 					Reason: "no heartbeat for " + s.cfg.HeartbeatTTL.String(), Now: now})
 				if err != nil {
 					s.log.Warn("marking node down", "node", n.Name, "err", err)
+				}
+			case n.State == api.NodeDown && !n.ExpectedBack.IsZero() && !now.Before(s.heartbeats.expectedBack(n, s.cfg.RejoinGrace)):
+				s.log.Warn("node not back in time; replacing it in its cluster", "node", n.Name, "cluster", n.Cluster)
+				_, _, err := s.apply(fsm.NodeState, &state.NodeStateRequest{Name: n.Name, State: api.NodeDown, Expired: true, Now: now})
+				if err != nil {
+					s.log.Warn("expiring node", "node", n.Name, "err", err)
 				}
 			case n.State == api.NodeDraining && n.Tasks > 0 && !now.Before(n.DrainDeadline):
 				if _, _, err := s.apply(fsm.DrainDeadline, &state.DrainDeadlineRequest{Name: n.Name, Now: now}); err != nil {

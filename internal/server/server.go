@@ -30,6 +30,12 @@ import (
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
+// DefaultRejoinGrace is how long a node that stopped in an orderly way
+// (its agent stopped, or the whole installation) keeps its place in its
+// cluster: long enough for a restart or an upgrade, short enough that a
+// node that is really gone is replaced without a human.
+const DefaultRejoinGrace = 5 * time.Minute
+
 // Config configures one server.
 type Config struct {
 	Name     string
@@ -49,6 +55,10 @@ type Config struct {
 	// HeartbeatTTL is how long after its last heartbeat a node is declared
 	// down.
 	HeartbeatTTL time.Duration
+	// RejoinGrace is how long a node that stopped in an orderly way stays
+	// a member of its cluster, with its data, before it is replaced
+	// (default DefaultRejoinGrace; a negative value replaces it at once).
+	RejoinGrace time.Duration
 	// OpenFileLease is how long a file stays open after its writer last
 	// renewed it or committed a chunk (default api.DefaultOpenFileLease).
 	OpenFileLease time.Duration
@@ -117,6 +127,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.OpenFileLease < time.Second {
 		return nil, fmt.Errorf("server: the open file lease must be at least 1s, got %s", cfg.OpenFileLease)
+	}
+	if cfg.RejoinGrace == 0 {
+		cfg.RejoinGrace = DefaultRejoinGrace
 	}
 	if cfg.HeartbeatTTL <= 0 {
 		cfg.HeartbeatTTL = 2 * time.Second

@@ -3,6 +3,7 @@ package state
 import (
 	"crypto/subtle"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -89,6 +90,16 @@ func (tx *writeTxn) putCluster(c *api.Cluster) error {
 func (tx *writeTxn) isMember(cluster, node string) bool {
 	c := tx.cluster(cluster)
 	return c != nil && slices.Contains(c.Nodes, node)
+}
+
+// clusterEvent records an event in a cluster's history, if it exists.
+func (tx *writeTxn) clusterEvent(name string, now time.Time, typ, msg string) error {
+	c, err := tx.clusterForWrite(name)
+	if err != nil {
+		return nil // cluster already gone
+	}
+	c.Events = addEvent(c.Events, now, typ, msg)
+	return tx.putCluster(c)
 }
 
 func addEvent(events []api.Event, now time.Time, typ, msg string) []api.Event {
@@ -358,16 +369,24 @@ func (tx *writeTxn) detachNode(n *api.Node, reason string, now time.Time) error 
 }
 
 // healClusters draws pool nodes for every cluster below its size, keeping
-// its zones spread. A cluster that cannot be filled records that once and
-// is filled when nodes join the pool.
+// its zones spread, and swaps idle members for pool nodes in zones that a
+// cluster spanning too few zones lacks. A cluster that cannot be filled
+// records that once and is filled when nodes join the pool.
 func (tx *writeTxn) healClusters(now time.Time) error {
 	var pool map[string][]*api.Node
 	for _, c := range collect[*api.Cluster](tx.Txn, nil, tableClusters, "id") {
-		if len(c.Nodes) >= c.Size {
+		full := len(c.Nodes) >= c.Size
+		if full && len(zoneCounts(tx, c.Nodes)) >= c.MinZones {
 			continue
 		}
 		if pool == nil {
 			pool = tx.poolByZone()
+		}
+		if full {
+			if err := tx.spreadCluster(c.Name, pool, now); err != nil {
+				return err
+			}
+			continue
 		}
 		nc, err := tx.clusterForWrite(c.Name)
 		if err != nil {
@@ -401,4 +420,105 @@ func (tx *writeTxn) healClusters(now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// spreadCluster brings a cluster that spans fewer zones than it asked for
+// back towards its spread: for each zone it lacks that has a ready pool
+// node, it returns to the pool an idle, ready member of a zone holding
+// several members and reserves the pool node instead. Busy members are
+// never moved (no running task is stopped for spread); the cluster
+// rebalances further as soon as one of them is idle. pool is updated.
+func (tx *writeTxn) spreadCluster(name string, pool map[string][]*api.Node, now time.Time) error {
+	c, err := tx.clusterForWrite(name)
+	if err != nil {
+		return nil
+	}
+	changed := false
+	for {
+		zones := zoneCounts(tx, c.Nodes)
+		if len(zones) >= c.MinZones {
+			break
+		}
+		var add *api.Node
+		for _, z := range slices.Sorted(maps.Keys(pool)) {
+			if zones[z] == 0 && len(pool[z]) > 0 {
+				add = pool[z][0]
+				break
+			}
+		}
+		var drop *api.Node
+		for _, m := range c.Nodes {
+			n := tx.node(m)
+			if n == nil || n.State != api.NodeReady || n.Tasks > 0 || zones[n.Zone] < 2 {
+				continue
+			}
+			if drop == nil || zones[n.Zone] > zones[drop.Zone] {
+				drop = n
+			}
+		}
+		if add == nil || drop == nil {
+			break
+		}
+		dn, err := tx.nodeForWrite(drop.Name)
+		if err != nil {
+			return err
+		}
+		dn.Cluster = ""
+		c.Nodes = slices.DeleteFunc(c.Nodes, func(m string) bool { return m == drop.Name })
+		pool[add.Zone] = pool[add.Zone][1:]
+		if err := tx.reserve(c, []*api.Node{add}); err != nil {
+			return err
+		}
+		c.Events = addEvent(c.Events, now, "rebalanced", fmt.Sprintf("%s (zone %s) replaces idle %s (zone %s): the cluster spans %d of the %d zones asked for",
+			add.Name, add.Zone, drop.Name, drop.Zone, len(zoneCounts(tx, c.Nodes)), c.MinZones))
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	return tx.putCluster(c)
+}
+
+// respreadOnIdle gives a cluster spanning too few zones a chance to swap a
+// member that has just become idle.
+func (tx *writeTxn) respreadOnIdle(n *api.Node, now time.Time) error {
+	if n.Cluster == "" || n.Tasks > 0 || n.State != api.NodeReady {
+		return nil
+	}
+	c := tx.cluster(n.Cluster)
+	if c == nil || len(zoneCounts(tx, c.Nodes)) >= c.MinZones {
+		return nil
+	}
+	return tx.spreadCluster(c.Name, tx.poolByZone(), now)
+}
+
+// ClusterHealth says whether a cluster is healthy or degraded, and why:
+// members not ready (with when a stopped one is expected back), fewer
+// members than its size, fewer zones than it asked for.
+func (s *Snapshot) ClusterHealth(ws memdb.WatchSet, c *api.Cluster) (string, []string) {
+	var problems []string
+	zones := map[string]bool{}
+	for _, name := range c.Nodes {
+		n := s.Node(ws, name)
+		if n == nil {
+			continue
+		}
+		zones[n.Zone] = true
+		switch {
+		case n.State == api.NodeDown && !n.ExpectedBack.IsZero():
+			problems = append(problems, fmt.Sprintf("%s is down; it stays a member until %s", n.Name, n.ExpectedBack.UTC().Format(time.RFC3339)))
+		case n.State != api.NodeReady:
+			problems = append(problems, fmt.Sprintf("%s is %s", n.Name, n.State))
+		}
+	}
+	if len(c.Nodes) < c.Size {
+		problems = append(problems, fmt.Sprintf("%d of %d nodes: no ready pool node to draw", len(c.Nodes), c.Size))
+	}
+	if len(zones) < c.MinZones {
+		problems = append(problems, fmt.Sprintf("spans %d zones, fewer than the %d asked for: no ready pool node in another zone, or no idle member to move", len(zones), c.MinZones))
+	}
+	if len(problems) > 0 {
+		return api.ClusterDegraded, problems
+	}
+	return api.ClusterHealthy, nil
 }

@@ -256,6 +256,9 @@ func checkConsistent(t *testing.T, s *state.Store) {
 		}
 	}
 	for name, n := range nodes {
+		if !n.ExpectedBack.IsZero() && (n.State != api.NodeDown || members[name] == "") {
+			t.Errorf("node %s is expected back but is %s and a member of %q", name, n.State, members[name])
+		}
 		if n.Cluster == "" || members[name] == n.Cluster {
 			continue
 		}

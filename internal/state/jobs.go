@@ -102,6 +102,9 @@ func (tx *writeTxn) updateTask(t, nt *api.Task, now time.Time) error {
 			n.Used.MemoryMB -= t.Resources.MemoryMB
 			n.Tasks--
 			tx.releaseIfIdle(n)
+			if err := tx.respreadOnIdle(n, now); err != nil {
+				return err
+			}
 		}
 	}
 	if nt.Placed() && (!t.Placed() || nt.Node != t.Node) {

@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -130,13 +131,22 @@ func (s *Store) RegisterNode(index uint64, req *NodeRegisterRequest) error {
 
 // SetNodeState marks a node ready or down. Marking a node down makes its
 // tasks lost (to be placed elsewhere without using up an attempt) and
-// replaces it in its cluster with a pool node. A node that comes back
-// joins the pool.
+// replaces it in its cluster with a pool node, unless it stopped in an
+// orderly way (KeepUntil): then it stays a member, expected back, until
+// KeepUntil; a later request with Expired replaces it if it is not back.
+// A node that comes back joins the pool, or its cluster if it is still a
+// member.
 func (s *Store) SetNodeState(index uint64, req *NodeStateRequest) error {
 	if req.State != api.NodeReady && req.State != api.NodeDown {
 		return fmt.Errorf("%w: node state %q cannot be set directly", ErrInvalid, req.State)
 	}
+	if req.Expired && req.State != api.NodeDown {
+		return fmt.Errorf("%w: only a down node's membership can expire", ErrInvalid)
+	}
 	return s.write(index, func(tx *writeTxn) error {
+		if req.Expired {
+			return tx.expireMember(req)
+		}
 		// Checked before nodeForWrite: a no-op must not bump the node's
 		// ModifyIndex and wake blocking queries.
 		if cur := tx.node(req.Name); cur != nil && (cur.State == req.State ||
@@ -148,7 +158,8 @@ func (s *Store) SetNodeState(index uint64, req *NodeStateRequest) error {
 			return err
 		}
 		n.State, n.StateSince = req.State, req.Now
-		if req.State == api.NodeDown {
+		switch req.State {
+		case api.NodeDown:
 			reason := "node " + n.Name + " down"
 			if req.Reason != "" {
 				reason += " (" + req.Reason + ")"
@@ -156,12 +167,50 @@ func (s *Store) SetNodeState(index uint64, req *NodeStateRequest) error {
 			if err := tx.evictTasks(n.Name, api.TaskLost, reason, req.Now, true); err != nil {
 				return err
 			}
-			if err := tx.detachNode(n, reason, req.Now); err != nil {
+			if req.KeepUntil.After(req.Now) && n.Cluster != "" && tx.isMember(n.Cluster, n.Name) {
+				n.ExpectedBack = req.KeepUntil
+				err := tx.clusterEvent(n.Cluster, req.Now, "member-stopped", fmt.Sprintf("%s stopped%s; it stays a member, with its data, until %s",
+					n.Name, strings.TrimPrefix(reason, "node "+n.Name+" down"), req.KeepUntil.UTC().Format(time.RFC3339)))
+				if err != nil {
+					return err
+				}
+			} else if err := tx.detachNode(n, reason, req.Now); err != nil {
 				return err
+			}
+		case api.NodeReady:
+			if !n.ExpectedBack.IsZero() {
+				n.ExpectedBack = time.Time{}
+				if n.Cluster != "" {
+					if err := tx.clusterEvent(n.Cluster, req.Now, "member-back", n.Name+" is back"); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		return tx.healClusters(req.Now)
 	})
+}
+
+// expireMember replaces in its cluster a down node that was expected back
+// by now and is not. Anything else (the node back, or not yet due) is a
+// no-op.
+func (tx *writeTxn) expireMember(req *NodeStateRequest) error {
+	cur := tx.node(req.Name)
+	if cur == nil {
+		return fmt.Errorf("%w: no node named %q", ErrNotFound, req.Name)
+	}
+	if cur.State != api.NodeDown || cur.ExpectedBack.IsZero() || req.Now.Before(cur.ExpectedBack) {
+		return nil
+	}
+	n, err := tx.nodeForWrite(req.Name)
+	if err != nil {
+		return err
+	}
+	n.ExpectedBack = time.Time{}
+	if err := tx.detachNode(n, "not back in time", req.Now); err != nil {
+		return err
+	}
+	return tx.healClusters(req.Now)
 }
 
 // DrainNode starts draining a node: no new tasks; tasks not yet started are

@@ -18,10 +18,16 @@ type NodeRegisterRequest struct {
 
 // NodeStateRequest changes a node's liveness (ready or down).
 type NodeStateRequest struct {
-	Name   string    `json:"name"`
-	State  string    `json:"state"`
-	Reason string    `json:"reason,omitempty"`
-	Now    time.Time `json:"now"`
+	Name   string `json:"name"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+	// KeepUntil, when a node goes down, keeps it a member of its cluster
+	// until then: it stopped in an orderly way and is expected back.
+	KeepUntil time.Time `json:"keep_until,omitzero"`
+	// Expired, with state down, ends the membership of a down node that
+	// was expected back by now and is not: it is replaced in its cluster.
+	Expired bool      `json:"expired,omitempty"`
+	Now     time.Time `json:"now"`
 }
 
 // NodeDrainRequest starts or stops draining a node.
