@@ -46,7 +46,7 @@ func TestChunkMisplaced(t *testing.T) {
 		{state.ChunkState{Committed: true, Live: []string{"a", "b"}, LiveZones: 2, Replication: 2}, 3, false},
 		{state.ChunkState{Committed: true, Live: []string{"a"}, LiveZones: 1, Replication: 1}, 3, false},
 		{state.ChunkState{Committed: true, Live: []string{"a", "b"}, LiveZones: 1, Replication: 3}, 3, true}, // under-replicated too
-		{state.ChunkState{Committed: true, Live: nil, LiveZones: 0, Replication: 3}, 3, false},              // unavailable, not mis-placed
+		{state.ChunkState{Committed: true, Live: nil, LiveZones: 0, Replication: 3}, 3, false},               // unavailable, not mis-placed
 		{state.ChunkState{Committed: false, Live: []string{"a", "b", "c"}, LiveZones: 1, Replication: 3}, 3, false},
 	}
 	for _, tt := range tests {
