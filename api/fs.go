@@ -221,15 +221,23 @@ type ReplicateRequest struct {
 
 // FSStatus summarises the file system for metrics and `shoal fs status`.
 type FSStatus struct {
-	Files            int   `json:"files"`
-	Dirs             int   `json:"dirs"`
-	Chunks           int   `json:"chunks"`
-	LogicalBytes     int64 `json:"logical_bytes"`
-	StoredBytes      int64 `json:"stored_bytes"`
-	UnderReplicated  int   `json:"under_replicated"`
-	Unavailable      int   `json:"unavailable"`
-	RepairedBytes    int64 `json:"repaired_bytes"`
-	RepairsRunning   int   `json:"repairs_running"`
+	Files           int   `json:"files"`
+	Dirs            int   `json:"dirs"`
+	Chunks          int   `json:"chunks"`
+	LogicalBytes    int64 `json:"logical_bytes"`
+	StoredBytes     int64 `json:"stored_bytes"`
+	UnderReplicated int   `json:"under_replicated"`
+	Unavailable     int   `json:"unavailable"`
+	// Misplaced counts chunks whose live replicas span fewer zones than
+	// min(replication factor, zones with a ready data node); the leader
+	// moves them back to full spread when a zone returns.
+	Misplaced      int   `json:"misplaced"`
+	RepairedBytes  int64 `json:"repaired_bytes"`
+	RepairsRunning int   `json:"repairs_running"`
+	// MovedBytes and MovesRunning count the copies that restore zone
+	// spread (mis-placed chunks), apart from repairs.
+	MovedBytes       int64 `json:"moved_bytes"`
+	MovesRunning     int   `json:"moves_running"`
 	SnapshotCount    int   `json:"snapshots"`
 	PendingDeletions int   `json:"pending_deletions"`
 }

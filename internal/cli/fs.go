@@ -369,8 +369,17 @@ func checkSnapshotName(name string) error {
 func fsStatusCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Summarise the file system: files, bytes, replication health",
-		Args:  cobra.NoArgs,
+		Short: "Summarise the file system: files, bytes, replication and zone-spread health",
+		Long: `Summarise the file system: files, bytes, replication and zone-spread health.
+
+Under-replicated chunks have fewer live replicas than their replication
+factor; unavailable ones have none. Mis-placed chunks have their live
+replicas in fewer zones than they could: fewer than the replication factor
+or the number of zones with a ready data node, whichever is smaller (after
+a zone was lost, its chunks are repaired into the zones left). The leader
+moves mis-placed chunks back to full spread when a zone returns; "moves
+running" and "moved" count those copies.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := g.client().FSStatus(cmd.Context())
 			if err != nil {
@@ -385,8 +394,11 @@ func fsStatusCmd(g *globals) *cobra.Command {
 				t.row("stored size", humanBytes(s.StoredBytes))
 				t.row("under-replicated chunks", s.UnderReplicated)
 				t.row("unavailable chunks", s.Unavailable)
+				t.row("mis-placed chunks", s.Misplaced)
 				t.row("repairs running", s.RepairsRunning)
 				t.row("repaired", humanBytes(s.RepairedBytes))
+				t.row("moves running", s.MovesRunning)
+				t.row("moved", humanBytes(s.MovedBytes))
 				t.row("snapshots", s.SnapshotCount)
 				t.row("pending deletions", s.PendingDeletions)
 				t.flush()

@@ -3,7 +3,11 @@
 // replica is found corrupt or missing, it has another node copy the chunk
 // from a surviving replica (most endangered chunks first, a few at a time,
 // each data node limiting its own copy bandwidth), records the new replica
-// through Raft, and forgets replicas on nodes that are gone. It also sends
+// through Raft, and forgets replicas on nodes that are gone. When a zone
+// comes back after its chunks were repaired into the zones left, it moves
+// those mis-placed chunks back to full zone spread (a copy into the
+// missing zone, then a trim of the most crowded one), after repairs and a
+// few at a time. It also sends
 // the deletions of chunks no file refers to any more, and reconciles the
 // inventories data nodes report so that a returning node's stale or
 // surplus replicas are deleted rather than trusted.
@@ -37,8 +41,13 @@ type Config struct {
 	Chunks *chunkstore.Client
 	Log    *slog.Logger
 	Now    func() time.Time
-	// MaxConcurrent bounds the chunk copies in flight (default 8).
+	// MaxConcurrent bounds the chunk copies in flight, repairs and moves
+	// together (default 8).
 	MaxConcurrent int
+	// MaxMoves bounds the copies in flight that move mis-placed chunks
+	// back to full zone spread (default 2): repairs keep the other slots
+	// and are always planned first.
+	MaxMoves int
 	// Interval is how often the manager looks again without a change
 	// (default 1 s).
 	Interval time.Duration
@@ -60,13 +69,21 @@ type Manager struct {
 	recorded map[string]uint64
 
 	repaired atomic.Int64 // bytes copied by repairs since this manager started
-	running  atomic.Int64
+	moved    atomic.Int64 // bytes copied by moves since this manager started
+	running  atomic.Int64 // repairs in flight
+	moving   atomic.Int64 // moves in flight
 }
 
 // New returns a manager.
 func New(cfg Config) *Manager {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 8
+	}
+	if cfg.MaxMoves <= 0 {
+		cfg.MaxMoves = 2
+	}
+	if cfg.MaxMoves > cfg.MaxConcurrent {
+		cfg.MaxMoves = cfg.MaxConcurrent
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
@@ -83,8 +100,15 @@ func New(cfg Config) *Manager {
 // RepairedBytes returns the bytes re-replicated so far.
 func (m *Manager) RepairedBytes() int64 { return m.repaired.Load() }
 
-// Running returns the number of chunk copies in flight.
+// Running returns the number of repairs in flight.
 func (m *Manager) Running() int64 { return m.running.Load() }
+
+// MovedBytes returns the bytes copied so far to move mis-placed chunks
+// back to full zone spread.
+func (m *Manager) MovedBytes() int64 { return m.moved.Load() }
+
+// Moving returns the number of moves in flight.
+func (m *Manager) Moving() int64 { return m.moving.Load() }
 
 // minPassGap is the least time between two repair passes.
 const minPassGap = 200 * time.Millisecond
@@ -126,15 +150,74 @@ func (m *Manager) Run(stop <-chan struct{}) {
 	}
 }
 
-// repair starts copies for the most endangered chunks, and trims chunks
-// that have replicas to spare.
+// copyKind says why a chunk is copied.
+type copyKind int
+
+const (
+	// repairCopy restores an under-replicated chunk's replication factor.
+	repairCopy copyKind = iota
+	// moveCopy gives a mis-placed chunk a replica in a zone it lacks; the
+	// surplus replica this leaves is trimmed from the most crowded zone
+	// on a later pass.
+	moveCopy
+)
+
+func (k copyKind) String() string {
+	if k == moveCopy {
+		return "move"
+	}
+	return "repair"
+}
+
+// copyPlan is one chunk copy to start: from a live replica src to dst.
+type copyPlan struct {
+	kind  copyKind
+	chunk state.ChunkState
+	src   *api.Node
+	dst   *api.Node
+}
+
+// repair starts copies for the most endangered chunks, then moves for
+// mis-placed ones, and trims chunks that have replicas to spare.
 func (m *Manager) repair(ctx context.Context, snap *state.Snapshot, wg *sync.WaitGroup) {
+	seen := snap.Index(state.TableChunks)
+	m.mu.Lock()
+	for id, idx := range m.recorded {
+		if seen >= idx {
+			delete(m.recorded, id)
+		}
+	}
+	m.mu.Unlock()
+	running, moving := int(m.running.Load()), int(m.moving.Load())
+	copies, trims, byName := m.plan(snap, m.cfg.MaxConcurrent-running-moving, m.cfg.MaxMoves-moving)
+	for _, c := range trims {
+		m.trim(c, byName)
+	}
+	for _, p := range copies {
+		m.start(ctx, wg, p)
+	}
+}
+
+// plan decides which copies to start now, with at most slots copies in
+// all and at most moveSlots of them moves, and which chunks to trim.
+//
+// Under-replicated chunks come first, one live replica before two. Moves
+// are planned only when every under-replicated chunk is being repaired or
+// has no node to go to, so a move never takes a slot a repair could use.
+// A mis-placed chunk is moved only to a ready node in a zone none of its
+// live replicas is in; when there is none (the zone it lacks has no node
+// with room, or no node that is not already a replica), it stays as it is.
+// Only committed chunks are copied or trimmed: the writer of an open file
+// never touches a chunk again once it is committed, so copying one does
+// not disturb it, and the chunk being written is the writer's alone.
+func (m *Manager) plan(snap *state.Snapshot, slots, moveSlots int) (copies []copyPlan, trims []state.ChunkState, byName map[string]*api.Node) {
 	nodes := snap.Nodes(nil)
-	byName := map[string]*api.Node{}
+	byName = map[string]*api.Node{}
 	for _, n := range nodes {
 		byName[n.Name] = n
 	}
-	var todo []state.ChunkState
+	zones := state.PlacementZones(nodes)
+	var todo, misplaced []state.ChunkState
 	for _, c := range snap.FSChunks(nil) {
 		if !c.Committed || len(c.Live) == 0 {
 			continue
@@ -143,7 +226,9 @@ func (m *Manager) repair(ctx context.Context, snap *state.Snapshot, wg *sync.Wai
 		case len(c.Live) < c.Replication:
 			todo = append(todo, c)
 		case len(c.Live) > c.Replication || len(c.Live) < len(c.Replicas):
-			m.trim(c, byName)
+			trims = append(trims, c)
+		case c.Misplaced(zones):
+			misplaced = append(misplaced, c)
 		}
 	}
 	// Most endangered first: one live replica before two.
@@ -154,37 +239,66 @@ func (m *Manager) repair(ctx context.Context, snap *state.Snapshot, wg *sync.Wai
 		}
 		return todo[i].ID < todo[j].ID
 	})
-	seen := snap.Index(state.TableChunks)
-	m.mu.Lock()
-	for id, idx := range m.recorded {
-		if seen >= idx {
-			delete(m.recorded, id)
+	// Fewest zones first: those a second zone loss would hurt most.
+	sort.SliceStable(misplaced, func(i, j int) bool {
+		a, b := misplaced[i].LiveZones, misplaced[j].LiveZones
+		if a != b {
+			return a < b
 		}
-	}
-	m.mu.Unlock()
+		return misplaced[i].ID < misplaced[j].ID
+	})
 	for _, c := range todo {
-		if m.running.Load() >= int64(m.cfg.MaxConcurrent) {
-			return
+		if len(copies) >= slots {
+			return copies, trims, byName // repairs wait for a slot: no moves now
 		}
-		m.mu.Lock()
-		_, busy := m.inflight[c.ID]
-		_, stale := m.recorded[c.ID]
-		m.mu.Unlock()
-		if busy || stale {
-			continue
+		if p, ok := m.target(snap, nodes, byName, c, repairCopy); ok {
+			copies = append(copies, p)
 		}
-		exclude := map[string]bool{}
-		for _, r := range c.Replicas {
-			exclude[r] = true
-		}
-		live := liveNodes(c, byName)
-		targets := state.PlaceReplicas(nodes, snap.ClusterMembers(c.Cluster), live, 1, "", exclude, uint64(len(c.ID))+uint64(c.CRC))
-		if len(targets) == 0 {
-			continue // no node can take it now; look again on the next change
-		}
-		src := live[int(c.CRC)%len(live)]
-		m.start(ctx, wg, c, src, targets[0])
 	}
+	moves := 0
+	for _, c := range misplaced {
+		if len(copies) >= slots || moves >= moveSlots {
+			break
+		}
+		if p, ok := m.target(snap, nodes, byName, c, moveCopy); ok {
+			copies = append(copies, p)
+			moves++
+		}
+	}
+	return copies, trims, byName
+}
+
+// target picks the source and destination of a copy of chunk c, or false
+// when c is already being copied, was just copied (the snapshot predates
+// the write that recorded it), or no node can take it now. A move's
+// destination must be in a zone c has no live replica in.
+func (m *Manager) target(snap *state.Snapshot, nodes []*api.Node, byName map[string]*api.Node, c state.ChunkState, kind copyKind) (copyPlan, bool) {
+	m.mu.Lock()
+	_, busy := m.inflight[c.ID]
+	_, stale := m.recorded[c.ID]
+	m.mu.Unlock()
+	if busy || stale {
+		return copyPlan{}, false
+	}
+	exclude := map[string]bool{}
+	for _, r := range c.Replicas {
+		exclude[r] = true
+	}
+	live := liveNodes(c, byName)
+	if len(live) == 0 {
+		return copyPlan{}, false
+	}
+	targets := state.PlaceReplicas(nodes, snap.ClusterMembers(c.Cluster), live, 1, "", exclude, uint64(len(c.ID))+uint64(c.CRC))
+	if len(targets) == 0 {
+		return copyPlan{}, false // no node can take it now; look again on the next change
+	}
+	dst := targets[0]
+	if kind == moveCopy && slices.ContainsFunc(live, func(n *api.Node) bool { return n.Zone == dst.Zone }) {
+		// PlaceReplicas prefers a new zone: if it picked a zone the chunk
+		// is in, no node of a missing zone can take it.
+		return copyPlan{}, false
+	}
+	return copyPlan{kind: kind, chunk: c, src: live[int(c.CRC)%len(live)], dst: dst}, true
 }
 
 func liveNodes(c state.ChunkState, byName map[string]*api.Node) []*api.Node {
@@ -197,50 +311,67 @@ func liveNodes(c state.ChunkState, byName map[string]*api.Node) []*api.Node {
 	return out
 }
 
-// start copies chunk c from src to dst in the background and records the
-// new replica, dropping replicas on down nodes that it replaces.
-func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, c state.ChunkState, src, dst *api.Node) {
+// start copies a chunk in the background and records the new replica.
+// A repair also drops replicas on down nodes that the copy replaces; a
+// move only adds (the chunk had exactly its factor of live replicas and
+// none on down nodes), so the chunk never has fewer replicas than its
+// factor while it moves, and the next pass trims the surplus.
+func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, p copyPlan) {
+	c, src, dst := p.chunk, p.src, p.dst
+	counter := &m.running
+	if p.kind == moveCopy {
+		counter = &m.moving
+	}
 	m.mu.Lock()
 	m.inflight[c.ID] = dst.Name
 	m.mu.Unlock()
-	m.running.Add(1)
+	counter.Add(1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer m.running.Add(-1)
+		defer counter.Add(-1)
 		defer func() {
 			m.mu.Lock()
 			delete(m.inflight, c.ID)
 			m.mu.Unlock()
 		}()
-		log := m.cfg.Log.With("chunk", c.ID, "from", src.Name, "to", dst.Name)
+		log := m.cfg.Log.With("chunk", c.ID, "from", src.Name, "to", dst.Name, "kind", p.kind.String())
 		if _, err := m.cfg.Chunks.Replicate(ctx, dst.Addr, c.ID, api.ReplicateRequest{Source: src.Addr, Length: c.Length, CRC: c.CRC}); err != nil {
 			if ctx.Err() == nil {
-				log.Warn("chunk repair failed", "err", err)
+				log.Warn("chunk copy failed", "err", err)
 			}
 			return
 		}
 		var dead []string
-		for _, r := range c.Replicas {
-			if !slices.Contains(c.Live, r) {
-				dead = append(dead, r)
+		reason := "moved for zone spread"
+		if p.kind == repairCopy {
+			reason = "repaired"
+			for _, r := range c.Replicas {
+				if !slices.Contains(c.Live, r) {
+					dead = append(dead, r)
+				}
+			}
+			// Drop as many dead replicas as copies now exist beyond the live ones.
+			if extra := len(c.Live) + 1 - c.Replication; extra > 0 && len(dead) > extra {
+				dead = dead[:extra]
+			} else if extra <= 0 {
+				dead = nil
 			}
 		}
-		// Drop as many dead replicas as copies now exist beyond the live ones.
-		if extra := len(c.Live) + 1 - c.Replication; extra > 0 && len(dead) > extra {
-			dead = dead[:extra]
-		} else if extra <= 0 {
-			dead = nil
-		}
 		_, idx, err := m.cfg.Apply(fsm.FSReplicas, &state.FSReplicaRequest{Chunk: c.ID, Add: []string{dst.Name},
-			Remove: dead, Reason: "repaired", Now: m.cfg.Now()})
+			Remove: dead, Reason: reason, Now: m.cfg.Now()})
 		if err != nil {
-			log.Warn("recording a repaired replica failed", "err", err)
+			log.Warn("recording a copied replica failed", "err", err)
 			return
 		}
 		m.mu.Lock()
 		m.recorded[c.ID] = idx
 		m.mu.Unlock()
+		if p.kind == moveCopy {
+			m.moved.Add(c.Length)
+			log.Info("chunk moved to a zone it lacked", "bytes", c.Length, "zones", c.LiveZones+1)
+			return
+		}
 		m.repaired.Add(c.Length)
 		log.Info("chunk repaired", "bytes", c.Length, "live", len(c.Live)+1, "want", c.Replication)
 	}()

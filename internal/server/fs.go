@@ -133,6 +133,7 @@ func (s *Server) fsStatus(snap *state.Snapshot, ws memdb.WatchSet) *api.FSStatus
 	st := snap.FSStatus(ws)
 	if m := s.replication(); m != nil {
 		st.RepairedBytes, st.RepairsRunning = m.RepairedBytes(), int(m.Running())
+		st.MovedBytes, st.MovesRunning = m.MovedBytes(), int(m.Moving())
 	}
 	return st
 }

@@ -51,12 +51,14 @@ var (
 	nodesDesc = prometheus.NewDesc("shoal_nodes", "Nodes by state.", []string{"state"}, nil)
 	jobsDesc  = prometheus.NewDesc("shoal_jobs", "Jobs by state.", []string{"state"}, nil)
 
-	dfsStoredDesc   = prometheus.NewDesc("shoal_dfs_stored_bytes", "Bytes stored on live data nodes, all replicas counted.", nil, nil)
-	dfsLogicalDesc  = prometheus.NewDesc("shoal_dfs_logical_bytes", "Bytes of live files, each counted once.", nil, nil)
-	dfsUnderDesc    = prometheus.NewDesc("shoal_dfs_chunks_under_replicated", "Chunks with fewer live replicas than their replication factor.", nil, nil)
-	dfsUnavailDesc  = prometheus.NewDesc("shoal_dfs_chunks_unavailable", "Chunks with no live replica.", nil, nil)
-	dfsRepairedDesc = prometheus.NewDesc("shoal_dfs_repaired_bytes_total", "Bytes re-replicated by this server since it became leader; rate() gives the repair rate.", nil, nil)
-	dfsRepairsDesc  = prometheus.NewDesc("shoal_dfs_repairs_running", "Chunk copies in flight.", nil, nil)
+	dfsStoredDesc    = prometheus.NewDesc("shoal_dfs_stored_bytes", "Bytes stored on live data nodes, all replicas counted.", nil, nil)
+	dfsLogicalDesc   = prometheus.NewDesc("shoal_dfs_logical_bytes", "Bytes of live files, each counted once.", nil, nil)
+	dfsUnderDesc     = prometheus.NewDesc("shoal_dfs_chunks_under_replicated", "Chunks with fewer live replicas than their replication factor.", nil, nil)
+	dfsUnavailDesc   = prometheus.NewDesc("shoal_dfs_chunks_unavailable", "Chunks with no live replica.", nil, nil)
+	dfsMisplacedDesc = prometheus.NewDesc("shoal_dfs_chunks_misplaced", "Chunks whose live replicas span fewer zones than min(replication factor, zones with a ready data node).", nil, nil)
+	dfsMovedDesc     = prometheus.NewDesc("shoal_dfs_moved_bytes_total", "Bytes copied by this server as leader to move mis-placed chunks back to full zone spread.", nil, nil)
+	dfsRepairedDesc  = prometheus.NewDesc("shoal_dfs_repaired_bytes_total", "Bytes re-replicated by this server since it became leader; rate() gives the repair rate.", nil, nil)
+	dfsRepairsDesc   = prometheus.NewDesc("shoal_dfs_repairs_running", "Chunk copies in flight.", nil, nil)
 )
 
 // stateCollector reads counts from the state store at scrape time.
@@ -66,7 +68,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tasksDesc
 	ch <- nodesDesc
 	ch <- jobsDesc
-	for _, d := range []*prometheus.Desc{dfsStoredDesc, dfsLogicalDesc, dfsUnderDesc, dfsUnavailDesc, dfsRepairedDesc, dfsRepairsDesc} {
+	for _, d := range []*prometheus.Desc{dfsStoredDesc, dfsLogicalDesc, dfsUnderDesc, dfsUnavailDesc, dfsMisplacedDesc, dfsMovedDesc, dfsRepairedDesc, dfsRepairsDesc} {
 		ch <- d
 	}
 }
@@ -103,6 +105,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(dfsLogicalDesc, prometheus.GaugeValue, float64(fs.LogicalBytes))
 	ch <- prometheus.MustNewConstMetric(dfsUnderDesc, prometheus.GaugeValue, float64(fs.UnderReplicated))
 	ch <- prometheus.MustNewConstMetric(dfsUnavailDesc, prometheus.GaugeValue, float64(fs.Unavailable))
+	ch <- prometheus.MustNewConstMetric(dfsMisplacedDesc, prometheus.GaugeValue, float64(fs.Misplaced))
+	ch <- prometheus.MustNewConstMetric(dfsMovedDesc, prometheus.CounterValue, float64(fs.MovedBytes))
 	ch <- prometheus.MustNewConstMetric(dfsRepairedDesc, prometheus.CounterValue, float64(fs.RepairedBytes))
 	ch <- prometheus.MustNewConstMetric(dfsRepairsDesc, prometheus.GaugeValue, float64(fs.RepairsRunning))
 }

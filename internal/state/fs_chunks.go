@@ -402,34 +402,67 @@ func less4(a, b [4]uint64) bool {
 
 // ChunkState is a chunk as the replication manager sees it.
 type ChunkState struct {
-	ID          string
-	Length      int64
-	CRC         uint32
-	Replicas    []string
-	Live        []string // replicas on nodes that are not down
+	ID       string
+	Length   int64
+	CRC      uint32
+	Replicas []string
+	Live     []string // replicas on nodes that are not down
+	// LiveZones is the number of distinct zones of the Live replicas.
+	LiveZones   int
 	Replication int
 	Cluster     string
 	Committed   bool
 	Updated     time.Time
 }
 
-// FSChunks returns every chunk with its live replicas.
+// FSChunks returns every chunk with its live replicas and the number of
+// zones they span. It costs one pass over the nodes and one over the
+// chunks' replica lists.
 func (s *Snapshot) FSChunks(ws memdb.WatchSet) []ChunkState {
 	nodes := map[string]*api.Node{}
 	for _, n := range s.Nodes(ws) {
 		nodes[n.Name] = n
 	}
 	var out []ChunkState
+	var zones []string // reused: a chunk has a handful of replicas
 	for _, c := range collect[*fsChunk](s.txn, ws, tableFSChunks, "id") {
 		cs := c.state()
+		zones = zones[:0]
 		for _, r := range c.Replicas {
 			if n := nodes[r]; n != nil && n.State != api.NodeDown {
 				cs.Live = append(cs.Live, r)
+				if !slices.Contains(zones, n.Zone) {
+					zones = append(zones, n.Zone)
+				}
 			}
 		}
+		cs.LiveZones = len(zones)
 		out = append(out, cs)
 	}
 	return out
+}
+
+// PlacementZones returns the number of distinct zones that have a node
+// able to take a new replica now (ready, with a data address): the most
+// zones a chunk's replicas can be spread over at the moment.
+func PlacementZones(nodes []*api.Node) int {
+	zones := map[string]bool{}
+	for _, n := range nodes {
+		if n.State == api.NodeReady && n.Addr != "" {
+			zones[n.Zone] = true
+		}
+	}
+	return len(zones)
+}
+
+// Misplaced reports whether the chunk's live replicas span fewer zones
+// than they could: fewer than its replication factor or zones, the
+// number of zones with a node able to take a replica
+// ([PlacementZones]), whichever is smaller. Only committed chunks with a
+// live replica can be mis-placed; a chunk can be both under-replicated
+// and mis-placed (HDFS's mis-replicated blocks).
+func (c ChunkState) Misplaced(zones int) bool {
+	return c.Committed && len(c.Live) > 0 && c.LiveZones < min(c.Replication, zones)
 }
 
 // FSChunk returns one chunk, or false.
@@ -499,9 +532,13 @@ func (s *Snapshot) FSStatus(ws memdb.WatchSet) *api.FSStatus {
 			st.LogicalBytes += e.Size
 		}
 	}
+	zones := PlacementZones(s.Nodes(ws))
 	for _, c := range s.FSChunks(ws) {
 		if !c.Committed {
 			continue
+		}
+		if c.Misplaced(zones) {
+			st.Misplaced++
 		}
 		st.Chunks++
 		st.StoredBytes += c.Length * int64(len(c.Live))
