@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,6 +67,19 @@ func TestOrderlyStopKeepsMember(t *testing.T) {
 	waitJobState(t, in, submit(t, in, fmt.Sprintf(sleepJob, 3, "0")), api.JobComplete, 30*time.Second)
 	victim, pool := memberAlone(t, in, "c1")
 	members := clusterJSON(t, in, "c1").Nodes
+	file := randomBytes(3, 1<<20)
+	putData(t, in, "/clusters/c1/f", file)
+	replicasOf := func() map[string]bool {
+		got := map[string]bool{}
+		for _, r := range statJSON(t, in, "/clusters/c1/f").Chunks[0].Replicas {
+			got[r.Node] = true
+		}
+		return got
+	}
+	replicas := replicasOf()
+	if !replicas[victim] {
+		t.Fatalf("replicas %v: want one on %s, a member (members' nodes come first)", replicas, victim)
+	}
 	data := filepath.Join(in.Dir, victim, "alloc", "c1")
 	if _, err := os.Stat(data); err != nil {
 		t.Fatalf("cluster data on %s before the stop: %v", victim, err)
@@ -93,6 +108,9 @@ func TestOrderlyStopKeepsMember(t *testing.T) {
 			t.Errorf("pool node %s was drawn while %s is expected back", p, victim)
 		}
 	}
+	if got := download(t, in, "/clusters/c1/f"); !bytes.Equal(got, file) {
+		t.Error("the file reads differently while a replica's node is away")
+	}
 
 	in.Agent(victim).Restart(t)
 	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
@@ -115,6 +133,14 @@ func TestOrderlyStopKeepsMember(t *testing.T) {
 	}
 	if log := in.Agent(victim).Log(); strings.Contains(log, "wiped data") {
 		t.Errorf("the restarted agent wiped its cluster's data:\n%s", log)
+	}
+	// Its replica was neither copied elsewhere nor dropped.
+	if got := replicasOf(); !maps.Equal(got, replicas) {
+		t.Errorf("replicas after the restart: got %v, want %v", got, replicas)
+	}
+	id := statJSON(t, in, "/clusters/c1/f").Chunks[0].ID
+	if chunkPath(in, victim, id) == "" {
+		t.Errorf("the chunk file on %s is gone after the restart", victim)
 	}
 }
 

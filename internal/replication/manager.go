@@ -223,7 +223,12 @@ func (m *Manager) plan(snap *state.Snapshot, slots, moveSlots int) (copies []cop
 			continue
 		}
 		switch {
-		case len(c.Live) < c.Replication:
+		case len(c.Live)+len(c.Resting) < c.Replication:
+			// Replicas of a node expected back (an orderly restart) are not
+			// copied elsewhere meanwhile, as long as one replica is live:
+			// copying a node's whole store for a restart would cost far
+			// more than it protects, and its copies would be thrown away
+			// when it returns (HDFS's maintenance state does the same).
 			todo = append(todo, c)
 		case len(c.Live) > c.Replication || len(c.Live) < len(c.Replicas):
 			trims = append(trims, c)

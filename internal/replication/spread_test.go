@@ -348,3 +348,35 @@ func TestMoveBackOpenFile(t *testing.T) {
 		t.Fatalf("file after the move: %+v, %v; want 11 bytes in 2 chunks", fi, err)
 	}
 }
+
+// TestRestingReplicasAreNotCopied: a replica on a member that stopped in
+// an orderly way and is expected back is not copied elsewhere; once the
+// node is declared gone, the chunk is repaired.
+func TestRestingReplicasAreNotCopied(t *testing.T) {
+	s := newSpread(t)
+	s.must(fsm.ClusterCreate, &state.ClusterCreateRequest{Req: api.ClusterRequest{Name: "c", Nodes: 6, Zones: 3}, Now: s.now, Token: "t"})
+	fid := s.create("/f")
+	data := []byte("resting replica")
+	id := s.writeChunk("/f", fid, data, "a1", "b1", "c1")
+	s.close("/f", fid, int64(len(data)))
+	m := s.manager()
+
+	s.must(fsm.NodeState, &state.NodeStateRequest{Name: "a1", State: api.NodeDown, KeepUntil: s.now.Add(time.Minute), Now: s.now})
+	s.pass(m)
+	if _, got := s.zonesOf(id); !slices.Equal(got, []string{"a1", "b1", "c1"}) {
+		t.Errorf("replicas while a1 is expected back: got %v, want [a1 b1 c1] (no copy)", got)
+	}
+	if got := m.RepairedBytes(); got != 0 {
+		t.Errorf("repaired bytes while a1 is expected back: got %d, want 0", got)
+	}
+
+	s.now = s.now.Add(time.Minute)
+	s.must(fsm.NodeState, &state.NodeStateRequest{Name: "a1", State: api.NodeDown, Expired: true, Now: s.now})
+	s.pass(m)
+	if got := m.RepairedBytes(); got != int64(len(data)) {
+		t.Errorf("repaired bytes once a1 is gone: got %d, want %d", got, len(data))
+	}
+	if _, got := s.zonesOf(id); !slices.Contains(got, "a2") {
+		t.Errorf("replicas once a1 is gone: got %v, want a copy on a2", got)
+	}
+}

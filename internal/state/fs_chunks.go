@@ -407,6 +407,10 @@ type ChunkState struct {
 	CRC      uint32
 	Replicas []string
 	Live     []string // replicas on nodes that are not down
+	// Resting are replicas on down nodes that stopped in an orderly way
+	// and are expected back (api.Node.ExpectedBack): not readable now, but
+	// not lost either.
+	Resting []string
 	// LiveZones is the number of distinct zones of the Live replicas.
 	LiveZones   int
 	Replication int
@@ -429,11 +433,16 @@ func (s *Snapshot) FSChunks(ws memdb.WatchSet) []ChunkState {
 		cs := c.state()
 		zones = zones[:0]
 		for _, r := range c.Replicas {
-			if n := nodes[r]; n != nil && n.State != api.NodeDown {
+			n := nodes[r]
+			switch {
+			case n == nil:
+			case n.State != api.NodeDown:
 				cs.Live = append(cs.Live, r)
 				if !slices.Contains(zones, n.Zone) {
 					zones = append(zones, n.Zone)
 				}
+			case !n.ExpectedBack.IsZero():
+				cs.Resting = append(cs.Resting, r)
 			}
 		}
 		cs.LiveZones = len(zones)
