@@ -95,7 +95,13 @@ type PoolStatus struct {
 	Down     int            `json:"down"`
 	Draining int            `json:"draining"`
 	ByZone   map[string]int `json:"idle_by_zone"`
-	Nodes    []*Node        `json:"nodes"`
+	// WantedByZone is the refill policy's answer (package internal/pool):
+	// how many nodes a provisioner should add in each zone so that every
+	// zone holds the servers' --pool-min-per-zone ready idle nodes, nodes
+	// still initializing counted as on their way. Zones that lack nothing
+	// are absent; it is empty when the servers have no such wish (0).
+	WantedByZone map[string]int `json:"wanted_by_zone"`
+	Nodes        []*Node        `json:"nodes"`
 }
 
 // Job types.

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/pool"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -241,7 +242,9 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handlePool(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		p := &api.PoolStatus{ByZone: map[string]int{}, Nodes: []*api.Node{}}
-		for _, n := range snap.Nodes(ws) {
+		nodes := snap.Nodes(ws)
+		p.WantedByZone = pool.Wanted(pool.Policy{MinPerZone: s.cfg.PoolMinPerZone, MaxNew: -1}, pool.Count(nodes))
+		for _, n := range nodes {
 			switch {
 			case n.State == api.NodeDown:
 				p.Down++
