@@ -118,9 +118,10 @@ func poolCmd(g *globals) *cobra.Command {
 	status := &cobra.Command{
 		Use: "status", Short: "Show idle nodes by zone and how many each zone wants added",
 		Long: `Show the pool: idle, reserved, draining and down nodes, and by zone the ready
-idle nodes and the nodes wanted there: how many a provisioner should add so that
-every zone holds the servers' --pool-min-per-zone ready idle nodes (nodes still
-initializing count as on their way). 'shoal dev' starts agents to match.`,
+idle nodes, the nodes starting (registered, still initializing) and the nodes
+wanted there: how many a provisioner should add so that every zone holds the
+servers' --pool-min-per-zone ready idle nodes, starting nodes counted as on
+their way. 'shoal dev' starts agents to match.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, _, err := g.client().Pool(cmd.Context(), nil)
@@ -139,9 +140,9 @@ initializing count as on their way). 'shoal dev' starts agents to match.`,
 					}
 				}
 				sort.Strings(zones)
-				t := newTable(g.stdout, "ZONE", "IDLE", "WANTED")
+				t := newTable(g.stdout, "ZONE", "IDLE", "STARTING", "WANTED")
 				for _, z := range zones {
-					t.row(z, p.ByZone[z], p.WantedByZone[z])
+					t.row(z, p.ByZone[z], p.StartingByZone[z], p.WantedByZone[z])
 				}
 				t.flush()
 				return nil

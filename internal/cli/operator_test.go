@@ -116,13 +116,14 @@ func TestRunNodeUndrain(t *testing.T) {
 }
 
 func TestRunPoolStatusWanted(t *testing.T) {
-	srv := newFakeServer(t, 200, `{"idle":1,"reserved":3,"down":1,"draining":0,"idle_by_zone":{"zone-1":1},
-		"wanted_by_zone":{"zone-2":1},"nodes":[]}`)
+	srv := newFakeServer(t, 200, `{"idle":1,"reserved":3,"down":1,"draining":0,"idle_by_zone":{"zone-1":1,"zone-2":0,"zone-3":0},
+		"starting_by_zone":{"zone-3":1},"wanted_by_zone":{"zone-2":1},"nodes":[]}`)
 	code, stdout, stderr := runCLI(t, "pool", "status", "--addr", srv.URL)
 	if code != 0 {
 		t.Fatalf("got exit status %d, want 0 (stderr %q)", code, stderr)
 	}
-	for _, want := range []string{"ZONE    IDLE  WANTED\n", "zone-1  1     0\n", "zone-2  0     1\n"} {
+	for _, want := range []string{"ZONE    IDLE  STARTING  WANTED\n", "zone-1  1     0         0\n", "zone-2  0     0         1\n",
+		"zone-3  0     1         0\n"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("got stdout %q, want it to contain %q", stdout, want)
 		}
