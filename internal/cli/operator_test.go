@@ -129,3 +129,24 @@ func TestRunPoolStatusWanted(t *testing.T) {
 		}
 	}
 }
+
+func TestRunDevKillErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no node", []string{"dev", "kill", "--dir", dir}, "accepts 1 arg(s), received 0"},
+		{"bad signal", []string{"dev", "kill", "node-1", "--dir", dir, "--signal", "NOPE"}, `--signal: "NOPE" is not one of`},
+		{"no installation", []string{"dev", "kill", "node-1", "--dir", dir}, "no shoal dev installation in " + dir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, tt.args...)
+			if code != 1 || stdout != "" || !strings.Contains(stderr, tt.want) {
+				t.Errorf("got exit %d, stdout %q, stderr %q; want exit 1, no stdout, stderr containing %q", code, stdout, stderr, tt.want)
+			}
+		})
+	}
+}
