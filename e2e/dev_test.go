@@ -196,7 +196,7 @@ func TestDevMode(t *testing.T) {
 		}
 	}
 	nodes = waitPool(t, c, 2, func(nodes []*api.Node) (bool, string) {
-		return len(nodes) >= 5 && nodes[0].State == api.NodeDown, fmt.Sprintf("nodes %v", nodeSummary(nodes))
+		return len(nodes) >= 5 && slices.Contains(nodeSummary(nodes), "node-1 zone-1 down"), fmt.Sprintf("nodes %v", nodeSummary(nodes))
 	})
 	want = []string{"node-1 zone-1 down", "node-2 zone-2 ready", "node-3 zone-1 ready", "node-4 zone-2 ready", "node-5 zone-1 ready"}
 	if got := nodeSummary(nodes); !slices.Equal(got, want) {
