@@ -107,12 +107,23 @@ type ClusterResize struct {
 
 // PoolStatus summarises the warm pool.
 type PoolStatus struct {
-	Idle     int            `json:"idle"`
-	Reserved int            `json:"reserved"`
-	Down     int            `json:"down"`
-	Draining int            `json:"draining"`
-	ByZone   map[string]int `json:"idle_by_zone"`
-	Nodes    []*Node        `json:"nodes"`
+	Idle     int `json:"idle"`
+	Reserved int `json:"reserved"`
+	Down     int `json:"down"`
+	Draining int `json:"draining"`
+	// ByZone counts the ready idle nodes of every zone that has a node
+	// (0 when none is idle).
+	ByZone map[string]int `json:"idle_by_zone"`
+	// StartingByZone counts the nodes outside clusters that registered and
+	// are still initializing, by zone: on their way to being idle.
+	StartingByZone map[string]int `json:"starting_by_zone"`
+	// WantedByZone is the refill policy's answer (package internal/pool):
+	// how many nodes a provisioner should add in each zone so that every
+	// zone holds the servers' --pool-min-per-zone ready idle nodes, nodes
+	// still initializing counted as on their way. Zones that lack nothing
+	// are absent; it is empty when the servers have no such wish (0).
+	WantedByZone map[string]int `json:"wanted_by_zone"`
+	Nodes        []*Node        `json:"nodes"`
 }
 
 // Job types.

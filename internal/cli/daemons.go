@@ -32,6 +32,9 @@ func serverCmd(g *globals) *cobra.Command {
 			if cfg.DataDir == "" {
 				return fmt.Errorf("--data-dir is required")
 			}
+			if cfg.PoolMinPerZone < 0 {
+				return fmt.Errorf("--pool-min-per-zone must not be negative, got %d", cfg.PoolMinPerZone)
+			}
 			if join != "" {
 				cfg.Join = strings.Split(join, ",")
 			}
@@ -62,6 +65,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")
 	f.DurationVar(&cfg.RejoinGrace, "rejoin-grace", server.DefaultRejoinGrace, "keep a node whose agent stopped in an orderly way in its cluster, with its data, this long (negative: replace it at once)")
 	f.DurationVar(&cfg.OpenFileLease, "open-file-lease", api.DefaultOpenFileLease, "delete a DFS file left open this long after its writer last renewed it")
+	f.IntVar(&cfg.PoolMinPerZone, "pool-min-per-zone", 0, "ready idle nodes every zone should hold; 'shoal pool status' shows how many to add where (0: no wish)")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -11,7 +11,7 @@ import (
 )
 
 func nodeCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "node", Short: "List, inspect and drain nodes"}
+	cmd := &cobra.Command{Use: "node", Short: "List, inspect, drain and undrain nodes"}
 	list := &cobra.Command{
 		Use: "list", Short: "List nodes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -75,8 +75,23 @@ nodes of their cluster. A cluster member being drained is replaced from the pool
 		},
 	}
 	drain.Flags().DurationVar(&deadline, "deadline", time.Minute, "time running tasks get before they are moved")
-	drain.Flags().BoolVar(&disable, "disable", false, "end the drain")
-	cmd.AddCommand(list, status, drain)
+	drain.Flags().BoolVar(&disable, "disable", false, "end the drain (the same as 'shoal node undrain')")
+	undrain := &cobra.Command{
+		Use:   "undrain NODE",
+		Short: "End a node's drain and return it to the pool",
+		Long: `End a drain: the node takes tasks again and returns to the pool. The same as
+'shoal node drain NODE --disable'; refused while the node still runs tasks of its
+cluster.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().DrainNode(cmd.Context(), args[0], &api.DrainRequest{Disable: true}); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Node %s is no longer draining.\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, status, drain, undrain)
 	return cmd
 }
 
@@ -101,7 +116,13 @@ func formatLabels(l map[string]string) string {
 func poolCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "pool", Short: "Inspect the warm pool"}
 	status := &cobra.Command{
-		Use: "status", Short: "Show idle nodes by zone", Args: cobra.NoArgs,
+		Use: "status", Short: "Show idle nodes by zone and how many each zone wants added",
+		Long: `Show the pool: idle, reserved, draining and down nodes, and by zone the ready
+idle nodes, the nodes starting (registered, still initializing) and the nodes
+wanted there: how many a provisioner should add so that every zone holds the
+servers' --pool-min-per-zone ready idle nodes, starting nodes counted as on
+their way. 'shoal dev' starts agents to match.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, _, err := g.client().Pool(cmd.Context(), nil)
 			if err != nil {
@@ -113,10 +134,15 @@ func poolCmd(g *globals) *cobra.Command {
 				for z := range p.ByZone {
 					zones = append(zones, z)
 				}
+				for z := range p.WantedByZone {
+					if _, ok := p.ByZone[z]; !ok {
+						zones = append(zones, z)
+					}
+				}
 				sort.Strings(zones)
-				t := newTable(g.stdout, "ZONE", "IDLE")
+				t := newTable(g.stdout, "ZONE", "IDLE", "STARTING", "WANTED")
 				for _, z := range zones {
-					t.row(z, p.ByZone[z])
+					t.row(z, p.ByZone[z], p.StartingByZone[z], p.WantedByZone[z])
 				}
 				t.flush()
 				return nil

@@ -85,8 +85,8 @@ Start a whole installation on this machine with 'shoal dev', then try
 		addr = DefaultAddr
 	}
 	root.PersistentFlags().StringVar(&g.addr, "addr", addr, "server API address (env SHOAL_ADDR)")
-	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token: the operator token or a cluster's token (env SHOAL_TOKEN); `shoal server` requires callers to present it, and agents present it")
-	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g))
+	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token: the operator token or a cluster's token (env SHOAL_TOKEN); 'shoal server' requires callers to present it, and agents present it")
+	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g), versionCmd(g))
 	return root
 }
 

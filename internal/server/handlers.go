@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/pool"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -242,8 +243,17 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePool(w http.ResponseWriter, r *http.Request) {
 	s.query(w, r, []string{state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
-		p := &api.PoolStatus{ByZone: map[string]int{}, Nodes: []*api.Node{}}
-		for _, n := range snap.Nodes(ws) {
+		p := &api.PoolStatus{ByZone: map[string]int{}, StartingByZone: map[string]int{}, Nodes: []*api.Node{}}
+		nodes := snap.Nodes(ws)
+		zones := pool.Count(nodes)
+		for z, c := range zones {
+			p.ByZone[z] = 0 // counted below
+			if c.Starting > 0 {
+				p.StartingByZone[z] = c.Starting
+			}
+		}
+		p.WantedByZone = pool.Wanted(pool.Policy{MinPerZone: s.cfg.PoolMinPerZone, MaxNew: -1}, zones)
+		for _, n := range nodes {
 			switch {
 			case n.State == api.NodeDown:
 				p.Down++

@@ -62,6 +62,10 @@ type Config struct {
 	// OpenFileLease is how long a file stays open after its writer last
 	// renewed it or committed a chunk (default api.DefaultOpenFileLease).
 	OpenFileLease time.Duration
+	// PoolMinPerZone is the number of ready idle nodes every zone should
+	// hold; the pool status tells provisioners how many nodes to add where
+	// (api.PoolStatus.WantedByZone). 0 wishes for nothing.
+	PoolMinPerZone int
 	// EnableDebug serves Go's pprof profiles under /debug/pprof/.
 	EnableDebug bool
 	// Token is the operator token: callers presenting it may do anything,
