@@ -9,54 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
-
-// devProc is a running `shoal dev`.
-type devProc struct {
-	cmd       *exec.Cmd
-	done      chan error
-	out, errs bytes.Buffer
-}
-
-// startDev starts `shoal dev` in dir on addr with small agents.
-func startDev(t *testing.T, dir, addr string, args ...string) *devProc {
-	t.Helper()
-	args = append([]string{"dev", "--dir", dir, "--addr", addr, "--agent-cpu", "1000", "--agent-memory", "1024"}, args...)
-	d := &devProc{cmd: exec.Command(testutil.Binary(t), args...), done: make(chan error, 1)}
-	d.cmd.Stdout, d.cmd.Stderr = &d.out, &d.errs
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("shoal dev stdout:\n%s\nstderr:\n%s", d.out.String(), d.errs.String())
-		}
-	})
-	return d
-}
-
-// interrupt stops it as Ctrl-C does and waits for it to exit.
-func (d *devProc) interrupt(t *testing.T) {
-	t.Helper()
-	d.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case err := <-d.done:
-		if err != nil {
-			t.Errorf("shoal dev exited with %v after SIGINT", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("shoal dev did not stop within 60s of SIGINT")
-	}
-}
 
 // devShoal runs the CLI against a dev installation and fails the test
 // unless it exits 0.
@@ -94,13 +52,19 @@ func TestDevRestartKeepsClusters(t *testing.T) {
 		return cl
 	}
 
-	dev := startDev(t, dir, addr)
+	dev := startDev(t, dir, addr, "--agent-cpu", "1000", "--agent-memory", "1024")
 	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
 		p, _, err := c.Pool(ctx, nil)
 		if err != nil {
 			return false, err.Error()
 		}
-		return len(p.ByZone) >= 3, fmt.Sprintf("idle nodes by zone: %v", p.ByZone)
+		zones := 0
+		for _, idle := range p.ByZone {
+			if idle > 0 {
+				zones++
+			}
+		}
+		return zones >= 3, fmt.Sprintf("idle nodes by zone: %v", p.ByZone)
 	})
 	devShoal(t, addr, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
 	before := waitClusterHealthy("c1", nil)
@@ -117,8 +81,8 @@ func TestDevRestartKeepsClusters(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dev.interrupt(t)
-	startDev(t, dir, addr)
+	dev.stop()
+	startDev(t, dir, addr, "--agent-cpu", "1000", "--agent-memory", "1024")
 	after := waitClusterHealthy("c1", before.Nodes)
 	if !hasEvent(after.Events, "member-back", "") {
 		t.Errorf("cluster events %v: want members back", after.Events)
