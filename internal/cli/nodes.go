@@ -40,6 +40,9 @@ func nodeCmd(g *globals) *cobra.Command {
 				t.row("state", n.State)
 				t.row("since", n.StateSince.Format(time.RFC3339))
 				t.row("cluster", dash(n.Cluster))
+				if !n.ExpectedBack.IsZero() {
+					t.row("expected back", n.ExpectedBack.Local().Format(time.RFC3339)+" (stays a member of its cluster until then)")
+				}
 				t.row("address", n.Addr)
 				t.row("cpu", fmt.Sprintf("%d/%d millicores", n.Used.CPU, n.CPU))
 				t.row("memory", fmt.Sprintf("%d/%d MiB", n.Used.MemoryMB, n.MemoryMB))
