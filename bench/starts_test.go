@@ -86,6 +86,9 @@ type startsRound struct {
 // task. Tasks are isolated as in production when run as root (PID, mount,
 // UTS and IPC namespaces, a cgroup with cpu and memory limits).
 //
+// The agent offers 4,000 millicores, so 40 tasks run at once;
+// SHOAL_BENCH_AGENT_CPU sets another number of millicores.
+//
 // With SHOAL_BENCH_PROFILE=DIR set, it then runs one job of 5,000 tasks
 // and writes CPU profiles of the agent and the server during it to
 // DIR/agent.pprof and DIR/server.pprof (read them with
@@ -97,7 +100,15 @@ func BenchmarkStartCost(b *testing.B) {
 	if profileDir != "" {
 		extra = []string{"--enable-debug"}
 	}
-	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, AgentCPU: 4000, AgentMemory: 8192,
+	agentCPU := int64(4000) // 40 tasks at once, at the default 100 millicores a task
+	if v := os.Getenv("SHOAL_BENCH_AGENT_CPU"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("SHOAL_BENCH_AGENT_CPU: %v", err)
+		}
+		agentCPU = n
+	}
+	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, AgentCPU: agentCPU, AgentMemory: 8192,
 		AgentArgs: extra, ServerArgs: extra})
 	ctx := context.Background()
 	if _, err := in.Client.CreateCluster(ctx, &api.ClusterRequest{Name: "c1", Nodes: 1, Zones: 1}); err != nil {
