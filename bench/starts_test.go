@@ -87,7 +87,9 @@ type startsRound struct {
 // UTS and IPC namespaces, a cgroup with cpu and memory limits).
 //
 // The agent offers 4,000 millicores, so 40 tasks run at once;
-// SHOAL_BENCH_AGENT_CPU sets another number of millicores.
+// SHOAL_BENCH_AGENT_CPU sets another number of millicores. The data
+// directories are under $TMPDIR, and the file system matters: each run
+// creates four inodes (see docs/benchmarks.md).
 //
 // With SHOAL_BENCH_PROFILE=DIR set, it then runs one job of 5,000 tasks
 // and writes CPU profiles of the agent and the server during it to
@@ -147,7 +149,8 @@ func BenchmarkStartCost(b *testing.B) {
 		report("agent-ms/task", func(rd startsRound) float64 { return rd.agentCPU.Seconds() * 1000 })
 		report("server-ms/task", func(rd startsRound) float64 { return rd.serverCPU.Seconds() * 1000 })
 		if profileDir != "" {
-			// One more, longer job, profiled for about as long as it takes.
+			// One more, longer job, profiled for about as long as it
+			// takes at the rate of a middle round.
 			rate := rounds[len(rounds)/2].rate
 			wait := startProfiles(b, in, profileDir, max(int(profileTasks/rate), 1))
 			runTrueJob(b, in, profileTasks)
