@@ -142,7 +142,13 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// A body closed before its end closes its connection too: read
+		// what is left (a JSON answer's final newline, or an answer
+		// nobody asked to decode) so that the connection is reused.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
 	idx, _ := strconv.ParseUint(resp.Header.Get(IndexHeader), 10, 64)
 	if out != nil {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {

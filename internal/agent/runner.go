@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -113,6 +115,23 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	return complete
 }
 
+// makeRunDir creates a run's directory and its working directory work. A
+// job's directory exists after its first run, so two mkdirs usually do;
+// MkdirAll would first stat every level.
+func makeRunDir(dir, work string) error {
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil || errors.Is(err, fs.ErrExist) {
+		err = os.Mkdir(work, 0o755)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return nil // as MkdirAll: a directory left from before is used
+	}
+	return err
+}
+
 // wipeClusters removes the data of every cluster but keep, after the
 // given runs have stopped.
 func (a *Agent) wipeClusters(keep string, stopping []*run) {
@@ -153,7 +172,7 @@ func (a *Agent) startRun(t *api.Task) error {
 		}
 	}
 	work := filepath.Join(r.dir, "work")
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	if err := makeRunDir(r.dir, work); err != nil {
 		return fail("creating working directory", err)
 	}
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),

@@ -18,12 +18,20 @@ import (
 // removes them. [cgroupV1] serves legacy and hybrid hosts, [cgroupV2]
 // unified ones.
 type cgroupTree interface {
-	// create makes the cgroup of run id with its limits applied. cpu is in
+	// create makes the cgroup of run id with its limits applied, or takes
+	// an idle one with the same limits and renames it id. cpu is in
 	// millicores and memoryMB in MiB; 0 means unlimited.
 	create(id string, cpu, memoryMB int64) (*runCgroup, error)
+	// release takes back the cgroup of a run that has ended (or never
+	// started): it keeps it idle for a later run with the same limits if
+	// it can, and otherwise kills what is left in it and removes it.
+	release(cg *runCgroup) error
 	// dirs returns every directory the cgroup of run id has or may have.
 	dirs(id string) []string
-	// close removes the parent cgroup if it is empty.
+	// close removes the idle cgroups it keeps, and the parent cgroup if
+	// that is then empty: runs still going on (or the idle cgroups of
+	// another driver on the same parent) keep it in place, which is not an
+	// error.
 	close() error
 }
 
@@ -36,6 +44,12 @@ type runCgroup struct {
 	// oomFile is read after the run to learn whether the kernel OOM-killed
 	// one of its processes; empty when the run has no memory limit.
 	oomFile string
+	// oomBase is the file's oom_kill count when the run began: a reused
+	// cgroup (v1) keeps the count of the runs it served before.
+	oomBase uint64
+	// files are descriptors a reusable cgroup keeps open (v1); nil if
+	// none.
+	files *cgroupFiles
 	// attach moves a started process into the cgroup (v1). It is nil when
 	// the process is cloned straight into the cgroup through fd (v2).
 	attach func(pid int) error
@@ -162,19 +176,22 @@ func removeCgroupDirs(dirs []string) error {
 	return errors.Join(errs...)
 }
 
-// oomKilled reports whether the "oom_kill" counter in file (v1
-// memory.oom_control or v2 memory.events) is above zero. Kernels before
-// 4.13 have no such counter; there it reports false.
-func oomKilled(file string) bool {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return false
+// oomKills returns the cgroup's "oom_kill" counter (v1
+// memory.oom_control or v2 memory.events), read through the descriptor
+// the cgroup keeps open if it has one. Kernels before 4.13 have no such
+// counter; there it returns 0.
+func (c *runCgroup) oomKills() uint64 {
+	var b []byte
+	if c.files != nil && c.files.oom >= 0 {
+		b = c.files.read(c.files.oom)
+	} else {
+		b, _ = os.ReadFile(c.oomFile)
 	}
 	for line := range bytes.Lines(b) {
 		if v, ok := bytes.CutPrefix(line, []byte("oom_kill ")); ok {
 			n, _ := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
-			return n > 0
+			return n
 		}
 	}
-	return false
+	return 0
 }

@@ -80,12 +80,19 @@ func (c *cgroupV2) create(id string, cpu, memoryMB int64) (*runCgroup, error) {
 	return run, nil
 }
 
+// release removes the cgroup: on v2 cgroups are not reused, since a
+// cgroup cannot be renamed there.
+func (c *cgroupV2) release(run *runCgroup) error {
+	return removeCgroupDirs(run.dirs)
+}
+
 func (c *cgroupV2) dirs(id string) []string {
 	return []string{filepath.Join(c.dir, id)}
 }
 
 func (c *cgroupV2) close() error {
-	if err := syscall.Rmdir(c.dir); err != nil && !errors.Is(err, syscall.ENOENT) {
+	err := syscall.Rmdir(c.dir)
+	if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) {
 		return fmt.Errorf("sandbox: remove cgroup %s: %w", c.dir, err)
 	}
 	return nil

@@ -177,7 +177,7 @@ func (e *Exec) Start(ctx context.Context, spec *Spec) (Handle, error) {
 	if err != nil {
 		err = explainStartError(name, spec.Dir, err)
 		if cg != nil {
-			if rerr := removeCgroupDirs(cg.dirs); rerr != nil {
+			if rerr := e.cg.release(cg); rerr != nil {
 				e.log.Warn("sandbox: cannot remove cgroup of failed run", "run", spec.ID, "err", rerr)
 			}
 		}
@@ -189,18 +189,24 @@ func (e *Exec) Start(ctx context.Context, spec *Spec) (Handle, error) {
 			// of the namespace ends every process in it.
 			_ = proc.Kill()
 			_, _ = proc.Wait()
-			if rerr := removeCgroupDirs(cg.dirs); rerr != nil {
+			if rerr := e.cg.release(cg); rerr != nil {
 				e.log.Warn("sandbox: cannot remove cgroup of failed run", "run", spec.ID, "err", rerr)
 			}
 			return nil, fmt.Errorf("sandbox: run %s: join cgroup: %w", spec.ID, err)
 		}
 	}
+	var cgDir string
+	if cg != nil {
+		cgDir = cg.dirs[0]
+	}
 	h := &execHandle{
+		cgDir:   cgDir,
 		log:     e.log,
 		id:      spec.ID,
 		proc:    proc,
 		pid:     proc.Pid,
 		cg:      cg,
+		tree:    e.cg,
 		started: started,
 		done:    make(chan struct{}),
 	}
@@ -226,9 +232,9 @@ func (e *Exec) Cleanup(ids []string) error {
 	return errors.Join(errs...)
 }
 
-// Close releases the driver and removes the parent cgroup if it is empty.
-// Runs still going on are not affected, but their cgroups keep the parent
-// in place.
+// Close releases the driver, removes the idle cgroups it kept for reuse,
+// and removes the parent cgroup if it is then empty. Runs still going on
+// are not affected, but their cgroups keep the parent in place.
 func (e *Exec) Close() error {
 	err := e.devNull.Close()
 	if e.cg != nil {

@@ -22,11 +22,19 @@ const stopKillTimeout = 10 * time.Second
 // removed. Without it, the processes left in the run's process group are
 // sent SIGKILL, so that both modes leave nothing behind.
 type execHandle struct {
-	log     *slog.Logger
-	id      string
-	proc    *os.Process
-	pid     int
-	cg      *runCgroup // nil when the run is not isolated
+	log  *slog.Logger
+	id   string
+	proc *os.Process
+	pid  int
+	// cg is the run's cgroup, nil when the run is not isolated. Its
+	// fields belong to wait, which hands it back to tree when the run
+	// ends; others use cgDir.
+	cg   *runCgroup
+	tree cgroupTree
+	// cgDir is the run's cgroup directory that lists its processes (the
+	// memory hierarchy on v1). It is named after the run, so it never
+	// names another run's cgroup.
+	cgDir   string
 	started time.Time
 
 	done chan struct{} // closed by wait once res is set
@@ -60,9 +68,14 @@ func (h *execHandle) wait() {
 	}
 	if h.cg != nil {
 		if h.cg.oomFile != "" {
-			res.OOMKill = oomKilled(h.cg.oomFile)
+			n := h.cg.oomKills()
+			res.OOMKill = n > h.cg.oomBase
+			h.cg.oomBase = n
 		}
-		if err := removeCgroupDirs(h.cg.dirs); err != nil {
+		// Once released, the cgroup may serve (and be renamed for)
+		// another run: from here on only cgDir, which no longer exists,
+		// may be used.
+		if err := h.tree.release(h.cg); err != nil {
 			h.log.Warn("sandbox: cannot remove cgroup of ended run", "run", h.id, "err", err)
 		}
 	} else {
@@ -95,7 +108,7 @@ func (h *execHandle) Signal(sig int) error {
 	}
 	s := syscall.Signal(sig)
 	if h.cg != nil {
-		err := signalCgroup(h.cg.dirs[0], s)
+		err := signalCgroup(h.cgDir, s)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // the run ended and its cgroup is gone
 		}
@@ -155,7 +168,7 @@ func (h *execHandle) terminate(grace time.Duration) bool {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if pids, err := readPids(h.cg.dirs[0]); err == nil && len(pids) == 1 && pids[0] == h.pid {
+		if pids, err := readPids(h.cgDir); err == nil && len(pids) == 1 && pids[0] == h.pid {
 			_ = h.proc.Kill()
 		}
 		select {
