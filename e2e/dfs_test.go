@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -652,17 +653,47 @@ func TestDFSServerRestart(t *testing.T) {
 	putData(t, in, "/r/after.bin", fresh, "--chunk-size", "256KiB")
 	checkSame(t, "a file written after the restart", download(t, in, "/r/after.bin"), fresh)
 
-	// The dead node comes back with replicas that were replaced meanwhile:
-	// its inventory report gets them deleted, and no chunk gains a fourth
-	// replica.
+	// The dead node comes back with replicas that were replaced meanwhile,
+	// and its zone with it: its inventory report gets the stale copies
+	// deleted, and the leader moves one replica of each chunk back into
+	// the zone and trims the surplus. In the end every chunk has 3
+	// replicas in 3 zones, and the node holds on disk exactly the chunks
+	// the namespace records there.
 	in.Agent(victim).Restart(t)
 	in.WaitForReady(4)
-	testutil.WaitFor(t, 20*time.Second, func() (bool, string) {
+	paths := append(slices.Sorted(maps.Keys(files)), "/r/after.bin")
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		want := map[string]bool{}
+		for _, p := range paths {
+			f, err := in.Client.FSStat(context.Background(), p)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, c := range f.Chunks {
+				if problem := replicaProblem(c, 3, nil); problem != "" {
+					return false, p + ": " + problem
+				}
+				zones := map[string]bool{}
+				for _, r := range c.Replicas {
+					zones[r.Zone] = true
+					if r.Node == victim {
+						want[c.ID] = true
+					}
+				}
+				if len(zones) != 3 {
+					return false, fmt.Sprintf("%s: chunk %s spans %d zones", p, c.ID, len(zones))
+				}
+			}
+		}
+		got := map[string]bool{}
 		m, _ := filepath.Glob(filepath.Join(in.Dir, victim, "chunks", "[0-9a-f][0-9a-f]", "*.meta"))
-		return len(m) == 0, fmt.Sprintf("%s still holds %d replaced chunks", victim, len(m))
+		for _, f := range m {
+			got[strings.TrimSuffix(filepath.Base(f), ".meta")] = true
+		}
+		return maps.Equal(got, want), fmt.Sprintf("%s holds %d chunks on disk, the namespace records %d there", victim, len(got), len(want))
 	})
 	for p, data := range files {
-		fi := waitReplicated(t, in, p, 3, []string{victim}, 10*time.Second)
+		fi := statJSON(t, in, p)
 		checkSame(t, p+" after the dead node returned", download(t, in, p), data)
 		checkReplicaFiles(t, in, fi, data)
 	}
