@@ -398,9 +398,7 @@ func (c *Client) Job(ctx context.Context, id string, q *QueryOptions) (*Job, uin
 // failing tasks), without its task list: cheap to watch.
 func (c *Client) JobSummary(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
 	var j Job
-	v := url.Values{}
-	v.Set("tasks", "false") // for servers older than task pages
-	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(v), nil, &j)
+	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(nil), nil, &j)
 	return &j, idx, err
 }
 
