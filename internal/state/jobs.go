@@ -344,10 +344,10 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 				continue
 			}
 			if raw == nil {
-				// A task never placed: its row, and those of its group's
-				// unplaced tasks before it, are created now.
-				var err error
-				if t, err = tx.materializeUpTo(t); err != nil {
+				// A task never placed: its row (written by updateTask
+				// below), and those of its group's unplaced tasks before
+				// it, are created now.
+				if err := tx.materialize(t); err != nil {
 					return err
 				}
 			}

@@ -337,23 +337,22 @@ func (tx *writeTxn) unplacedTask(id string) *api.Task {
 	return newTask(j, gi, index, nil)
 }
 
-// materializeUpTo creates the row of u, an unplaced task from
-// [writeTxn.unplacedTask], and of its group's unplaced tasks before it,
-// and returns u's row.
-func (tx *writeTxn) materializeUpTo(u *api.Task) (*api.Task, error) {
+// materialize takes u, an unplaced task from [writeTxn.unplacedTask], out
+// of its group's range: it creates the rows of the group's unplaced tasks
+// before u and moves the range past u. The caller writes u's row (through
+// updateTask, so that it is inserted once).
+func (tx *writeTxn) materialize(u *api.Task) error {
 	j := tx.jobForWrite(u.JobID)
 	gi := groupIndex(j, u.Group)
-	var t *api.Task
-	for i := j.GroupStatus[gi].Materialized; i <= u.Index; i++ {
+	for i := j.GroupStatus[gi].Materialized; i < u.Index; i++ {
 		// The rows are the tasks as they were: ModifyIndex stays the
 		// job's CreateIndex until a task really changes.
-		t = newTask(j, gi, i, nil)
-		if err := tx.put(tableTasks, t); err != nil {
-			return nil, err
+		if err := tx.put(tableTasks, newTask(j, gi, i, nil)); err != nil {
+			return err
 		}
 	}
 	j.GroupStatus[gi].Materialized = u.Index + 1
-	return t, nil
+	return nil
 }
 
 // countGroup moves one task of group from state from to state to in j's
