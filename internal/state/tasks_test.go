@@ -1,7 +1,9 @@
 package state_test
 
 import (
+	"bytes"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -167,5 +169,34 @@ func TestUnplacedTaskLookup(t *testing.T) {
 		if got := f.snap().Task(nil, tt.id) != nil; got != tt.want {
 			t.Errorf("Task(%s): got found %v, want %v", tt.id, got, tt.want)
 		}
+	}
+}
+
+// TestRestoreUpgradesJobs: a snapshot written before jobs had per-group
+// status restores with every task materialized and the groups recounted.
+func TestRestoreUpgradesJobs(t *testing.T) {
+	f, id := pagesFixture(t)
+	// Every task with a row, as the old code made them.
+	f.place(id+"/b/4", "a1")
+	f.place(id+"/a/2", "b1")
+	var buf bytes.Buffer
+	if err := f.snap().Persist(&buf); err != nil {
+		t.Fatal(err)
+	}
+	old := regexp.MustCompile(`,"group_status":\[[^\]]*\]`).ReplaceAllString(buf.String(), "")
+	if old == buf.String() {
+		t.Fatal("the snapshot has no group_status to strip")
+	}
+	s, err := state.Restore(strings.NewReader(old))
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	j := s.Snapshot().Job(nil, id)
+	want := []api.GroupStatus{
+		{Name: "b", Counts: api.TaskCounts{Pending: 4, Failed: 1}, Materialized: 5},
+		{Name: "a", Counts: api.TaskCounts{Pending: 2, Complete: 1}, Materialized: 3},
+	}
+	if diff := cmp.Diff(want, j.GroupStatus); diff != "" {
+		t.Errorf("group status (-want +got):\n%s", diff)
 	}
 }
