@@ -377,20 +377,58 @@ func (c *Client) Jobs(ctx context.Context, cluster string, q *QueryOptions) ([]*
 	return j, idx, err
 }
 
-// Job returns one job with its tasks.
+// Job returns one job's summary with all its tasks in Tasks, fetched page
+// by page after the summary (so a task may be newer than the summary).
+// Meant for small jobs and tests: a large job's tasks are better read with
+// [Client.JobTasks].
 func (c *Client) Job(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
+	j, idx, err := c.JobSummary(ctx, id, q)
+	if err != nil {
+		return j, idx, err
+	}
+	f := &TaskFilter{Limit: MaxTaskLimit}
+	for {
+		p, _, err := c.JobTasks(ctx, id, f, nil)
+		if err != nil {
+			return j, idx, err
+		}
+		j.Tasks = append(j.Tasks, p.Tasks...)
+		if p.NextOffset == 0 {
+			return j, idx, nil
+		}
+		f.Offset = p.NextOffset
+	}
+}
+
+// JobSummary returns a job's summary (counts by state and group, events,
+// failing tasks), without its task list: cheap to watch.
+func (c *Client) JobSummary(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
 	var j Job
 	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(nil), nil, &j)
 	return &j, idx, err
 }
 
-// JobSummary returns a job without its tasks: cheap to watch.
-func (c *Client) JobSummary(ctx context.Context, id string, q *QueryOptions) (*Job, uint64, error) {
-	var j Job
+// JobTasks returns one page of a job's tasks that match f (nil: the first
+// page of all tasks).
+func (c *Client) JobTasks(ctx context.Context, id string, f *TaskFilter, q *QueryOptions) (*TaskPage, uint64, error) {
 	v := url.Values{}
-	v.Set("tasks", "false")
-	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id), q.values(v), nil, &j)
-	return &j, idx, err
+	if f != nil {
+		if f.State != "" {
+			v.Set("state", f.State)
+		}
+		if f.Group != "" {
+			v.Set("group", f.Group)
+		}
+		if f.Limit != 0 {
+			v.Set("limit", strconv.Itoa(f.Limit))
+		}
+		if f.Offset != 0 {
+			v.Set("offset", strconv.Itoa(f.Offset))
+		}
+	}
+	var p TaskPage
+	idx, err := c.Do(ctx, "GET", "/v1/jobs/"+esc(id)+"/tasks", q.values(v), nil, &p)
+	return &p, idx, err
 }
 
 // CancelJob stops a job's tasks.

@@ -211,7 +211,15 @@ func TestClientQueryOptions(t *testing.T) {
 		{"summary", func(ctx context.Context) error {
 			_, _, err := c.JobSummary(ctx, "train-1", &api.QueryOptions{Index: 3, Wait: time.Minute})
 			return err
-		}, "/v1/jobs/train-1", url.Values{"tasks": {"false"}, "index": {"3"}, "wait": {"1m0s"}}},
+		}, "/v1/jobs/train-1", url.Values{"index": {"3"}, "wait": {"1m0s"}}},
+		{"task page", func(ctx context.Context) error {
+			_, _, err := c.JobTasks(ctx, "train-1", &api.TaskFilter{State: "failed", Group: "g", Limit: 20, Offset: 40}, nil)
+			return err
+		}, "/v1/jobs/train-1/tasks", url.Values{"state": {"failed"}, "group": {"g"}, "limit": {"20"}, "offset": {"40"}}},
+		{"first task page", func(ctx context.Context) error {
+			_, _, err := c.JobTasks(ctx, "train-1", nil, nil)
+			return err
+		}, "/v1/jobs/train-1/tasks", url.Values{}},
 		{"path is escaped", func(ctx context.Context) error {
 			_, err := c.Node(ctx, "a/b?c")
 			return err

@@ -7,6 +7,8 @@
 package api
 
 import (
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -187,21 +189,106 @@ type GroupSpec struct {
 	Outputs string `json:"outputs,omitempty"`
 }
 
-// Job is a submitted job with its tasks.
+// Job is a submitted job. Servers answer it as a summary: counts by state
+// and by group, its events and, in Failing, a few troubled tasks; its
+// tasks are listed page by page (GET /v1/jobs/ID/tasks). Tasks is filled
+// only by [Client.Job], which fetches every page.
 type Job struct {
-	ID          string      `json:"id"`
-	Name        string      `json:"name"`
-	Cluster     string      `json:"cluster"`
-	Type        string      `json:"type"`
-	State       string      `json:"state"`
-	Groups      []GroupSpec `json:"groups"`
-	Counts      TaskCounts  `json:"counts"`
-	Tasks       []*Task     `json:"tasks,omitempty"`
-	Events      []Event     `json:"events"`
-	Submitted   time.Time   `json:"submitted"`
-	Finished    time.Time   `json:"finished,omitzero"`
-	CreateIndex uint64      `json:"create_index"`
-	ModifyIndex uint64      `json:"modify_index"`
+	ID      string      `json:"id"`
+	Name    string      `json:"name"`
+	Cluster string      `json:"cluster"`
+	Type    string      `json:"type"`
+	State   string      `json:"state"`
+	Groups  []GroupSpec `json:"groups"`
+	Counts  TaskCounts  `json:"counts"`
+	// GroupStatus has one entry per group, in the order of Groups.
+	GroupStatus []GroupStatus `json:"group_status"`
+	// Failing lists, most recent first, a few tasks that failed, were
+	// lost or are on a retry (attempt > 1). Only summaries fill it.
+	Failing     []*Task   `json:"failing,omitempty"`
+	Tasks       []*Task   `json:"tasks,omitempty"`
+	Events      []Event   `json:"events"`
+	Submitted   time.Time `json:"submitted"`
+	Finished    time.Time `json:"finished,omitzero"`
+	CreateIndex uint64    `json:"create_index"`
+	ModifyIndex uint64    `json:"modify_index"`
+}
+
+// GroupStatus counts one group's tasks by state.
+type GroupStatus struct {
+	Name   string     `json:"name"`
+	Counts TaskCounts `json:"counts"`
+	// Materialized is how many of the group's tasks exist as task records:
+	// those of index Materialized and above have never been placed, and
+	// are pending (cancelled once the job is) without a record of their
+	// own, as in a Slurm job array. The scheduler creates records in
+	// index order as it places them.
+	Materialized int `json:"materialized"`
+}
+
+// TaskPage is one page of a job's tasks, ordered by group name then index.
+type TaskPage struct {
+	// Total is how many tasks match the filter.
+	Total int     `json:"total"`
+	Tasks []*Task `json:"tasks"`
+	// NextOffset is the offset of the next page; 0 when this is the last.
+	NextOffset int `json:"next_offset,omitempty"`
+}
+
+// TaskFilter selects tasks of a job: by state and group (empty: any),
+// Limit tasks (0: [DefaultTaskLimit]) after skipping Offset.
+type TaskFilter struct {
+	State  string
+	Group  string
+	Limit  int
+	Offset int
+}
+
+// Task page sizes.
+const (
+	DefaultTaskLimit = 100
+	MaxTaskLimit     = 10000
+)
+
+// TaskStates lists every task state.
+var TaskStates = []string{TaskPending, TaskRunning, TaskComplete, TaskFailed, TaskLost, TaskCancelled}
+
+// Validate checks a filter; the error names the parameter at fault.
+func (f *TaskFilter) Validate() error {
+	if f.State != "" && !slices.Contains(TaskStates, f.State) {
+		return invalid("state", "%q is not a task state (want one of %s)", truncate(f.State), strings.Join(TaskStates, ", "))
+	}
+	if f.Group != "" {
+		if err := ValidateName("group", f.Group); err != nil {
+			return err
+		}
+	}
+	if f.Limit < 0 || f.Limit > MaxTaskLimit {
+		return invalid("limit", "%d is out of range; use 1 to %d (0 for the default, %d)", f.Limit, MaxTaskLimit, DefaultTaskLimit)
+	}
+	if f.Offset < 0 {
+		return invalid("offset", "%d is negative", f.Offset)
+	}
+	return nil
+}
+
+// Get returns the count for state s.
+func (c TaskCounts) Get(s string) int {
+	switch s {
+	case TaskPending:
+		return c.Pending
+	case TaskRunning:
+		return c.Running
+	case TaskComplete:
+		return c.Complete
+	case TaskFailed:
+		return c.Failed
+	case TaskLost:
+		return c.Lost
+	case TaskCancelled:
+		return c.Cancelled
+	}
+	return 0
 }
 
 // TaskCounts counts a job's tasks by state.

@@ -13,7 +13,7 @@ import (
 // Limits that apply to every submission.
 const (
 	MaxNameLen       = 63
-	MaxTasksPerJob   = 100000
+	MaxTasksPerJob   = 1000000
 	MaxGroupsPerJob  = 100
 	MaxCommandArgs   = 1024
 	MaxEnvVars       = 1024

@@ -16,7 +16,7 @@ import (
 const (
 	schedNodes    = 5000
 	schedZones    = 3
-	schedTasks    = api.MaxTasksPerJob // 100,000
+	schedTasks    = 100000
 	schedNodeCPU  = 4000
 	schedNodeMem  = 8192
 	schedTaskCPU  = 100
@@ -101,6 +101,9 @@ func BenchmarkSchedulerPlacements(b *testing.B) {
 		b.StopTimer()
 		if n := len(st.Snapshot().PlaceableTasks(nil)); n != 0 {
 			b.Fatalf("%d tasks still placeable after all placements", n)
+		}
+		if n := len(st.Snapshot().UnplacedJobs(nil)); n != 0 {
+			b.Fatalf("%d jobs still have unplaced tasks after all placements", n)
 		}
 	}
 	b.ReportMetric(float64(placed)/planTime.Seconds(), "plan-only-placements/s")

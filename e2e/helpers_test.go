@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,14 +56,25 @@ func submit(t *testing.T, in *testutil.Installation, jobYAML string) string {
 	return id
 }
 
-// jobJSON reads a job through `shoal job status -o json`.
+// jobJSON reads a job's summary through `shoal job status -o json` and
+// its tasks through `shoal job status --tasks -o json`, page by page.
 func jobJSON(t *testing.T, in *testutil.Installation, id string) *api.Job {
 	t.Helper()
 	var j api.Job
 	if err := json.Unmarshal([]byte(mustShoal(t, in, "job", "status", id, "-o", "json")), &j); err != nil {
 		t.Fatal(err)
 	}
-	return &j
+	for offset := 0; ; {
+		var p api.TaskPage
+		out := mustShoal(t, in, "job", "status", id, "--tasks", "--limit", "10000", "--offset", strconv.Itoa(offset), "-o", "json")
+		if err := json.Unmarshal([]byte(out), &p); err != nil {
+			t.Fatal(err)
+		}
+		j.Tasks = append(j.Tasks, p.Tasks...)
+		if offset = p.NextOffset; offset == 0 {
+			return &j
+		}
+	}
 }
 
 // waitJobState waits until the job reaches state.

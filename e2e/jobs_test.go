@@ -49,9 +49,17 @@ groups:
 	if err := json.Unmarshal([]byte(mustShoal(t, in, "job", "status", id, "-o", "json")), &raw); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"id", "name", "cluster", "state", "tasks"} {
+	for _, k := range []string{"id", "name", "cluster", "state", "counts", "group_status", "events"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("job JSON lacks %q", k)
+		}
+	}
+	if err := json.Unmarshal([]byte(mustShoal(t, in, "job", "status", id, "--tasks", "-o", "json")), &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"total", "tasks"} {
+		if _, ok := raw[k]; !ok {
+			t.Fatalf("task page JSON lacks %q", k)
 		}
 	}
 	task0 := raw["tasks"].([]any)[0].(map[string]any)

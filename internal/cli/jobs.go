@@ -80,33 +80,42 @@ the job completed.`,
 	list.Flags().StringVar(&cluster, "cluster", "", "only jobs of this cluster")
 	addOutputFlag(list, g)
 
+	var (
+		listTasks bool
+		filter    api.TaskFilter
+	)
 	status := &cobra.Command{
-		Use: "status JOB", Short: "Show a job, its tasks and its events", Args: cobra.ExactArgs(1),
+		Use:   "status JOB",
+		Short: "Show a job's summary, or a page of its tasks with --tasks",
+		Long: `Show a job's summary: task counts by state and by group, the tasks that failed,
+were lost or are retrying (most recent first) and the last events. It is as
+quick for a million tasks as for ten.
+
+--tasks lists tasks instead, ordered by group then index, one page at a time
+(100 by default, at most 10000): filter them with --state and --group, and page
+with --offset (the footer, and next_offset in -o json, give the next page's
+offset). --state, --group, --limit and --offset imply --tasks.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			j, _, err := g.client().Job(cmd.Context(), args[0], nil)
+			fl := cmd.Flags()
+			if listTasks || fl.Changed("state") || fl.Changed("group") || fl.Changed("limit") || fl.Changed("offset") {
+				return showTasks(cmd.Context(), g, args[0], &filter)
+			}
+			j, _, err := g.client().JobSummary(cmd.Context(), args[0], nil)
 			if err != nil {
 				return err
 			}
 			return g.view(j, func() error {
-				c := j.Counts
-				fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
-				fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
-					c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
-				t := newTable(g.stdout, "GROUP", "INDEX", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE")
-				for _, tk := range j.Tasks {
-					exit := "-"
-					if !tk.Finished.IsZero() {
-						exit = fmt.Sprint(tk.ExitCode)
-					}
-					t.row(tk.Group, tk.Index, tk.State, dash(tk.Node), tk.Attempt, exit, dash(tk.Message))
-				}
-				t.flush()
-				fmt.Fprintln(g.stdout, "\nEvents:")
-				printEvents(g, j.Events)
+				printJobSummary(g, j)
 				return nil
 			})
 		},
 	}
+	status.Flags().BoolVar(&listTasks, "tasks", false, "list tasks (one page) instead of the summary")
+	status.Flags().StringVar(&filter.State, "state", "", "only tasks in this state ("+strings.Join(api.TaskStates, ", ")+")")
+	status.Flags().StringVar(&filter.Group, "group", "", "only tasks of this group")
+	status.Flags().IntVar(&filter.Limit, "limit", api.DefaultTaskLimit, "tasks per page")
+	status.Flags().IntVar(&filter.Offset, "offset", 0, "skip this many matching tasks")
 	addOutputFlag(status, g)
 
 	var (
@@ -227,4 +236,65 @@ func waitJob(ctx context.Context, g *globals, cl *api.Client, id string, index u
 			return job, nil
 		}
 	}
+}
+
+// maxSummaryGroups bounds the groups a human summary lists (a job may have
+// up to api.MaxGroupsPerJob); -o json has them all.
+const maxSummaryGroups = 10
+
+// printJobSummary prints a job's summary in at most a screenful.
+func printJobSummary(g *globals, j *api.Job) {
+	c := j.Counts
+	fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
+	fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
+		c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
+	t := newTable(g.stdout, "GROUP", "TASKS", "COMPLETE", "RUNNING", "PENDING", "LOST", "FAILED", "CANCELLED")
+	for i, gs := range j.GroupStatus {
+		if i == maxSummaryGroups {
+			t.row(fmt.Sprintf("(%d more)", len(j.GroupStatus)-i), "", "", "", "", "", "", "")
+			break
+		}
+		gc := gs.Counts
+		t.row(gs.Name, gc.Total(), gc.Complete, gc.Running, gc.Pending, gc.Lost, gc.Failed, gc.Cancelled)
+	}
+	t.flush()
+	if len(j.Failing) > 0 {
+		fmt.Fprintln(g.stdout, "\nFailing or retried tasks (most recent first):")
+		printTasks(g, j.Failing)
+	}
+	fmt.Fprintln(g.stdout, "\nLast events:")
+	printEvents(g, j.Events)
+	fmt.Fprintf(g.stdout, "\nList tasks with: shoal job status %s --tasks [--state S] [--group G]\n", j.ID)
+}
+
+// showTasks prints one page of a job's tasks.
+func showTasks(ctx context.Context, g *globals, id string, f *api.TaskFilter) error {
+	p, _, err := g.client().JobTasks(ctx, id, f, nil)
+	if err != nil {
+		return err
+	}
+	return g.view(p, func() error {
+		printTasks(g, p.Tasks)
+		switch {
+		case len(p.Tasks) == 0:
+			fmt.Fprintf(g.stdout, "(no tasks of %d match at offset %d)\n", p.Total, f.Offset)
+		case p.NextOffset > 0:
+			fmt.Fprintf(g.stdout, "(tasks %d-%d of %d; next page: --offset %d)\n", f.Offset+1, f.Offset+len(p.Tasks), p.Total, p.NextOffset)
+		default:
+			fmt.Fprintf(g.stdout, "(tasks %d-%d of %d)\n", f.Offset+1, f.Offset+len(p.Tasks), p.Total)
+		}
+		return nil
+	})
+}
+
+func printTasks(g *globals, tasks []*api.Task) {
+	t := newTable(g.stdout, "GROUP", "INDEX", "STATE", "NODE", "ATTEMPT", "EXIT", "MESSAGE")
+	for _, tk := range tasks {
+		exit := "-"
+		if !tk.Finished.IsZero() {
+			exit = fmt.Sprint(tk.ExitCode)
+		}
+		t.row(tk.Group, tk.Index, tk.State, dash(tk.Node), tk.Attempt, exit, dash(tk.Message))
+	}
+	t.flush()
 }

@@ -9,6 +9,11 @@
 // the fewest tasks of the job first, and in a zone the best-fitting of a
 // few feasible nodes, starting where the previous placement left off.
 //
+// A pass never reads every task of a large job: a job's tasks that were
+// never placed have no rows (see state's tasks.go) and come as ranges, of
+// which the pass takes what fits; the spread of a job over zones is
+// counted from the tasks placed on the cluster's nodes.
+//
 // A task with DFS inputs goes first to the feasible node holding the most
 // bytes of them in live replicas; only when none has room does it fall
 // back to the spread above (and then reads its inputs over the network).
@@ -27,8 +32,13 @@ import (
 
 // State is what the scheduler reads. *state.Snapshot implements it.
 type State interface {
+	// PlaceableTasks returns the task rows that need a node.
 	PlaceableTasks(ws memdb.WatchSet) []*api.Task
-	JobTasks(ws memdb.WatchSet, job string) []*api.Task
+	// UnplacedJobs returns the jobs whose groups have tasks never placed:
+	// group i's tasks from GroupStatus[i].Materialized to its Count.
+	UnplacedJobs(ws memdb.WatchSet) []*api.Job
+	// NodeTasks returns the tasks placed on a node.
+	NodeTasks(ws memdb.WatchSet, node string) []*api.Task
 	Cluster(ws memdb.WatchSet, name string) *api.Cluster
 	Node(ws memdb.WatchSet, name string) *api.Node
 	// InputBytes returns, per node, how many bytes of the given DFS files
@@ -52,45 +62,81 @@ type Result struct {
 	Wake time.Time
 }
 
-// Plan computes placements for the tasks waiting for a node.
+// work is one row waiting for a node, or one group's range of tasks
+// never placed (task nil, indexes from index to the group's count).
+type work struct {
+	created  uint64
+	job      string
+	group    string
+	index    int
+	task     *api.Task
+	unplaced *api.Job
+	gi       int
+}
+
+// Plan computes placements for the tasks waiting for a node, oldest job
+// first.
 func Plan(st State, now time.Time) *Result {
 	res := &Result{}
-	tasks := st.PlaceableTasks(nil)
-	slices.SortFunc(tasks, func(a, b *api.Task) int {
-		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.JobID, b.JobID),
-			cmp.Compare(a.Group, b.Group), cmp.Compare(a.Index, b.Index))
+	var queue []work
+	for _, t := range st.PlaceableTasks(nil) {
+		queue = append(queue, work{created: t.CreateIndex, job: t.JobID, group: t.Group, index: t.Index, task: t})
+	}
+	for _, j := range st.UnplacedJobs(nil) {
+		for gi, gs := range j.GroupStatus {
+			if gs.Materialized < j.Groups[gi].Count {
+				queue = append(queue, work{created: j.CreateIndex, job: j.ID, group: gs.Name, index: gs.Materialized, unplaced: j, gi: gi})
+			}
+		}
+	}
+	slices.SortFunc(queue, func(a, b work) int {
+		return cmp.Or(cmp.Compare(a.created, b.created), cmp.Compare(a.job, b.job),
+			cmp.Compare(a.group, b.group), cmp.Compare(a.index, b.index))
 	})
 	clusters := map[string]*clusterView{}
-	jobZones := map[string]map[string]int{}
 	locality := map[string]map[string]int64{} // inputs key -> node -> bytes
-	for _, t := range tasks {
+	view := func(name string) *clusterView {
+		cv, ok := clusters[name]
+		if !ok {
+			cv = newClusterView(st, name)
+			clusters[name] = cv
+		}
+		return cv
+	}
+	for _, w := range queue {
 		if len(res.Placements) >= MaxPlacements {
 			res.Wake = now // more to do right away
 			break
 		}
+		if j := w.unplaced; j != nil {
+			cv := view(j.Cluster)
+			zc := cv.jobZones(j.ID)
+			g := &j.Groups[w.gi]
+			for i := w.index; i < g.Count; i++ {
+				if len(res.Placements) >= MaxPlacements {
+					res.Wake = now
+					break
+				}
+				n := cv.place(g.Resources, zc)
+				if n == nil {
+					res.Waiting += g.Count - i // same shape: none of the rest fits either
+					break
+				}
+				zc[n.zone.name]++
+				res.Placements = append(res.Placements, state.Placement{TaskID: state.TaskID(j.ID, g.Name, i),
+					Node: n.name, TaskModifyIndex: j.CreateIndex})
+			}
+			continue
+		}
+		t := w.task
 		if t.NotBefore.After(now) {
 			if res.Wake.IsZero() || t.NotBefore.Before(res.Wake) {
 				res.Wake = t.NotBefore
 			}
 			continue
 		}
-		cv, ok := clusters[t.Cluster]
-		if !ok {
-			cv = newClusterView(st, t.Cluster)
-			clusters[t.Cluster] = cv
-		}
-		zc, ok := jobZones[t.JobID]
-		if !ok {
-			zc = map[string]int{}
-			for _, o := range st.JobTasks(nil, t.JobID) {
-				if o.Placed() {
-					if n := cv.byName[o.Node]; n != nil {
-						zc[n.zone.name]++
-					}
-				}
-			}
-			jobZones[t.JobID] = zc
-		}
+		cv := view(t.Cluster)
+		zc := cv.jobZones(t.JobID)
 		var n *nodeView
 		if len(t.Inputs) > 0 {
 			key := strings.Join(t.Inputs, "\x00")
@@ -134,10 +180,22 @@ type zoneView struct {
 type clusterView struct {
 	zones  []*zoneView
 	byName map[string]*nodeView
+	// zonesOf counts, per job, its tasks placed in each zone.
+	zonesOf map[string]map[string]int
+}
+
+// jobZones returns the count of job's tasks per zone of the cluster.
+func (cv *clusterView) jobZones(job string) map[string]int {
+	zc, ok := cv.zonesOf[job]
+	if !ok {
+		zc = map[string]int{}
+		cv.zonesOf[job] = zc
+	}
+	return zc
 }
 
 func newClusterView(st State, name string) *clusterView {
-	cv := &clusterView{byName: map[string]*nodeView{}}
+	cv := &clusterView{byName: map[string]*nodeView{}, zonesOf: map[string]map[string]int{}}
 	c := st.Cluster(nil, name)
 	if c == nil {
 		return cv
@@ -160,6 +218,11 @@ func newClusterView(st State, name string) *clusterView {
 		cv.byName[n.Name] = v
 		if v.schedulable {
 			z.nodes = append(z.nodes, v)
+		}
+		// The tasks placed on the cluster's nodes, not every task of its
+		// jobs: a pass costs O(placed), however large the jobs.
+		for _, t := range st.NodeTasks(nil, n.Name) {
+			cv.jobZones(t.JobID)[n.Zone]++
 		}
 	}
 	slices.SortFunc(cv.zones, func(a, b *zoneView) int { return cmp.Compare(a.name, b.name) })

@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type fakeState struct {
 	clusters map[string]*api.Cluster
 	nodes    map[string]*api.Node
 	local    map[string]map[string]int64 // input path -> node -> bytes
+	unplaced []*api.Job
 }
 
 func newFakeState() *fakeState {
@@ -40,10 +42,12 @@ func (s *fakeState) PlaceableTasks(memdb.WatchSet) []*api.Task {
 	return out
 }
 
-func (s *fakeState) JobTasks(_ memdb.WatchSet, job string) []*api.Task {
+func (s *fakeState) UnplacedJobs(memdb.WatchSet) []*api.Job { return s.unplaced }
+
+func (s *fakeState) NodeTasks(_ memdb.WatchSet, node string) []*api.Task {
 	var out []*api.Task
 	for _, t := range s.tasks {
-		if t.JobID == job {
+		if t.Node == node && t.Placed() {
 			out = append(out, t)
 		}
 	}
@@ -452,4 +456,87 @@ func TestLocalitySpreadsEqualHolders(t *testing.T) {
 	if !slices.Equal(got, []string{"n1", "n2", "n3"}) {
 		t.Errorf("placed on %v, want one task on each holder", got)
 	}
+}
+
+// unplacedJob adds a job of count tasks never placed (no rows) of cpu
+// millicores, created at index created.
+func (s *fakeState) unplacedJob(job string, created uint64, count int, cpu int64) *api.Job {
+	j := &api.Job{ID: job, Cluster: "c", CreateIndex: created,
+		Groups:      []api.GroupSpec{{Name: "g", Count: count, Resources: api.Resources{CPU: cpu, MemoryMB: cpu}}},
+		GroupStatus: []api.GroupStatus{{Name: "g"}}}
+	s.unplaced = append(s.unplaced, j)
+	return j
+}
+
+func TestUnplacedRanges(t *testing.T) {
+	tests := []struct {
+		name        string
+		setup       func(s *fakeState)
+		wantIDs     []string
+		wantWaiting int
+	}{
+		{"a range takes what fits and counts the rest waiting", func(s *fakeState) {
+			s.node("a1", "a", 1000)
+			s.unplacedJob("big", 5, 1000000, 500)
+		}, []string{"big/g/0", "big/g/1"}, 999998},
+		{"a range starts at the first task without a row", func(s *fakeState) {
+			s.node("a1", "a", 1000)
+			s.unplacedJob("big", 5, 10, 1000).GroupStatus[0].Materialized = 7
+		}, []string{"big/g/7"}, 2},
+		{"rows of an older job go first", func(s *fakeState) {
+			s.node("a1", "a", 1000)
+			s.unplacedJob("new", 9, 10, 500)
+			s.job("old", 3, 1, 500)
+		}, []string{"old/g/0", "new/g/0"}, 9},
+		{"an older range goes before newer rows", func(s *fakeState) {
+			s.node("a1", "a", 1000)
+			s.unplacedJob("old", 3, 1, 500)
+			s.job("new", 9, 3, 500)
+		}, []string{"old/g/0", "new/g/0"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newFakeState()
+			tt.setup(s)
+			res := scheduler.Plan(s, now)
+			var ids []string
+			for _, p := range res.Placements {
+				ids = append(ids, p.TaskID)
+				if j := s.unplacedByID(p.TaskID); j != nil && p.TaskModifyIndex != j.CreateIndex {
+					t.Errorf("%s: got task modify index %d, want the job's create index %d", p.TaskID, p.TaskModifyIndex, j.CreateIndex)
+				}
+			}
+			if diff := cmp.Diff(tt.wantIDs, ids); diff != "" {
+				t.Errorf("placements (-want +got):\n%s", diff)
+			}
+			if res.Waiting != tt.wantWaiting {
+				t.Errorf("waiting: got %d, want %d", res.Waiting, tt.wantWaiting)
+			}
+		})
+	}
+}
+
+// TestUnplacedRangeBounded: a pass over a huge range stops at
+// MaxPlacements and asks to run again at once.
+func TestUnplacedRangeBounded(t *testing.T) {
+	s := newFakeState()
+	s.node("a1", "a", 100000000)
+	s.unplacedJob("big", 5, 1000000, 1)
+	res := scheduler.Plan(s, now)
+	if got := len(res.Placements); got != scheduler.MaxPlacements {
+		t.Errorf("placements: got %d, want %d", got, scheduler.MaxPlacements)
+	}
+	if !res.Wake.Equal(now) {
+		t.Errorf("wake: got %v, want now (%v)", res.Wake, now)
+	}
+}
+
+// unplacedByID returns the unplaced job a task id belongs to, or nil.
+func (s *fakeState) unplacedByID(id string) *api.Job {
+	for _, j := range s.unplaced {
+		if strings.HasPrefix(id, j.ID+"/") {
+			return j
+		}
+	}
+	return nil
 }

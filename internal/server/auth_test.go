@@ -151,6 +151,8 @@ func TestClusterTokenConfinement(t *testing.T) {
 		{"list another cluster's jobs", "GET", "/v1/jobs?cluster=c2", "", 403, "may not act on"},
 		{"see its job", "GET", "/v1/jobs/" + f.job1, "", 200, f.job1},
 		{"see another cluster's job", "GET", "/v1/jobs/" + f.job2, "", 404, "no job named"},
+		{"list its job's tasks", "GET", "/v1/jobs/" + f.job1 + "/tasks?state=pending", "", 200, `"total"`},
+		{"list another cluster's tasks", "GET", "/v1/jobs/" + f.job2 + "/tasks", "", 404, "no job named"},
 		{"logs of another cluster's job", "GET", "/v1/jobs/" + f.job2 + "/logs?group=g&index=0", "", 404, "no job named"},
 		{"cancel another cluster's job", "DELETE", "/v1/jobs/" + f.job2, "", 404, "no job named"},
 		{"list its directory", "GET", "/v1/fs/list?path=/clusters/c1", "", 200, `"name":"data"`},

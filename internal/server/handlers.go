@@ -365,20 +365,53 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// summaryEvents is how many of its last events a job summary shows.
+const summaryEvents = 10
+
+// handleJob answers a job's summary: counts by state and group, its last
+// events and a few failing tasks, read from counters and small indexes
+// whatever the job's size. Tasks are listed by handleJobTasks.
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	withTasks := r.URL.Query().Get("tasks") != "false"
 	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+		j := snap.JobSummary(ws, id, summaryEvents)
+		if j == nil || !principalOf(r).sees(j.Cluster) {
+			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
+		}
+		return j, nil
+	})
+}
+
+// handleJobTasks answers one page of a job's tasks:
+// ?state=&group=&limit=&offset=.
+func (s *Server) handleJobTasks(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	f := &api.TaskFilter{State: q.Get("state"), Group: q.Get("group")}
+	for _, p := range []struct {
+		name string
+		to   *int
+	}{{"limit", &f.Limit}, {"offset", &f.Offset}} {
+		if v := q.Get(p.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("%s: %q is not an integer", p.name, v))
+				return
+			}
+			*p.to = n
+		}
+	}
+	if err := f.Validate(); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
 		if j == nil || !principalOf(r).sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
-		if !withTasks {
-			return j, nil
-		}
-		out := *j
-		out.Tasks = snap.JobTasks(nil, id)
-		return &out, nil
+		snap.WatchTables(ws, state.TableTasks)
+		return snap.TaskPage(ws, id, f)
 	})
 }
 

@@ -84,6 +84,7 @@ func (s *Server) routes() http.Handler {
 
 	tenantRead("GET /v1/jobs", s.handleJobs)
 	tenantRead("GET /v1/jobs/{id}", s.handleJob)
+	tenantRead("GET /v1/jobs/{id}/tasks", s.handleJobTasks)
 	tenantRead("GET /v1/jobs/{id}/logs", s.handleLogs)
 	tenantWrite("POST /v1/jobs", s.handleJobSubmit)
 	tenantWrite("DELETE /v1/jobs/{id}", s.handleJobCancel)

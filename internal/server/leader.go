@@ -160,7 +160,8 @@ func (s *Server) nodeHealthLoop(stop chan struct{}) {
 const queuedPassInterval = 20 * time.Millisecond
 
 // schedulerLoop places waiting tasks whenever tasks, nodes or clusters
-// change, and when a retry backoff ends.
+// change (a job submission writes only the jobs table), and when a retry
+// backoff ends.
 func (s *Server) schedulerLoop(stop chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-stop; cancel() }()
@@ -168,7 +169,7 @@ func (s *Server) schedulerLoop(stop chan struct{}) {
 	for ctx.Err() == nil {
 		snap := s.store.Snapshot()
 		ws := memdb.NewWatchSet()
-		snap.WatchTables(ws, state.TableTasks, state.TableNodes, state.TableClusters)
+		snap.WatchTables(ws, state.TableTasks, state.TableJobs, state.TableNodes, state.TableClusters)
 		start := time.Now()
 		res := scheduler.Plan(snap, s.now())
 		if len(res.Placements) > 0 {

@@ -224,6 +224,7 @@ func checkConsistent(t *testing.T, s *state.Store) {
 		if c != j.Counts {
 			t.Errorf("job %s counts: got %+v, want %+v (recomputed from tasks)", j.ID, j.Counts, c)
 		}
+		checkGroups(t, snap, j)
 	}
 	for name, n := range nodes {
 		if n.Used != used[name] {
@@ -299,4 +300,38 @@ func eventTypes(evs []api.Event) []string {
 		out = append(out, e.Type)
 	}
 	return out
+}
+
+// checkGroups checks a job's per-group counts against its tasks, and that
+// each filtered page lists exactly the tasks it counts, in index order.
+func checkGroups(t *testing.T, snap *state.Snapshot, j *api.Job) {
+	t.Helper()
+	all := snap.JobTasks(nil, j.ID)
+	for gi, gs := range j.GroupStatus {
+		var c api.TaskCounts
+		for _, tk := range all {
+			if tk.Group == gs.Name {
+				c.Add(tk.State, 1)
+			}
+		}
+		if c != gs.Counts || gs.Name != j.Groups[gi].Name {
+			t.Errorf("job %s group %s counts: got %+v, want %+v (recomputed from tasks)", j.ID, gs.Name, gs.Counts, c)
+		}
+		for _, st := range api.TaskStates {
+			p, err := snap.TaskPage(nil, j.ID, &api.TaskFilter{State: st, Group: gs.Name, Limit: api.MaxTaskLimit})
+			if err != nil {
+				t.Fatalf("TaskPage(%s, %s, %s): %v", j.ID, st, gs.Name, err)
+			}
+			last := -1
+			for _, tk := range p.Tasks {
+				if tk.State != st || tk.Group != gs.Name || tk.Index <= last {
+					t.Errorf("page of %s %s/%s: task %s (%s) out of place", j.ID, gs.Name, st, tk.ID, tk.State)
+				}
+				last = tk.Index
+			}
+			if p.Total != c.Get(st) || len(p.Tasks) != c.Get(st) {
+				t.Errorf("page of %s %s/%s: got total %d and %d tasks, want %d", j.ID, gs.Name, st, p.Total, len(p.Tasks), c.Get(st))
+			}
+		}
+	}
 }

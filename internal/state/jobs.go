@@ -1,7 +1,6 @@
 package state
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -46,21 +45,9 @@ func (s *Snapshot) Jobs(ws memdb.WatchSet, cluster string) []*api.Job {
 	return collect[*api.Job](s.txn, ws, tableJobs, "id")
 }
 
-// JobTasks returns a job's tasks ordered by group then index.
-func (s *Snapshot) JobTasks(ws memdb.WatchSet, job string) []*api.Task {
-	tasks := collect[*api.Task](s.txn, ws, tableTasks, "job", job)
-	slices.SortFunc(tasks, func(a, b *api.Task) int {
-		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Index, b.Index))
-	})
-	return tasks
-}
-
-// Task returns one task, or nil.
-func (s *Snapshot) Task(ws memdb.WatchSet, id string) *api.Task {
-	return first[*api.Task](s.txn, ws, tableTasks, id)
-}
-
-// PlaceableTasks returns the tasks waiting for a node, in id order.
+// PlaceableTasks returns the task rows waiting for a node, in id order:
+// tasks that were placed before (lost, retried, moved) or have inputs.
+// Tasks never placed have no row; see [Snapshot.UnplacedJobs].
 func (s *Snapshot) PlaceableTasks(ws memdb.WatchSet) []*api.Task {
 	return collect[*api.Task](s.txn, ws, tableTasks, "placeable", true)
 }
@@ -76,6 +63,7 @@ func (tx *writeTxn) jobForWrite(id string) *api.Job {
 	}
 	j := *raw.(*api.Job)
 	j.Events = slices.Clone(j.Events)
+	j.GroupStatus = slices.Clone(j.GroupStatus)
 	tx.jobs[id] = &j
 	return &j
 }
@@ -121,6 +109,7 @@ func (tx *writeTxn) updateTask(t, nt *api.Task, now time.Time) error {
 		if j != nil {
 			j.Counts.Add(t.State, -1)
 			j.Counts.Add(nt.State, 1)
+			countGroup(j, t.Group, t.State, nt.State)
 			tx.refreshJobState(j, now)
 		}
 	}
@@ -189,20 +178,21 @@ func (s *Store) SubmitJob(index uint64, req *JobSubmitRequest) (*api.Job, error)
 		id := fmt.Sprintf("%s-%d", spec.Name, index)
 		j := &api.Job{ID: id, Name: spec.Name, Cluster: spec.Cluster, Type: spec.Type, State: api.JobPending,
 			Groups: spec.Groups, Submitted: req.Now, CreateIndex: index}
+		j.GroupStatus = make([]api.GroupStatus, len(spec.Groups))
 		for gi, g := range spec.Groups {
+			j.GroupStatus[gi] = api.GroupStatus{Name: g.Name, Counts: api.TaskCounts{Pending: g.Count}}
+			j.Counts.Pending += g.Count
+			if len(inputs[gi]) == 0 {
+				continue // no rows until the scheduler places them (tasks.go)
+			}
+			// Tasks with inputs carry their own file list: rows from the
+			// start (at most MaxInputs of them).
 			for i := 0; i < g.Count; i++ {
-				t := &api.Task{ID: TaskID(id, g.Name, i), JobID: id, Cluster: spec.Cluster, Group: g.Name, Index: i,
-					State: api.TaskPending, Attempt: 1, Command: g.Command, Env: g.Env, Resources: g.Resources,
-					MaxAttempts: g.MaxAttempts, Timeout: g.Timeout, Count: g.Count,
-					Inputs: inputs[gi], Outputs: g.Outputs, CreateIndex: index, ModifyIndex: index}
-				if g.SplitInputs {
-					t.Inputs = inputs[gi][i : i+1]
-				}
-				if err := tx.put(tableTasks, t); err != nil {
+				if err := tx.put(tableTasks, newTask(j, gi, i, inputs[gi])); err != nil {
 					return err
 				}
-				j.Counts.Pending++
 			}
+			j.GroupStatus[gi].Materialized = g.Count
 		}
 		j.Events = addEvent(nil, req.Now, "submitted", fmt.Sprintf("%d tasks in %d groups", j.Counts.Total(), len(j.Groups)))
 		tx.jobs[id] = j
@@ -236,7 +226,16 @@ func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
 	// Cancelled first, so that refreshJobState leaves the state alone while
 	// the tasks are cancelled one by one (no passing "job-failed" event).
 	j.State, j.Finished = api.JobCancelled, now
-	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "job", id) {
+	// Unplaced tasks (no rows) become cancelled with the job's state.
+	for gi := range j.GroupStatus {
+		st := &j.GroupStatus[gi]
+		n := j.Groups[gi].Count - st.Materialized
+		st.Counts.Pending -= n
+		st.Counts.Cancelled += n
+		j.Counts.Pending -= n
+		j.Counts.Cancelled += n
+	}
+	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "group_prefix", id) {
 		if api.TaskTerminal(t.State) {
 			continue
 		}
@@ -328,19 +327,32 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 	res := &PlanResult{}
 	err := s.write(index, func(tx *writeTxn) error {
 		for _, p := range req.Placements {
-			raw, _ := tx.First(tableTasks, "id", p.TaskID)
 			n := tx.node(p.Node)
-			if raw == nil || n == nil {
+			if n == nil {
 				res.Rejected++
 				continue
 			}
-			t := raw.(*api.Task)
+			var t *api.Task
+			raw, _ := tx.First(tableTasks, "id", p.TaskID)
+			if raw != nil {
+				t = raw.(*api.Task)
+			} else {
+				t = tx.unplacedTask(p.TaskID)
+			}
 			// A ready node attached to a cluster is always one of its members
 			// (only draining nodes stay attached outside the member list).
-			if t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
+			if t == nil || t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
 				n.Cluster != t.Cluster || !fits(n, t.Resources) {
 				res.Rejected++
 				continue
+			}
+			if raw == nil {
+				// A task never placed: its row (written by updateTask
+				// below), and those of its group's unplaced tasks before
+				// it, are created now.
+				if err := tx.materialize(t); err != nil {
+					return err
+				}
 			}
 			nt := *t
 			nt.State, nt.Node, nt.RunID, nt.Message = api.TaskPending, n.Name, index, ""

@@ -62,8 +62,13 @@ func TestSubmitJob(t *testing.T) {
 	if got := tasks[0]; got.MaxAttempts != 5 || got.Timeout != api.Duration(time.Minute) || got.Count != 1 {
 		t.Errorf("leader task: got max attempts %v timeout %v count %v, want 5 1m 1", got.MaxAttempts, got.Timeout, got.Count)
 	}
-	if got := len(f.snap().PlaceableTasks(nil)); got != 4 {
-		t.Errorf("placeable tasks: got %v, want 4", got)
+	// No task has a row before it is placed: the job is in the unplaced
+	// index instead.
+	if got := len(f.snap().PlaceableTasks(nil)); got != 0 {
+		t.Errorf("placeable task rows: got %v, want 0", got)
+	}
+	if got := f.snap().UnplacedJobs(nil); len(got) != 1 || got[0].ID != j.ID {
+		t.Errorf("unplaced jobs: got %v, want [%s]", got, j.ID)
 	}
 	if got := f.snap().Jobs(nil, "c"); len(got) != 1 || got[0].ID != j.ID {
 		t.Errorf("jobs of cluster c: got %v, want [%s]", got, j.ID)

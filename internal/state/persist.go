@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
 )
 
@@ -86,6 +87,32 @@ func Restore(r io.Reader) (*Store, error) {
 			return nil, fmt.Errorf("state: restoring %s: %w", rec.Table, err)
 		}
 	}
+	if err := upgradeJobs(tx); err != nil {
+		return nil, err
+	}
 	tx.Commit()
 	return s, nil
+}
+
+// upgradeJobs fills the per-group status of jobs persisted before it
+// existed: every task of theirs has a row, so all are materialized and
+// their counts are recounted from the rows.
+func upgradeJobs(tx *memdb.Txn) error {
+	for _, j := range collect[*api.Job](tx, nil, tableJobs, "id") {
+		if len(j.GroupStatus) == len(j.Groups) {
+			continue
+		}
+		nj := *j
+		nj.GroupStatus = make([]api.GroupStatus, len(j.Groups))
+		for gi, g := range j.Groups {
+			nj.GroupStatus[gi] = api.GroupStatus{Name: g.Name, Materialized: g.Count}
+		}
+		for _, t := range collect[*api.Task](tx, nil, tableTasks, "group_prefix", j.ID) {
+			countGroup(&nj, t.Group, "", t.State)
+		}
+		if err := tx.Insert(tableJobs, &nj); err != nil {
+			return fmt.Errorf("state: upgrading job %s: %w", j.ID, err)
+		}
+	}
+	return nil
 }

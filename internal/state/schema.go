@@ -56,13 +56,22 @@ func schema() *memdb.DBSchema {
 			Indexes: map[string]*memdb.IndexSchema{
 				"id":      {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 				"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+				// "unplaced" holds the jobs with tasks never placed, which
+				// have no task rows (see tasks.go).
+				"unplaced": {Name: "unplaced", AllowMissing: true, Indexer: &memdb.ConditionalIndex{
+					Conditional: func(obj any) (bool, error) { return hasUnplaced(obj.(*api.Job)), nil },
+				}},
 			},
 		},
 		tableTasks: {
 			Name: tableTasks,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":  {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				"job": {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobID"}},
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				// "group", "state" and "failing" are keyed by job first;
+				// see taskKeyIndex. They are read through their _prefix form.
+				"group":   {Name: "group", Indexer: taskGroupIndex},
+				"state":   {Name: "state", Indexer: taskStateIndex},
+				"failing": {Name: "failing", AllowMissing: true, Indexer: taskFailingIndex},
 				// "node" holds only placed tasks, so that an agent's work
 				// query does not grow with the node's history.
 				"node": {Name: "node", AllowMissing: true, Indexer: placedNodeIndex{}},
