@@ -3,41 +3,14 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"runtime"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
-
-// rawForkExecRate runs /bin/true n times from NumCPU goroutines and returns
-// executions per second: the machine's ceiling for starting processes.
-func rawForkExecRate(b *testing.B, n int) float64 {
-	start := time.Now()
-	var wg sync.WaitGroup
-	work := make(chan struct{}, n)
-	for i := 0; i < n; i++ {
-		work <- struct{}{}
-	}
-	close(work)
-	for w := 0; w < runtime.NumCPU(); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range work {
-				if err := exec.Command("/bin/true").Run(); err != nil {
-					b.Error(err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return float64(n) / time.Since(start).Seconds()
-}
 
 func waitJob(b *testing.B, c *api.Client, id string, timeout time.Duration) *api.Job {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -67,7 +40,7 @@ func BenchmarkThroughputTrue(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		raw := rawForkExecRate(b, tasks)
+		raw := forkExecRate(b, tasks, runtime.NumCPU())
 		start := time.Now()
 		res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "true", Cluster: "c1", Groups: []api.GroupSpec{{
 			Name: "t", Count: tasks, Command: []string{"/bin/true"}}}})

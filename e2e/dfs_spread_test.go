@@ -62,17 +62,7 @@ func TestDFSSpreadMoveBack(t *testing.T) {
 		t.Fatalf("right after put: misplaced = %d, want 0", s.Misplaced)
 	}
 
-	nodes, _, err := in.Client.Nodes(t.Context(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost []string
-	for _, n := range nodes {
-		if n.Zone == "zone-1" {
-			lost = append(lost, n.Name)
-		}
-	}
-	slices.Sort(lost)
+	lost := nodesInZone(t, in, "zone-1")
 	if len(lost) != 2 {
 		t.Fatalf("zone-1 holds %v, want 2 nodes", lost)
 	}

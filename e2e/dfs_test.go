@@ -488,16 +488,7 @@ func TestDFSZoneLoss(t *testing.T) {
 	for p, data := range files {
 		putData(t, in, p, data, "--chunk-size", "256KiB")
 	}
-	nodes, _, err := in.Client.Nodes(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost []string
-	for _, n := range nodes {
-		if n.Zone == "zone-1" {
-			lost = append(lost, n.Name)
-		}
-	}
+	lost := nodesInZone(t, in, "zone-1")
 	if len(lost) != 2 {
 		t.Fatalf("zone-1 holds %v, want 2 nodes", lost)
 	}

@@ -218,16 +218,9 @@ func TestJobSurvivesLostZone(t *testing.T) {
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
 	id := submit(t, in, fmt.Sprintf(sleepJob, 6, "3"))
 	runningNode(t, in, id)
-	nodes, _, err := in.Client.Nodes(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost []string
-	for _, n := range nodes {
-		if n.Zone == "zone-1" {
-			lost = append(lost, n.Name)
-			in.Agent(n.Name).Kill9()
-		}
+	lost := nodesInZone(t, in, "zone-1")
+	for _, n := range lost {
+		in.Agent(n).Kill9()
 	}
 	job := waitJobState(t, in, id, api.JobComplete, 60*time.Second)
 	for _, tk := range job.Tasks {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -172,4 +173,21 @@ func waitRunningElsewhere(t *testing.T, in *testutil.Installation, id, node stri
 		return true, ""
 	})
 	return job
+}
+
+// nodesInZone returns the names of the nodes in zone, sorted.
+func nodesInZone(t *testing.T, in *testutil.Installation, zone string) []string {
+	t.Helper()
+	nodes, _, err := in.Client.Nodes(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range nodes {
+		if n.Zone == zone {
+			out = append(out, n.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
