@@ -180,7 +180,7 @@ func removeCgroupDirs(dirs []string) error {
 // memory.oom_control or v2 memory.events), read through the descriptor
 // the cgroup keeps open if it has one. Kernels before 4.13 have no such
 // counter; there it returns 0.
-func (c *runCgroup) oomKills() uint64 {
+func (c *runCgroup) oomKills() (uint64, bool) {
 	var b []byte
 	if c.files != nil && c.files.oom >= 0 {
 		b = c.files.read(c.files.oom)
@@ -189,9 +189,9 @@ func (c *runCgroup) oomKills() uint64 {
 	}
 	for line := range bytes.Lines(b) {
 		if v, ok := bytes.CutPrefix(line, []byte("oom_kill ")); ok {
-			n, _ := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
-			return n
+			n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+			return n, err == nil
 		}
 	}
-	return 0
+	return 0, false
 }

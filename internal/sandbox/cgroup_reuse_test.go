@@ -14,7 +14,7 @@ func idleCgroups(t *testing.T, c *cgroupV1) (memory, cpu []string) {
 	t.Helper()
 	list := func(dir string) []string {
 		ents, err := os.ReadDir(dir)
-		if err != nil {
+		if err != nil && !os.IsNotExist(err) { // a closed driver removes its parent
 			t.Fatal(err)
 		}
 		var names []string
@@ -134,4 +134,75 @@ func TestExecChargedCgroupNotReused(t *testing.T) {
 		t.Errorf("idle cgroups after a run that left 4 MB charged: memory %v, cpu %v, want none", mem, cpu)
 	}
 	checkGone(t, e, spec.ID, h.PID())
+}
+
+// TestExecChangedCgroupNotReused checks that a run which changed its own
+// cgroup (it is root and sees /sys/fs/cgroup) does not hand those changes
+// to the next run: the next run gets a new cgroup with its own limits.
+func TestExecChangedCgroupNotReused(t *testing.T) {
+	for _, tt := range []struct{ name, script string }{
+		{"OOM killer off", `echo 1 > /sys/fs/cgroup/memory$m/memory.oom_control`},
+		{"memory limit raised", `f=/sys/fs/cgroup/memory$m
+if [ -e $f/memory.memsw.limit_in_bytes ]; then echo 1073741824 > $f/memory.memsw.limit_in_bytes; fi
+echo 1073741824 > $f/memory.limit_in_bytes`},
+		{"cpu quota lifted", `echo -1 > /sys/fs/cgroup/cpu$c/cpu.cfs_quota_us`},
+		{"child cgroup", `mkdir /sys/fs/cgroup/memory$m/child`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e, c := v1Driver(t)
+			// Wait until the run is in its cgroup (on v1 it joins just
+			// after it starts), then change it.
+			first := testSpec(t, "sh", "-c", `until grep -q ':memory:.*/'"$RUN"'$' /proc/self/cgroup; do sleep 0.01; done
+m=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup); c=$(sed -n 's/^[0-9]*:cpu://p' /proc/self/cgroup)
+`+tt.script)
+			first.CPU, first.MemoryMB = 500, 32
+			first.Env = append(first.Env, "RUN="+first.ID)
+			if res := start(t, e, first).Wait(); res.ExitCode != 0 {
+				t.Fatalf("first run: exit code %d, err %v", res.ExitCode, res.Err)
+			}
+			if mem, cpu := idleCgroups(t, c); len(mem)+len(cpu) != 0 {
+				t.Errorf("idle cgroups after a run changed its own: memory %v, cpu %v, want none", mem, cpu)
+			}
+			second := testSpec(t, "sleep", "100")
+			second.CPU, second.MemoryMB = 500, 32
+			h := start(t, e, second)
+			defer h.Stop(0)
+			memDir, cpuDir := c.dir(c.memory, c.parent+"/"+second.ID), c.dir(c.cpu, c.parent+"/"+second.ID)
+			for file, want := range map[string]string{
+				filepath.Join(cpuDir, "cpu.cfs_quota_us"):      "50000\n",
+				filepath.Join(memDir, "memory.limit_in_bytes"): "33554432\n",
+			} {
+				if got := readFile(t, file); got != want {
+					t.Errorf("%s = %q, want %q", file, got, want)
+				}
+			}
+			if got := readFile(t, filepath.Join(memDir, "memory.oom_control")); !strings.Contains(got, "oom_kill_disable 0") {
+				t.Errorf("memory.oom_control of the next run = %q, want the OOM killer on", got)
+			}
+			if _, err := os.Stat(filepath.Join(memDir, "child")); err == nil {
+				t.Error("the next run's cgroup holds the child cgroup of the run before")
+			}
+		})
+	}
+}
+
+// TestCgroupReleaseAfterClose checks that a run ending after the driver's
+// cgroups were closed has its cgroup removed, not kept idle for ever.
+func TestCgroupReleaseAfterClose(t *testing.T) {
+	e, c := v1Driver(t)
+	spec := testSpec(t, "sleep", "0.3")
+	spec.MemoryMB = 32
+	h := start(t, e, spec)
+	if err := c.close(); err != nil {
+		t.Logf("close with a run still going: %v", err)
+	}
+	h.Wait()
+	if mem, cpu := idleCgroups(t, c); len(mem)+len(cpu) != 0 {
+		t.Errorf("idle cgroups after close: memory %v, cpu %v, want none", mem, cpu)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nidle != 0 || len(c.idle) != 0 {
+		t.Errorf("kept cgroups after close: %d, want 0", c.nidle)
+	}
 }

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -42,10 +43,11 @@ type cgroupV1 struct {
 	// the limit cannot be dodged by swapping.
 	memsw bool
 
-	mu    sync.Mutex
-	idle  map[cgroupLimits][]*runCgroup // guarded by mu
-	nidle int                           // guarded by mu
-	seq   uint64                        // guarded by mu; names idle cgroups
+	mu     sync.Mutex
+	idle   map[cgroupLimits][]*runCgroup // guarded by mu
+	nidle  int                           // guarded by mu
+	seq    uint64                        // guarded by mu; names idle cgroups
+	closed bool                          // guarded by mu; runs ending after close are destroyed
 }
 
 // cgroupLimits are the limits a cgroup was made with; only a run with the
@@ -126,7 +128,46 @@ func (f *cgroupFiles) reusable(run *runCgroup) bool {
 			return false
 		}
 	}
-	return true
+	return untouched(run, f.limits)
+}
+
+// untouched reports whether an ended run left its cgroup as it was made:
+// no child cgroups, the limits it was given and the kernel's OOM killer
+// on. A run is root and sees /sys/fs/cgroup, so it can change its own
+// cgroup; a cgroup it changed is removed rather than handed to the next
+// run, which must get exactly its own limits.
+func untouched(run *runCgroup, l cgroupLimits) bool {
+	for _, d := range run.dirs {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return false
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				return false
+			}
+		}
+	}
+	want := map[string]string{}
+	if l.memoryMB > 0 {
+		limit := strconv.FormatInt(l.memoryMB<<20, 10)
+		want[filepath.Join(run.dirs[0], "memory.limit_in_bytes")] = limit
+		if _, err := os.Stat(filepath.Join(run.dirs[0], "memory.memsw.limit_in_bytes")); err == nil {
+			want[filepath.Join(run.dirs[0], "memory.memsw.limit_in_bytes")] = limit
+		}
+	}
+	if l.cpu > 0 && len(run.dirs) > 1 {
+		want[filepath.Join(run.dirs[1], "cpu.cfs_quota_us")] = strconv.FormatInt(cpuQuota(l.cpu), 10)
+		want[filepath.Join(run.dirs[1], "cpu.cfs_period_us")] = strconv.FormatInt(cfsPeriod, 10)
+	}
+	for file, v := range want {
+		b, err := os.ReadFile(file)
+		if err != nil || string(trimSpace(b)) != v {
+			return false
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(run.dirs[0], "memory.oom_control"))
+	return err == nil && bytes.Contains(b, []byte("oom_kill_disable 0\n"))
 }
 
 func trimSpace(b []byte) []byte {
@@ -289,7 +330,7 @@ func (c *cgroupV1) release(run *runCgroup) error {
 		return c.destroy(run)
 	}
 	c.mu.Lock()
-	full := c.nidle >= maxIdleCgroups
+	full := c.nidle >= maxIdleCgroups || c.closed
 	c.seq++
 	name := "idle-" + strconv.FormatUint(c.seq, 10)
 	c.mu.Unlock()
@@ -297,6 +338,10 @@ func (c *cgroupV1) release(run *runCgroup) error {
 		return c.destroy(run)
 	}
 	c.mu.Lock()
+	if c.closed { // closed while it was being renamed
+		c.mu.Unlock()
+		return c.destroy(run)
+	}
 	c.idle[f.limits] = append(c.idle[f.limits], run)
 	c.nidle++
 	c.mu.Unlock()
@@ -312,7 +357,7 @@ func (c *cgroupV1) close() error {
 	var errs []error
 	c.mu.Lock()
 	idle := c.idle
-	c.idle, c.nidle = map[cgroupLimits][]*runCgroup{}, 0
+	c.idle, c.nidle, c.closed = map[cgroupLimits][]*runCgroup{}, 0, true
 	c.mu.Unlock()
 	for _, l := range idle {
 		for _, run := range l {

@@ -68,9 +68,13 @@ func (h *execHandle) wait() {
 	}
 	if h.cg != nil {
 		if h.cg.oomFile != "" {
-			n := h.cg.oomKills()
-			res.OOMKill = n > h.cg.oomBase
-			h.cg.oomBase = n
+			// An unreadable counter says nothing, and must not become
+			// the next run's base (a reused cgroup would then report an
+			// OOM kill that did not happen).
+			if n, ok := h.cg.oomKills(); ok {
+				res.OOMKill = n > h.cg.oomBase
+				h.cg.oomBase = n
+			}
 		}
 		// Once released, the cgroup may serve (and be renamed for)
 		// another run: from here on only cgDir, which no longer exists,
