@@ -286,7 +286,11 @@ func (c *cgroupV1) createNew(id string, limits cgroupLimits) (*runCgroup, error)
 		}
 	}
 	if err == nil {
-		f.usage, err = open(filepath.Join(run.dirs[0], "memory.usage_in_bytes"), syscall.O_RDONLY)
+		usage := "memory.usage_in_bytes"
+		if c.memsw {
+			usage = "memory.memsw.usage_in_bytes" // what is swapped out is charged too
+		}
+		f.usage, err = open(filepath.Join(run.dirs[0], usage), syscall.O_RDONLY)
 		if err != nil {
 			f.usage = -1
 		}
