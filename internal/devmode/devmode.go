@@ -125,6 +125,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
+	// One shoal dev per directory: a second one would fight the first
+	// over its ports, its Raft data and its record of agents.
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("a shoal dev already runs in %s (it holds %s); stop it first", dir, lock.Name())
+	}
 	rec, err := readRecord(dir)
 	switch {
 	case errors.Is(err, errNoRecord):

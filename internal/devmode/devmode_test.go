@@ -1,6 +1,7 @@
 package devmode
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -52,6 +53,7 @@ func TestReadRecordErrors(t *testing.T) {
 	}{
 		{"not JSON", "{", "is not a record of agents"},
 		{"agent without zone", `{"agents":[{"name":"node-1","data_dir":"/x"}]}`, "without a name, zone or data dir"},
+		{"agent twice", `{"agents":[{"name":"node-1","zone":"z","data_dir":"/x"},{"name":"node-1","zone":"z","data_dir":"/y"}]}`, "lists agent node-1 twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,5 +269,31 @@ func TestBackoff(t *testing.T) {
 		if got := in.backoff(); got != tt.want {
 			t.Errorf("backoff after %d failures, the last %s ago = %s, want %s", tt.failures, tt.ago, got, tt.want)
 		}
+	}
+}
+
+// TestRunRefusesASecondInstance: a shoal dev refuses a directory another
+// one holds, before it starts or writes anything.
+func TestRunRefusesASecondInstance(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Agents: 1, Zones: 1, MaxAgents: 1, Dir: dir, Addr: "127.0.0.1:1", Binary: "/bin/false",
+		Logger: slog.New(slog.DiscardHandler), Stdout: io.Discard}
+	err = Run(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "a shoal dev already runs in") {
+		t.Errorf("Run in a locked directory: got %v, want a refusal", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, RecordFile)); err == nil {
+		t.Error("the refused Run wrote a record of agents")
 	}
 }

@@ -58,10 +58,18 @@ func Kill(dir, name string, sig syscall.Signal) (int, error) {
 	if a.State != AgentRunning || a.PID == 0 {
 		return 0, fmt.Errorf("agent %s is not running (%s)", name, a.State)
 	}
+	// The process is held (a pidfd on Linux) before it is checked, so that
+	// the signal reaches the process checked even if it exits meanwhile
+	// and another takes its pid.
+	p, err := os.FindProcess(a.PID)
+	if err != nil {
+		return 0, fmt.Errorf("agent %s (pid %d): %w", name, a.PID, err)
+	}
+	defer p.Release()
 	if err := checkAgentProcess(a.PID, rec.Binary, dir, a); err != nil {
 		return 0, err
 	}
-	if err := syscall.Kill(a.PID, sig); err != nil {
+	if err := p.Signal(sig); err != nil {
 		return 0, fmt.Errorf("signalling agent %s (pid %d): %w", name, a.PID, err)
 	}
 	return a.PID, nil

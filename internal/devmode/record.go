@@ -99,10 +99,15 @@ func readRecord(dir string) (*Record, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%s is not a record of agents (%v); remove it to start fresh agents", path, err)
 	}
+	seen := map[string]bool{}
 	for _, a := range r.Agents {
 		if a.Name == "" || a.Zone == "" || a.DataDir == "" {
 			return nil, fmt.Errorf("%s lists an agent without a name, zone or data dir; remove it to start fresh agents", path)
 		}
+		if seen[a.Name] {
+			return nil, fmt.Errorf("%s lists agent %s twice; remove it to start fresh agents", path, a.Name)
+		}
+		seen[a.Name] = true
 		r.LastNumber = max(r.LastNumber, nodeNumber(a.Name))
 	}
 	return &r, nil
