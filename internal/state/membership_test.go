@@ -177,3 +177,27 @@ func TestSpreadIdleMemberAtOnce(t *testing.T) {
 		t.Errorf("members once zone c is back: got %v, want [a2 b1 c1] (a1, the first idle member of zone a, back in the pool)", got)
 	}
 }
+
+// TestDrainMemberWithUnstartedTasks: a member drained while it holds only
+// tasks that have not started leaves its cluster's list, is replaced from
+// the pool, and is not listed twice when it comes back to the pool.
+func TestDrainMemberWithUnstartedTasks(t *testing.T) {
+	f := fixtureWithPool(t, []poolNode{{"a1", "a"}, {"b1", "b"}})
+	f.createCluster("c", 2, 2)
+	f.addNode("b2", "b")
+	j := f.submit("j", "c", 1, api.Resources{CPU: 100, MemoryMB: 64}, 1)
+	f.place(taskID(j.ID, 0), "b1") // placed, not yet running
+	if err := f.s.DrainNode(f.next(), &state.NodeDrainRequest{Name: "b1", Deadline: f.now.Add(time.Minute), Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.cluster("c").Nodes; !cmp.Equal(got, []string{"a1", "b2"}) {
+		t.Errorf("members after draining b1: got %v, want [a1 b2]", got)
+	}
+	if err := f.s.DrainNode(f.next(), &state.NodeDrainRequest{Name: "b1", Disable: true, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	f.setState("a1", api.NodeDown) // c draws from the pool, where b1 now is
+	if got := f.cluster("c").Nodes; !cmp.Equal(got, []string{"b1", "b2"}) {
+		t.Errorf("members after a1 went down: got %v, want [b1 b2]", got)
+	}
+}

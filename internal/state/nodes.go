@@ -244,13 +244,16 @@ func (s *Store) DrainNode(index uint64, req *NodeDrainRequest) error {
 		}
 		n.State, n.StateSince, n.DrainDeadline = api.NodeDraining, req.Now, req.Deadline
 		reason := "node " + n.Name + " draining"
-		if err := tx.evictTasks(n.Name, api.TaskPending, reason, req.Now, false); err != nil {
-			return err
-		}
+		// The member leaves its cluster's list before its tasks move:
+		// moving its last task detaches the node (releaseIfIdle), and the
+		// cluster must not go on listing a node that left it.
 		if n.Cluster != "" {
 			if err := tx.removeMember(n.Cluster, n.Name, reason, req.Now); err != nil {
 				return err
 			}
+		}
+		if err := tx.evictTasks(n.Name, api.TaskPending, reason, req.Now, false); err != nil {
+			return err
 		}
 		tx.releaseIfIdle(n)
 		return tx.healClusters(req.Now)
