@@ -47,14 +47,22 @@ func (x taskKeyIndex) FromObject(obj any) (bool, []byte, error) {
 	return true, binary.BigEndian.AppendUint64(b, n), nil
 }
 
+// FromArgs builds a key from leading strings and, optionally, a final
+// uint64: a LowerBound with the number starts at that index.
 func (x taskKeyIndex) FromArgs(args ...any) ([]byte, error) {
 	var b []byte
-	for _, a := range args {
-		s, ok := a.(string)
-		if !ok {
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			b = append(append(b, v...), 0)
+		case uint64:
+			if i != len(args)-1 {
+				return nil, fmt.Errorf("state: task index number %d is not the last argument", v)
+			}
+			b = binary.BigEndian.AppendUint64(b, v)
+		default:
 			return nil, fmt.Errorf("state: task index argument %v is not a string", a)
 		}
-		b = append(append(b, s...), 0)
 	}
 	return b, nil
 }
@@ -161,9 +169,10 @@ func (s *Snapshot) JobTasks(ws memdb.WatchSet, job string) []*api.Task {
 
 // TaskPage returns the tasks of a job that match f, ordered by group name
 // then index, or nil if there is no such job. Whole groups are skipped by
-// their counts and unplaced tasks are computed, so a page costs
-// O(limit + offset inside the matching task rows of one group), never
-// O(job). A group the job does not have is an [ErrInvalid] error.
+// their counts and unplaced tasks are computed, and an unfiltered page
+// starts at its first row through the index, so a page costs O(limit)
+// (with a state filter, plus the offset inside the matching rows of one
+// group), never O(job). A group the job does not have is an [ErrInvalid] error.
 func (s *Snapshot) TaskPage(ws memdb.WatchSet, job string, f *api.TaskFilter) (*api.TaskPage, error) {
 	j := s.Job(ws, job)
 	if j == nil {
@@ -220,7 +229,10 @@ func (s *Snapshot) taskPage(ws memdb.WatchSet, j *api.Job, f *api.TaskFilter, li
 			var it memdb.ResultIterator
 			var err error
 			if f.State == "" {
-				it, err = s.txn.Get(tableTasks, "group_prefix", j.ID, g.Name)
+				// A group's rows are its indexes 0..Materialized-1, so the
+				// page starts at index skip, found in the tree, not walked to.
+				it, err = s.txn.LowerBound(tableTasks, "group", j.ID, g.Name, uint64(skip))
+				skip = 0
 			} else {
 				it, err = s.txn.Get(tableTasks, "state_prefix", j.ID, f.State, g.Name)
 			}
@@ -231,11 +243,15 @@ func (s *Snapshot) taskPage(ws memdb.WatchSet, j *api.Job, f *api.TaskFilter, li
 				ws.Add(it.WatchCh())
 			}
 			for raw := it.Next(); raw != nil && len(page.Tasks) < limit; raw = it.Next() {
+				t := raw.(*api.Task)
+				if t.JobID != j.ID || t.Group != g.Name {
+					break // LowerBound runs on past the group
+				}
 				if skip > 0 {
 					skip--
 					continue
 				}
-				page.Tasks = append(page.Tasks, raw.(*api.Task))
+				page.Tasks = append(page.Tasks, t)
 			}
 			skip = 0
 		} else {
