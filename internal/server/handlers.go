@@ -373,7 +373,9 @@ const summaryEvents = 10
 // whatever the job's size. Tasks are listed by handleJobTasks.
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	// The tasks table too: a retried task can change the summary's failing
+	// tasks without a write to the job's row.
+	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.JobSummary(ws, id, summaryEvents)
 		if j == nil || !principalOf(r).sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)

@@ -235,14 +235,18 @@ func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
 		j.Counts.Pending -= n
 		j.Counts.Cancelled += n
 	}
-	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "group_prefix", id) {
-		if api.TaskTerminal(t.State) {
+	// Only the rows still live are read, through the state index: a job
+	// that has mostly run costs its live tasks to cancel, not its history.
+	for _, st := range api.TaskStates {
+		if api.TaskTerminal(st) {
 			continue
 		}
-		nt := *t
-		nt.State, nt.Node, nt.Message, nt.Finished = api.TaskCancelled, "", reason, now
-		if err := tx.updateTask(t, &nt, now); err != nil {
-			return err
+		for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "state_prefix", id, st) {
+			nt := *t
+			nt.State, nt.Node, nt.Message, nt.Finished = api.TaskCancelled, "", reason, now
+			if err := tx.updateTask(t, &nt, now); err != nil {
+				return err
+			}
 		}
 	}
 	j.Events = addEvent(j.Events, now, "job-cancelled", reason)
