@@ -41,18 +41,7 @@ func BenchmarkThroughputTrue(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		raw := forkExecRate(b, tasks, runtime.NumCPU())
-		start := time.Now()
-		res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "true", Cluster: "c1", Groups: []api.GroupSpec{{
-			Name: "t", Count: tasks, Command: []string{"/bin/true"}}}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		j := waitJob(b, in.Client, res.ID, 10*time.Minute)
-		elapsed := time.Since(start)
-		if j.State != api.JobComplete {
-			b.Fatalf("job %s ended %s: %+v", j.ID, j.State, j.Counts)
-		}
-		rate := tasks / elapsed.Seconds()
+		rate := tasks / runTrueJob(b, in, tasks, 10*time.Minute).Seconds()
 		b.ReportMetric(rate, "tasks/s")
 		b.ReportMetric(raw, "raw-forkexec/s")
 		b.ReportMetric(rate/raw, "ratio")

@@ -146,17 +146,7 @@ func BenchmarkThroughputJobSize(b *testing.B) {
 	// server and agents.
 	run := func(tasks int) (rate, cpu float64) {
 		cpu0 := controlCPU(b, in)
-		start := time.Now()
-		res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "true", Cluster: "c1", Groups: []api.GroupSpec{{
-			Name: "t", Count: tasks, Command: []string{"/bin/true"}}}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		j := waitJob(b, in.Client, res.ID, 30*time.Minute)
-		if j.State != api.JobComplete {
-			b.Fatalf("job %s ended %s: %+v", j.ID, j.State, j.Counts)
-		}
-		rate = float64(tasks) / time.Since(start).Seconds()
+		rate = float64(tasks) / runTrueJob(b, in, tasks, 30*time.Minute).Seconds()
 		return rate, (controlCPU(b, in) - cpu0).Seconds() / float64(tasks)
 	}
 	b.ResetTimer()

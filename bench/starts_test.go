@@ -124,7 +124,7 @@ func BenchmarkStartCost(b *testing.B) {
 			serial := forkExecRate(b, tasks, 1)
 			parallel := forkExecRate(b, tasks, startsParallelism)
 			agent0, server0 := procCPU(b, agentPID), procCPU(b, serverPID)
-			elapsed := runTrueJob(b, in, tasks)
+			elapsed := runTrueJob(b, in, tasks, 10*time.Minute)
 			agent1, server1 := procCPU(b, agentPID), procCPU(b, serverPID)
 			rd := startsRound{rate: tasks / elapsed.Seconds(), baseline: max(serial, parallel),
 				agentCPU: (agent1 - agent0) / tasks, serverCPU: (server1 - server0) / tasks}
@@ -153,7 +153,7 @@ func BenchmarkStartCost(b *testing.B) {
 			// takes at the rate of a middle round.
 			rate := rounds[len(rounds)/2].rate
 			wait := startProfiles(b, in, profileDir, max(int(profileTasks/rate), 1))
-			runTrueJob(b, in, profileTasks)
+			runTrueJob(b, in, profileTasks, 10*time.Minute)
 			wait()
 		}
 	}
@@ -163,8 +163,9 @@ func BenchmarkStartCost(b *testing.B) {
 const profileTasks = 5000
 
 // runTrueJob runs one job of n /bin/true tasks on cluster c1 and returns
-// the time from its submission to its end.
-func runTrueJob(b *testing.B, in *testutil.Installation, n int) time.Duration {
+// the time from its submission to its end; it fails the benchmark if the
+// job does not complete within timeout.
+func runTrueJob(b *testing.B, in *testutil.Installation, n int, timeout time.Duration) time.Duration {
 	ctx := context.Background()
 	start := time.Now()
 	res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "true", Cluster: "c1", Groups: []api.GroupSpec{{
@@ -172,7 +173,7 @@ func runTrueJob(b *testing.B, in *testutil.Installation, n int) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	j := waitJob(b, in.Client, res.ID, 10*time.Minute)
+	j := waitJob(b, in.Client, res.ID, timeout)
 	elapsed := time.Since(start)
 	if j.State != api.JobComplete {
 		b.Fatalf("job %s ended %s: %+v", j.ID, j.State, j.Counts)
