@@ -53,19 +53,7 @@ func TestDevRestartKeepsClusters(t *testing.T) {
 	}
 
 	dev := startDev(t, dir, addr, "--agent-cpu", "1000", "--agent-memory", "1024")
-	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
-		p, _, err := c.Pool(ctx, nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		zones := 0
-		for _, idle := range p.ByZone {
-			if idle > 0 {
-				zones++
-			}
-		}
-		return zones >= 3, fmt.Sprintf("idle nodes by zone: %v", p.ByZone)
-	})
+	waitPool(t, c, 3, func([]*api.Node) (bool, string) { return true, "" })
 	devShoal(t, addr, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
 	before := waitClusterHealthy("c1", nil)
 	data := randomBytes(7, 3<<20)

@@ -172,3 +172,37 @@ func TestStoppedMemberNotBackIsReplaced(t *testing.T) {
 		return n.State == api.NodeReady && n.Cluster == "", fmt.Sprintf("node %s is %s in %q, want ready in the pool", victim, n.State, n.Cluster)
 	})
 }
+
+// TestWholeRestartLongerThanGrace stops every agent in an orderly way, then
+// the server, for longer than --rejoin-grace, and starts them again: the
+// cluster keeps its members, because the grace counts only while a leader
+// runs.
+func TestWholeRestartLongerThanGrace(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 3, Zones: 3, ServerArgs: []string{"--rejoin-grace", "2s"}})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2", "--zones", "2")
+	members := clusterJSON(t, in, "c1").Nodes
+	for _, a := range in.Agents {
+		a.Stop()
+	}
+	in.Servers[0].Stop()
+	stopped := time.Now()
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return time.Since(stopped) > 3*time.Second, "waiting out the grace while the installation is down"
+	})
+	in.Servers[0].Restart(t)
+	in.WaitForLeader()
+	for _, a := range in.Agents {
+		a.Restart(t)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		c := clusterJSON(t, in, "c1")
+		return c.State == api.ClusterHealthy, fmt.Sprintf("cluster %s %q members %v", c.State, c.Problems, c.Nodes)
+	})
+	c := clusterJSON(t, in, "c1")
+	if !slices.Equal(c.Nodes, members) {
+		t.Errorf("members after a restart longer than the grace: got %v, want %v", c.Nodes, members)
+	}
+	if hasEvent(c.Events, "member-lost", "") {
+		t.Errorf("cluster events %v: a member was replaced", c.Events)
+	}
+}
