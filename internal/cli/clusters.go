@@ -56,7 +56,7 @@ func clusterCmd(g *globals) *cobra.Command {
 	addOutputFlag(list, g)
 
 	status := &cobra.Command{
-		Use: "status NAME", Short: "Show a cluster's nodes and events", Args: cobra.ExactArgs(1),
+		Use: "status NAME", Short: "Show a cluster's health (healthy or degraded, and why), nodes and events", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl := g.client()
 			c, _, err := cl.Cluster(cmd.Context(), args[0], nil)
