@@ -31,6 +31,9 @@ type Node struct {
 	State    string            `json:"state"`
 	// Socket is the agent's short-circuit socket (see NodeRegistration).
 	Socket string `json:"socket,omitempty"`
+	// PeerAddr is the agent's mutual-TLS address for nodes of its cluster
+	// (see NodeRegistration).
+	PeerAddr string `json:"peer_addr,omitempty"`
 	// Cluster is the cluster the node is reserved for; empty when it is in the pool.
 	Cluster string `json:"cluster"`
 	// DrainDeadline is when tasks still running on a draining node are moved.
@@ -133,6 +136,9 @@ const (
 	JobBatch = "batch"
 )
 
+// JobTypes lists the job types.
+var JobTypes = []string{JobBatch, JobMPI}
+
 // Job states.
 const (
 	JobPending   = "pending"
@@ -162,7 +168,16 @@ type JobSpec struct {
 	Name    string      `json:"name"`
 	Cluster string      `json:"cluster"`
 	Type    string      `json:"type"`
-	Groups  []GroupSpec `json:"groups"`
+	Groups  []GroupSpec `json:"groups,omitempty"`
+	// MPI describes an mpi job (type mpi), which has no groups; the
+	// fields below it are for mpi jobs only.
+	MPI *MPISpec `json:"mpi,omitempty"`
+	// Resources are what each rank needs.
+	Resources Resources `json:"resources,omitzero"`
+	// Files are DFS paths (relative ones under the cluster's root) staged,
+	// executable, into the working directory of every node of the gang.
+	Files []string          `json:"files,omitempty"`
+	Env   map[string]string `json:"env,omitempty"`
 }
 
 // GroupSpec describes Count identical tasks.
@@ -200,6 +215,10 @@ type Job struct {
 	Type    string      `json:"type"`
 	State   string      `json:"state"`
 	Groups  []GroupSpec `json:"groups"`
+	// MPI is the mpi section an mpi job was submitted with; MPIStatus its
+	// gang's progress.
+	MPI       *MPISpec   `json:"mpi,omitempty"`
+	MPIStatus *MPIStatus `json:"mpi_status,omitempty"`
 	Counts  TaskCounts  `json:"counts"`
 	// GroupStatus has one entry per group, in the order of Groups.
 	GroupStatus []GroupStatus `json:"group_status"`
@@ -357,6 +376,9 @@ type Task struct {
 	Count       int               `json:"count"`
 	Inputs      []string          `json:"inputs,omitempty"`  // DFS files, resolved
 	Outputs     string            `json:"outputs,omitempty"` // DFS directory
+	// MPI is set on the tasks of an mpi job, whose Inputs are the job's
+	// files (staged into the working directory).
+	MPI *TaskMPI `json:"mpi,omitempty"`
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
@@ -416,6 +438,10 @@ type NodeRegistration struct {
 	// open chunk files to DFS clients on its host (short-circuit reads);
 	// empty when it serves none.
 	Socket string `json:"socket,omitempty"`
+	// PeerAddr is where the agent accepts mutual-TLS connections from the
+	// nodes of its cluster (remote launch of MPI daemons); empty when it
+	// accepts none.
+	PeerAddr string `json:"peer_addr,omitempty"`
 }
 
 // Heartbeat is sent by an agent periodically. Leaving is sent once by an

@@ -80,8 +80,22 @@ func (j *JobSpec) Validate() error {
 	if j.Type == "" {
 		j.Type = JobBatch
 	}
-	if j.Type != JobBatch {
-		return invalid("type", "%q is not a known job type (want %q)", truncate(j.Type), JobBatch)
+	switch j.Type {
+	case JobMPI:
+		return j.validateMPI()
+	case JobBatch:
+	default:
+		return invalid("type", "%q is not a known job type (want one of %s)", truncate(j.Type), strings.Join(JobTypes, ", "))
+	}
+	switch {
+	case j.MPI != nil:
+		return invalid("mpi", "only mpi jobs have an mpi section; this job's type is %q", j.Type)
+	case j.Resources != (Resources{}):
+		return invalid("resources", "only mpi jobs have job-wide resources; batch jobs set them per group")
+	case len(j.Files) > 0:
+		return invalid("files", "only mpi jobs have files; batch jobs read inputs per group")
+	case len(j.Env) > 0:
+		return invalid("env", "only mpi jobs have a job-wide env; batch jobs set it per group")
 	}
 	if len(j.Groups) == 0 {
 		return invalid("groups", "at least one group is required")
@@ -115,30 +129,11 @@ func (j *JobSpec) Validate() error {
 			return invalid(f+".count", "the job would have more than %d tasks", MaxTasksPerJob)
 		}
 		total += g.Count
-		if len(g.Command) == 0 || g.Command[0] == "" {
-			return invalid(f+".command", "must not be empty")
+		if err := validateCommand(f+".command", g.Command); err != nil {
+			return err
 		}
-		if len(g.Command) > MaxCommandArgs {
-			return invalid(f+".command", "%d arguments; at most %d are allowed", len(g.Command), MaxCommandArgs)
-		}
-		for k, a := range g.Command {
-			if strings.IndexByte(a, 0) >= 0 {
-				return invalid(fmt.Sprintf("%s.command[%d]", f, k), "contains a NUL byte")
-			}
-		}
-		if len(g.Env) > MaxEnvVars {
-			return invalid(f+".env", "%d variables; at most %d are allowed", len(g.Env), MaxEnvVars)
-		}
-		for k, v := range g.Env {
-			if k == "" || strings.ContainsAny(k, "=\x00") {
-				return invalid(f+".env", "variable name %q must be non-empty and contain no '=' or NUL", truncate(k))
-			}
-			if strings.IndexByte(v, 0) >= 0 {
-				return invalid(f+".env."+k, "contains a NUL byte")
-			}
-			if strings.HasPrefix(k, "SHOAL_") {
-				return invalid(f+".env."+k, "SHOAL_ variables are set by Shoal and cannot be overridden")
-			}
+		if err := validateEnv(f+".env", g.Env); err != nil {
+			return err
 		}
 		if g.Resources.CPU < 0 {
 			return invalid(f+".resources.cpu", "must not be negative, got %d", g.Resources.CPU)
@@ -228,19 +223,7 @@ const MaxInputs = 100000
 // Relative paths are under the cluster's root; nothing may lie outside it.
 func (g *GroupSpec) validateData(f, cluster string) error {
 	root := ClusterRoot(cluster)
-	resolve := func(field, p string) (string, error) {
-		if p != "" && p[0] != '/' {
-			p = root + "/" + p
-		}
-		p, err := CleanPath(field, p)
-		if err != nil {
-			return "", err
-		}
-		if !WithinDir(p, root) {
-			return "", invalid(field, "%s is outside this cluster's directory %s", truncate(p), root)
-		}
-		return p, nil
-	}
+	resolve := func(field, p string) (string, error) { return resolveInCluster(cluster, field, p) }
 	if len(g.Inputs) > MaxInputs {
 		return invalid(f+".inputs", "%d entries; at most %d are allowed", len(g.Inputs), MaxInputs)
 	}
@@ -265,4 +248,21 @@ func (g *GroupSpec) validateData(f, cluster string) error {
 		g.Outputs = p
 	}
 	return nil
+}
+
+// resolveInCluster makes p absolute (a relative path is under the
+// cluster's root) and checks that it lies within the cluster's root.
+func resolveInCluster(cluster, field, p string) (string, error) {
+	root := ClusterRoot(cluster)
+	if p != "" && p[0] != '/' {
+		p = root + "/" + p
+	}
+	p, err := CleanPath(field, p)
+	if err != nil {
+		return "", err
+	}
+	if !WithinDir(p, root) {
+		return "", invalid(field, "%s is outside this cluster's directory %s", truncate(p), root)
+	}
+	return p, nil
 }
