@@ -21,10 +21,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
+	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/sandbox"
 )
 
@@ -56,6 +58,13 @@ type Config struct {
 	// RepairRate limits the bytes per second this node copies from peers
 	// to repair replicas (0: 256 MiB/s; negative: unlimited).
 	RepairRate int64
+	// PeerAddr is where the agent accepts mutual-TLS connections from the
+	// nodes of its cluster (remote launch of MPI daemons); default
+	// 127.0.0.1:0. It is advertised to the servers.
+	PeerAddr string
+	// ShoalBinary is the shoal binary tasks find first on their PATH
+	// (DATA/bin/shoal links to it); default the agent's own executable.
+	ShoalBinary string
 }
 
 // Agent runs one node.
@@ -74,7 +83,19 @@ type Agent struct {
 	// is none.
 	local *localSocket
 
-	mu      sync.Mutex // guards runs, cluster and clusterToken
+	// peerLn is the peer listener (peer.go), advertised as peerAdvertise.
+	peerLn        net.Listener
+	peerAdvertise string
+	// peerCreds are the node's credentials in its cluster, nil while it
+	// holds none; a.mu guards changing them together with cluster.
+	peerCreds  atomic.Pointer[clusterpki.Credentials]
+	credsRenew time.Time // when to renew peerCreds; guarded by mu
+	credsWake  chan struct{}
+	// shoalBin is DATA/bin/shoal, the link to the shoal binary; binDir its
+	// directory, first on every task's PATH.
+	shoalBin, binDir string
+
+	mu      sync.Mutex // guards runs, cluster, clusterToken and credsRenew
 	runs    map[runKey]*run
 	cluster string
 	// clusterToken is the API token of the node's cluster, handed to its
@@ -124,10 +145,17 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.RepairRate == 0 {
 		cfg.RepairRate = 256 << 20
 	}
+	if cfg.PeerAddr == "" {
+		cfg.PeerAddr = "127.0.0.1:0"
+	}
 	if err := os.MkdirAll(allocRoot(cfg.DataDir), 0o755); err != nil {
 		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{},
+		credsWake: make(chan struct{}, 1)}
+	if err := a.linkShoal(); err != nil {
+		return nil, err
+	}
 	chunks, err := chunkstore.Open(filepath.Join(cfg.DataDir, "chunks"), a.log)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -151,6 +179,10 @@ func New(cfg Config) (*Agent, error) {
 	if a.cfg.AdvertiseAddr == "" {
 		a.cfg.AdvertiseAddr = ln.Addr().String()
 	}
+	if err := a.listenPeer(); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.updates = newUpdateBatcher(a.client, cfg.Name, a.log)
 	return a, nil
@@ -173,6 +205,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.httpSrv.Serve(a.ln)
 	defer a.httpSrv.Close()
 	defer a.serveLocal()() // serves until Run returns
+	defer a.servePeer()()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.credsLoop() }()
 
 	if err := a.register(); err != nil {
 		return err
@@ -205,7 +240,8 @@ func (a *Agent) Shutdown() { a.cancel() }
 // register announces the node, retrying until a server answers.
 func (a *Agent) register() error {
 	reg := &api.NodeRegistration{Name: a.cfg.Name, Zone: a.cfg.Zone, Addr: a.cfg.AdvertiseAddr,
-		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels, Socket: a.local.socketPath()}
+		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels, Socket: a.local.socketPath(),
+		PeerAddr: a.peerAdvertise}
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		err := a.client.RegisterNode(ctx, reg)
@@ -327,3 +363,37 @@ func cgroupParent(name, dataDir string) string {
 }
 
 func allocRoot(dataDir string) string { return filepath.Join(dataDir, "alloc") }
+
+// linkShoal makes DATA/bin/shoal a symbolic link to the shoal binary, so
+// that tasks (and mpirun inside them) find `shoal` first on their PATH.
+func (a *Agent) linkShoal() error {
+	target := a.cfg.ShoalBinary
+	if target == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("agent: finding the shoal binary for tasks' PATH (set it with --shoal-binary): %w", err)
+		}
+		target = exe
+	}
+	dataDir, err := filepath.Abs(a.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.binDir = filepath.Join(dataDir, "bin")
+	a.shoalBin = filepath.Join(a.binDir, "shoal")
+	if err := os.MkdirAll(a.binDir, 0o755); err != nil {
+		return fmt.Errorf("agent: creating %s: %w", a.binDir, err)
+	}
+	if old, err := os.Readlink(a.shoalBin); err == nil && old == target {
+		return nil
+	}
+	tmp := a.shoalBin + ".new"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("agent: linking %s to %s: %w", a.shoalBin, target, err)
+	}
+	if err := os.Rename(tmp, a.shoalBin); err != nil {
+		return fmt.Errorf("agent: linking %s to %s: %w", a.shoalBin, target, err)
+	}
+	return nil
+}

@@ -33,6 +33,13 @@ type run struct {
 	dir     string
 	sandbox string // sandbox spec ID
 
+	// secret authenticates the run's processes to this agent's local API
+	// (SHOAL_RUN_SECRET) and names its MPI wrapper's socket; ckptDir is
+	// its job's local checkpoint directory. Both are set for mpi tasks
+	// only, before the run is listed in Agent.runs, and never change.
+	secret  string
+	ckptDir string
+
 	stopOnce sync.Once
 	stopped  chan struct{} // closed to ask the run to stop
 	done     chan struct{} // closed when the process has ended
@@ -82,7 +89,7 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 		}
 	}
 	oldCluster := a.cluster
-	a.cluster = work.Node.Cluster
+	a.setClusterLocked(work.Node.Cluster)
 	a.clusterToken = work.ClusterToken
 	a.mu.Unlock()
 
@@ -155,6 +162,11 @@ func (a *Agent) startRun(t *api.Task) error {
 	r := &run{key: runKey{t.ID, t.RunID}, task: t, stopped: make(chan struct{}), done: make(chan struct{}),
 		dir:     runDir(a.cfg.DataDir, t.Cluster, t.JobID, t.Group, t.Index, t.RunID),
 		sandbox: fmt.Sprintf("%s.%s.%d.%d", t.JobID, t.Group, t.Index, t.RunID)}
+	var secretErr error
+	if t.MPI != nil {
+		r.secret, secretErr = newRunSecret()
+		r.ckptDir = checkpointDir(a.cfg.DataDir, t)
+	}
 	a.mu.Lock()
 	a.runs[r.key] = r
 	a.mu.Unlock()
@@ -165,6 +177,9 @@ func (a *Agent) startRun(t *api.Task) error {
 		a.updates.send(api.TaskUpdate{TaskID: t.ID, RunID: t.RunID, State: api.TaskFailed, ExitCode: -1,
 			Message: fmt.Sprintf("%s: %v", msg, err), Started: now, Finished: now})
 		return err
+	}
+	if secretErr != nil {
+		return fail("starting mpi task", secretErr)
 	}
 	for _, n := range []string{t.Cluster, t.JobID, t.Group} {
 		if err := api.ValidateName("task", n); err != nil {
@@ -178,6 +193,12 @@ func (a *Agent) startRun(t *api.Task) error {
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
 		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),
 		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB}
+	if t.MPI != nil {
+		// Staging files and restoring a checkpoint may take long: not on
+		// a start worker.
+		go a.startMPI(r, spec, fail)
+		return nil
+	}
 	if len(t.Inputs) > 0 || t.Outputs != "" {
 		// Fetching inputs may take long: not on a start worker.
 		go a.startWithData(r, spec, fail)
@@ -339,12 +360,29 @@ func (a *Agent) stopAll() {
 }
 
 func (a *Agent) taskEnv(t *api.Task, work string) []string {
+	return envList(a.taskEnvMap(t, work))
+}
+
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// taskEnvMap is a task's environment: its own variables, with DATA/bin
+// (where shoal is) first on its PATH, and Shoal's.
+func (a *Agent) taskEnvMap(t *api.Task, work string) map[string]string {
 	env := map[string]string{
 		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME": work,
 	}
 	for k, v := range t.Env {
 		env[k] = v
+	}
+	if a.binDir != "" {
+		env["PATH"] = a.binDir + ":" + env["PATH"]
 	}
 	// A task acts as its cluster: it gets the cluster's token, never the
 	// agent's, so the servers confine it to the cluster's jobs and files.
@@ -362,11 +400,7 @@ func (a *Agent) taskEnv(t *api.Task, work string) []string {
 	} {
 		env[k] = v
 	}
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
+	return env
 }
 
 // recoverRuns handles what an earlier agent on this data dir left when it

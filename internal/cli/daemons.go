@@ -125,6 +125,8 @@ func agentCmd(g *globals) *cobra.Command {
 	f.StringVar(&servers, "servers", "127.0.0.1:7460", "comma-separated server HTTP addresses")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:0", "address to serve task logs and DFS chunks on")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address servers use to reach --http-addr (default: its listen address)")
+	f.StringVar(&cfg.PeerAddr, "peer-addr", "127.0.0.1:0", "address for mutual-TLS connections from the nodes of this node's cluster (MPI remote launch); advertised to the servers")
+	f.StringVar(&cfg.ShoalBinary, "shoal-binary", "", "shoal binary that tasks find first on their PATH (default: this executable)")
 	f.Int64Var(&cfg.CPU, "cpu", 0, "cpu millicores to offer (default: detected)")
 	f.Int64Var(&cfg.MemoryMB, "memory", 0, "memory MiB to offer (default: detected)")
 	f.StringArrayVar(&labels, "label", nil, "node label key=value (repeatable)")
