@@ -32,6 +32,8 @@ type run struct {
 	task    *api.Task
 	dir     string
 	sandbox string // sandbox spec ID
+	secret  string // mpi runs: SHOAL_RUN_SECRET, which its ranks present to commit checkpoints
+	ckptDir string // mpi runs: SHOAL_CHECKPOINT_DIR, the job's checkpoint directory on this node
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed to ask the run to stop
