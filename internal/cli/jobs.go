@@ -159,6 +159,7 @@ offset). --state, --group, --limit and --offset imply --tasks.`,
 		},
 	}
 	cmd.AddCommand(runCmd, list, status, logs, cancel)
+	cmd.AddCommand(jobCheckpointsCmd(g))
 	return cmd
 }
 
@@ -246,8 +247,10 @@ const maxSummaryGroups = 10
 func printJobSummary(g *globals, j *api.Job) {
 	c := j.Counts
 	fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
-	fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
+	fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n",
 		c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
+	printMPIStatus(g, j)
+	fmt.Fprintln(g.stdout)
 	t := newTable(g.stdout, "GROUP", "TASKS", "COMPLETE", "RUNNING", "PENDING", "LOST", "FAILED", "CANCELLED")
 	for i, gs := range j.GroupStatus {
 		if i == maxSummaryGroups {
