@@ -243,7 +243,7 @@ func (j *JobSpec) validateMPI() error {
 func (j *JobSpec) MPIGroupSpec() GroupSpec {
 	m := j.MPI
 	return GroupSpec{Name: MPIGroup, Count: m.Nodes(), Command: m.Command, Env: j.Env,
-		Resources: Resources{CPU: j.Resources.CPU * int64(m.SlotsPerNode), MemoryMB: j.Resources.MemoryMB * int64(m.SlotsPerNode)},
+		Resources:   Resources{CPU: j.Resources.CPU * int64(m.SlotsPerNode), MemoryMB: j.Resources.MemoryMB * int64(m.SlotsPerNode)},
 		MaxAttempts: 1, Inputs: j.Files}
 }
 

@@ -219,7 +219,7 @@ type Job struct {
 	// gang's progress.
 	MPI       *MPISpec   `json:"mpi,omitempty"`
 	MPIStatus *MPIStatus `json:"mpi_status,omitempty"`
-	Counts  TaskCounts  `json:"counts"`
+	Counts    TaskCounts `json:"counts"`
 	// GroupStatus has one entry per group, in the order of Groups.
 	GroupStatus []GroupStatus `json:"group_status"`
 	// Failing lists, most recent first, a few tasks that failed, were

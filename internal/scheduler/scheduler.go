@@ -39,6 +39,7 @@ type State interface {
 	UnplacedJobs(ws memdb.WatchSet) []*api.Job
 	// NodeTasks returns the tasks placed on a node.
 	NodeTasks(ws memdb.WatchSet, node string) []*api.Task
+	Job(ws memdb.WatchSet, id string) *api.Job
 	Cluster(ws memdb.WatchSet, name string) *api.Cluster
 	Node(ws memdb.WatchSet, name string) *api.Node
 	// InputBytes returns, per node, how many bytes of the given DFS files
@@ -60,10 +61,13 @@ type Result struct {
 	// Wake is the earliest time a task held back by retry backoff becomes
 	// eligible; zero if none is.
 	Wake time.Time
+	// Gangs are placed each as a whole or not at all.
+	Gangs []state.GangPlacement
 }
 
-// work is one row waiting for a node, or one group's range of tasks
-// never placed (task nil, indexes from index to the group's count).
+// work is one unit waiting for nodes: a task row, one group's range of
+// tasks never placed (task nil, indexes from index to the group's count),
+// or a whole gang. Its placer, chosen by its job's type, places it.
 type work struct {
 	created  uint64
 	job      string
@@ -72,20 +76,93 @@ type work struct {
 	task     *api.Task
 	unplaced *api.Job
 	gi       int
+	gang     []*api.Task
+	placer   placer
 }
 
-// Plan computes placements for the tasks waiting for a node, oldest job
+// A placer places one unit of work in a pass.
+type placer func(p *pass, w *work)
+
+// placers chooses, by job type, how a job's waiting rows become units of
+// work and how they are placed: batch tasks one by one (next to their
+// inputs when they have some), mpi gangs all at once on distinct nodes
+// (gang.go).
+var placers = map[string]struct {
+	queue func(j *api.Job, rows []*api.Task) []work
+	place placer
+}{
+	api.JobBatch: {queue: queueTasks, place: placeTask},
+	api.JobMPI:   {queue: queueGang, place: placeGang},
+}
+
+// pass is the state of one scheduling pass.
+type pass struct {
+	st       State
+	now      time.Time
+	res      *Result
+	clusters map[string]*clusterView
+	locality map[string]map[string]int64 // inputs key -> node -> bytes
+	// gangTasks counts the tasks of the gangs placed so far.
+	gangTasks int
+}
+
+func (p *pass) view(name string) *clusterView {
+	cv, ok := p.clusters[name]
+	if !ok {
+		cv = newClusterView(p.st, name)
+		p.clusters[name] = cv
+	}
+	return cv
+}
+
+// full reports whether the plan has reached its size, and then asks for
+// another pass at once.
+func (p *pass) full() bool {
+	if len(p.res.Placements)+p.gangTasks >= MaxPlacements {
+		p.res.Wake = p.now
+		return true
+	}
+	return false
+}
+
+func (p *pass) wakeAt(t time.Time) {
+	if p.res.Wake.IsZero() || t.Before(p.res.Wake) {
+		p.res.Wake = t
+	}
+}
+
+// Plan computes placements for the work waiting for nodes, oldest job
 // first.
 func Plan(st State, now time.Time) *Result {
-	res := &Result{}
+	p := &pass{st: st, now: now, res: &Result{}, clusters: map[string]*clusterView{}, locality: map[string]map[string]int64{}}
 	var queue []work
+	rows := map[string][]*api.Task{}
+	var jobs []string
 	for _, t := range st.PlaceableTasks(nil) {
-		queue = append(queue, work{created: t.CreateIndex, job: t.JobID, group: t.Group, index: t.Index, task: t})
+		if _, ok := rows[t.JobID]; !ok {
+			jobs = append(jobs, t.JobID)
+		}
+		rows[t.JobID] = append(rows[t.JobID], t)
+	}
+	for _, id := range jobs {
+		j := st.Job(nil, id)
+		if j == nil {
+			continue
+		}
+		pl, ok := placers[j.Type]
+		if !ok {
+			pl = placers[api.JobBatch]
+		}
+		for _, w := range pl.queue(j, rows[id]) {
+			w.placer = pl.place
+			queue = append(queue, w)
+		}
 	}
 	for _, j := range st.UnplacedJobs(nil) {
 		for gi, gs := range j.GroupStatus {
 			if gs.Materialized < j.Groups[gi].Count {
-				queue = append(queue, work{created: j.CreateIndex, job: j.ID, group: gs.Name, index: gs.Materialized, unplaced: j, gi: gi})
+				queue = append(queue, work{created: j.CreateIndex, job: j.ID, group: gs.Name, index: gs.Materialized,
+					unplaced: j, gi: gi, placer: placeRange})
 			}
 		}
 	}
@@ -93,71 +170,74 @@ func Plan(st State, now time.Time) *Result {
 		return cmp.Or(cmp.Compare(a.created, b.created), cmp.Compare(a.job, b.job),
 			cmp.Compare(a.group, b.group), cmp.Compare(a.index, b.index))
 	})
-	clusters := map[string]*clusterView{}
-	locality := map[string]map[string]int64{} // inputs key -> node -> bytes
-	view := func(name string) *clusterView {
-		cv, ok := clusters[name]
-		if !ok {
-			cv = newClusterView(st, name)
-			clusters[name] = cv
-		}
-		return cv
-	}
-	for _, w := range queue {
-		if len(res.Placements) >= MaxPlacements {
-			res.Wake = now // more to do right away
+	for i := range queue {
+		if p.full() {
 			break
 		}
-		if j := w.unplaced; j != nil {
-			cv := view(j.Cluster)
-			zc := cv.jobZones(j.ID)
-			g := &j.Groups[w.gi]
-			for i := w.index; i < g.Count; i++ {
-				if len(res.Placements) >= MaxPlacements {
-					res.Wake = now
-					break
-				}
-				n := cv.place(g.Resources, zc)
-				if n == nil {
-					res.Waiting += g.Count - i // same shape: none of the rest fits either
-					break
-				}
-				zc[n.zone.name]++
-				res.Placements = append(res.Placements, state.Placement{TaskID: state.TaskID(j.ID, g.Name, i),
-					Node: n.name, TaskModifyIndex: j.CreateIndex})
-			}
-			continue
+		queue[i].placer(p, &queue[i])
+	}
+	return p.res
+}
+
+// queueTasks makes one unit of work of each waiting row of a batch job.
+func queueTasks(_ *api.Job, rows []*api.Task) []work {
+	out := make([]work, len(rows))
+	for i, t := range rows {
+		out[i] = work{created: t.CreateIndex, job: t.JobID, group: t.Group, index: t.Index, task: t}
+	}
+	return out
+}
+
+// placeRange places as many of a group's tasks never placed as fit.
+func placeRange(p *pass, w *work) {
+	j := w.unplaced
+	cv := p.view(j.Cluster)
+	zc := cv.jobZones(j.ID)
+	g := &j.Groups[w.gi]
+	for i := w.index; i < g.Count; i++ {
+		if p.full() {
+			break
 		}
-		t := w.task
-		if t.NotBefore.After(now) {
-			if res.Wake.IsZero() || t.NotBefore.Before(res.Wake) {
-				res.Wake = t.NotBefore
-			}
-			continue
-		}
-		cv := view(t.Cluster)
-		zc := cv.jobZones(t.JobID)
-		var n *nodeView
-		if len(t.Inputs) > 0 {
-			key := strings.Join(t.Inputs, "\x00")
-			loc, ok := locality[key]
-			if !ok {
-				loc = st.InputBytes(t.Inputs)
-				locality[key] = loc
-			}
-			n = cv.placeNear(t.Resources, loc, zc)
-		}
+		n := cv.place(g.Resources, zc)
 		if n == nil {
-			n = cv.place(t.Resources, zc)
-		}
-		if n == nil {
-			res.Waiting++
-			continue
+			p.res.Waiting += g.Count - i // same shape: none of the rest fits either
+			break
 		}
 		zc[n.zone.name]++
-		res.Placements = append(res.Placements, state.Placement{TaskID: t.ID, Node: n.name, TaskModifyIndex: t.ModifyIndex})
+		p.res.Placements = append(p.res.Placements, state.Placement{TaskID: state.TaskID(j.ID, g.Name, i),
+			Node: n.name, TaskModifyIndex: j.CreateIndex})
 	}
-	return res
+}
+
+// placeTask places one batch task row: next to its inputs if it has some
+// and a holder has room, else spread over the cluster's zones.
+func placeTask(p *pass, w *work) {
+	t := w.task
+	if t.NotBefore.After(p.now) {
+		p.wakeAt(t.NotBefore)
+		return
+	}
+	cv := p.view(t.Cluster)
+	zc := cv.jobZones(t.JobID)
+	var n *nodeView
+	if len(t.Inputs) > 0 {
+		key := strings.Join(t.Inputs, "\x00")
+		loc, ok := p.locality[key]
+		if !ok {
+			loc = p.st.InputBytes(t.Inputs)
+			p.locality[key] = loc
+		}
+		n = cv.placeNear(t.Resources, loc, zc)
+	}
+	if n == nil {
+		n = cv.place(t.Resources, zc)
+	}
+	if n == nil {
+		p.res.Waiting++
+		return
+	}
+	zc[n.zone.name]++
+	p.res.Placements = append(p.res.Placements, state.Placement{TaskID: t.ID, Node: n.name, TaskModifyIndex: t.ModifyIndex})
 }
 
 type nodeView struct {

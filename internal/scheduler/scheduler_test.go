@@ -25,6 +25,7 @@ type fakeState struct {
 	nodes    map[string]*api.Node
 	local    map[string]map[string]int64 // input path -> node -> bytes
 	unplaced []*api.Job
+	jobs     map[string]*api.Job // jobs not here are batch jobs
 }
 
 func newFakeState() *fakeState {
@@ -43,6 +44,13 @@ func (s *fakeState) PlaceableTasks(memdb.WatchSet) []*api.Task {
 }
 
 func (s *fakeState) UnplacedJobs(memdb.WatchSet) []*api.Job { return s.unplaced }
+
+func (s *fakeState) Job(_ memdb.WatchSet, id string) *api.Job {
+	if j, ok := s.jobs[id]; ok {
+		return j
+	}
+	return &api.Job{ID: id, Type: api.JobBatch}
+}
 
 func (s *fakeState) NodeTasks(_ memdb.WatchSet, node string) []*api.Task {
 	var out []*api.Task

@@ -172,8 +172,8 @@ func (s *Server) schedulerLoop(stop chan struct{}) {
 		snap.WatchTables(ws, state.TableTasks, state.TableJobs, state.TableNodes, state.TableClusters)
 		start := time.Now()
 		res := scheduler.Plan(snap, s.now())
-		if len(res.Placements) > 0 {
-			v, _, err := s.apply(fsm.Plan, &state.PlanRequest{Placements: res.Placements, Now: s.now()})
+		if len(res.Placements) > 0 || len(res.Gangs) > 0 {
+			v, _, err := s.apply(fsm.Plan, &state.PlanRequest{Placements: res.Placements, Gangs: res.Gangs, Now: s.now()})
 			s.metrics.schedLatency.Observe(time.Since(start).Seconds())
 			if err != nil {
 				s.log.Warn("applying plan", "err", err)

@@ -64,8 +64,25 @@ func (tx *writeTxn) jobForWrite(id string) *api.Job {
 	j := *raw.(*api.Job)
 	j.Events = slices.Clone(j.Events)
 	j.GroupStatus = slices.Clone(j.GroupStatus)
+	if j.MPIStatus != nil {
+		ms := *j.MPIStatus
+		ms.GangNodes = slices.Clone(ms.GangNodes)
+		j.MPIStatus = &ms
+	}
 	tx.jobs[id] = &j
 	return &j
+}
+
+// job returns a job as tx sees it, for reading only; nil if there is none.
+func (tx *writeTxn) job(id string) *api.Job {
+	if j, ok := tx.jobs[id]; ok {
+		return j
+	}
+	raw, _ := tx.First(tableJobs, "id", id)
+	if raw == nil {
+		return nil
+	}
+	return raw.(*api.Job)
 }
 
 func (tx *writeTxn) jobEvent(id string, now time.Time, typ, msg string) {
@@ -161,7 +178,12 @@ func (s *Store) SubmitJob(index uint64, req *JobSubmitRequest) (*api.Job, error)
 				largest.MemoryMB = max(largest.MemoryMB, n.MemoryMB)
 			}
 		}
-		for i, g := range spec.Groups {
+		kind := jobKinds[spec.Type]
+		if err := checkGangFits(&spec, c, largest); err != nil {
+			return err
+		}
+		groups := kind.groups(&spec)
+		for i, g := range groups {
 			if g.Resources.CPU > largest.CPU {
 				return fmt.Errorf("%w: groups[%d].resources.cpu: %d millicores is more than any node of cluster %q has (largest: %d)",
 					ErrInvalid, i, g.Resources.CPU, c.Name, largest.CPU)
@@ -171,22 +193,23 @@ func (s *Store) SubmitJob(index uint64, req *JobSubmitRequest) (*api.Job, error)
 					ErrInvalid, i, g.Resources.MemoryMB, c.Name, largest.MemoryMB)
 			}
 		}
-		inputs, err := tx.groupData(spec.Groups, req.Now)
+		inputs, err := tx.groupData(groups, req.Now)
 		if err != nil {
 			return err
 		}
 		id := fmt.Sprintf("%s-%d", spec.Name, index)
 		j := &api.Job{ID: id, Name: spec.Name, Cluster: spec.Cluster, Type: spec.Type, State: api.JobPending,
-			Groups: spec.Groups, Submitted: req.Now, CreateIndex: index}
-		j.GroupStatus = make([]api.GroupStatus, len(spec.Groups))
-		for gi, g := range spec.Groups {
+			Groups: groups, MPI: spec.MPI, Submitted: req.Now, CreateIndex: index}
+		if spec.MPI != nil {
+			j.MPIStatus = &api.MPIStatus{Ranks: spec.MPI.Ranks, Nodes: spec.MPI.Nodes(), GangNodes: []string{}}
+		}
+		j.GroupStatus = make([]api.GroupStatus, len(groups))
+		for gi, g := range groups {
 			j.GroupStatus[gi] = api.GroupStatus{Name: g.Name, Counts: api.TaskCounts{Pending: g.Count}}
 			j.Counts.Pending += g.Count
-			if len(inputs[gi]) == 0 {
+			if !kind.materializeAtSubmit(&spec, gi, inputs[gi]) {
 				continue // no rows until the scheduler places them (tasks.go)
 			}
-			// Tasks with inputs carry their own file list: rows from the
-			// start (at most MaxInputs of them).
 			for i := 0; i < g.Count; i++ {
 				if err := tx.put(tableTasks, newTask(j, gi, i, inputs[gi])); err != nil {
 					return err
@@ -286,42 +309,26 @@ func (tx *writeTxn) applyTaskUpdate(t *api.Task, u *api.TaskUpdate, now time.Tim
 			u = &failed
 		}
 	}
-	nt := *t
-	if !u.Started.IsZero() {
-		nt.Started = u.Started
-	}
-	name := fmt.Sprintf("task %s/%d", t.Group, t.Index)
+	kind := kindOf(tx.job(t.JobID))
 	switch u.State {
 	case api.TaskRunning:
 		if t.State == api.TaskRunning {
 			return nil
 		}
+		nt := *t
 		nt.State = api.TaskRunning
-	case api.TaskComplete:
-		nt.State, nt.ExitCode, nt.Finished, nt.Message = api.TaskComplete, 0, u.Finished, u.Message
-	case api.TaskFailed:
-		nt.ExitCode, nt.Finished, nt.Message = u.ExitCode, u.Finished, u.Message
-		ev := fmt.Sprintf("%s attempt %d on %s failed: exit code %d", name, t.Attempt, t.Node, u.ExitCode)
-		if u.Message != "" {
-			ev += " (" + u.Message + ")"
+		if !u.Started.IsZero() {
+			nt.Started = u.Started
 		}
-		if t.Attempt < t.MaxAttempts {
-			nt.State, nt.Node = api.TaskPending, ""
-			nt.Attempt++
-			nt.NotBefore = now.Add(RetryDelay(nt.Attempt))
-			ev += fmt.Sprintf("; retrying in %s", RetryDelay(nt.Attempt))
-		} else {
-			nt.State = api.TaskFailed
-			ev += "; no attempts left"
+		if err := tx.updateTask(t, &nt, now); err != nil {
+			return err
 		}
-		tx.jobEvent(t.JobID, now, "task-failed", ev)
-	case api.TaskLost:
-		nt.State, nt.Node, nt.Message = api.TaskLost, "", u.Message
-		tx.jobEvent(t.JobID, now, "task-lost", fmt.Sprintf("%s lost on %s: %s", name, t.Node, u.Message))
-	default:
-		return nil // unknown states from a newer agent are ignored
+		return kind.runStarted(tx, &nt, now)
+	case api.TaskComplete, api.TaskFailed, api.TaskLost:
+		return kind.runEnded(tx, t, runEnd{State: u.State, ExitCode: u.ExitCode, Message: u.Message,
+			Started: u.Started, Finished: u.Finished, Node: t.Node}, now)
 	}
-	return tx.updateTask(t, &nt, now)
+	return nil // unknown states from a newer agent are ignored
 }
 
 // ApplyPlan applies a scheduler's placements that are still valid: the
@@ -345,7 +352,8 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 			}
 			// A ready node attached to a cluster is always one of its members
 			// (only draining nodes stay attached outside the member list).
-			if t == nil || t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
+			// A gang's task is placed only with its gang (placeGang).
+			if t == nil || t.MPI != nil || t.ModifyIndex != p.TaskModifyIndex || !needsPlacement(t) || !n.Schedulable() ||
 				n.Cluster != t.Cluster || !fits(n, t.Resources) {
 				res.Rejected++
 				continue
@@ -365,6 +373,18 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 				return err
 			}
 			res.Placed++
+		}
+		for i := range req.Gangs {
+			g := &req.Gangs[i]
+			ok, err := tx.placeGang(g, index, req.Now)
+			if err != nil {
+				return err
+			}
+			if ok {
+				res.Placed += len(g.Placements)
+			} else {
+				res.Rejected += len(g.Placements)
+			}
 		}
 		return nil
 	})

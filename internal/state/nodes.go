@@ -289,24 +289,22 @@ func (tx *writeTxn) releaseIfIdle(n *api.Node) {
 	}
 }
 
-// evictTasks moves every task placed on a node to state (lost or pending),
-// unplaced, without using up an attempt. With running false only tasks not
-// yet running are moved.
+// evictTasks ends the run of every task placed on a node, as lost (the
+// node is down) or moved (state pending: drain, shrink), without using up
+// an attempt; the job's kind decides what follows. With running false
+// only tasks not yet running are moved.
 func (tx *writeTxn) evictTasks(node, state, reason string, now time.Time, running bool) error {
 	for _, t := range collect[*api.Task](tx.Txn, nil, tableTasks, "node", node) {
 		if !t.Placed() || (!running && t.State == api.TaskRunning) {
 			continue
 		}
-		nt := *t
-		nt.State, nt.Node, nt.Message = state, "", reason
-		if err := tx.updateTask(t, &nt, now); err != nil {
+		cur := tx.currentTask(t.ID)
+		if cur == nil || !cur.Placed() || cur.Node != node || cur.RunID != t.RunID {
+			continue // a gang restart earlier in this loop already ended it
+		}
+		if err := kindOf(tx.job(t.JobID)).runEnded(tx, cur, runEnd{State: state, Message: reason, Node: node, Evicted: true}, now); err != nil {
 			return err
 		}
-		verb := "moved"
-		if state == api.TaskLost {
-			verb = "lost"
-		}
-		tx.jobEvent(t.JobID, now, "task-"+verb, fmt.Sprintf("task %s/%d %s: %s", t.Group, t.Index, verb, reason))
 	}
 	return nil
 }

@@ -104,7 +104,9 @@ type Placement struct {
 // PlanRequest is a scheduler's plan.
 type PlanRequest struct {
 	Placements []Placement `json:"placements"`
-	Now        time.Time   `json:"now"`
+	// Gangs are placed each as a whole or not at all.
+	Gangs []GangPlacement `json:"gangs,omitempty"`
+	Now   time.Time       `json:"now"`
 }
 
 // PlanResult says how much of a plan was applied.

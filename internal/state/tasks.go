@@ -112,6 +112,9 @@ func newTask(j *api.Job, gi, index int, inputs []string) *api.Task {
 	if g.SplitInputs && len(inputs) > 0 {
 		t.Inputs = inputs[index : index+1]
 	}
+	if m := j.MPI; m != nil {
+		t.MPI = &api.TaskMPI{Ranks: m.Ranks, SlotsPerNode: m.SlotsPerNode, CheckpointInterval: m.Checkpoint.Interval}
+	}
 	return t
 }
 
