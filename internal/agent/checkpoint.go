@@ -206,11 +206,11 @@ func (a *Agent) commitCheckpoint(ctx context.Context, secret string, cc api.Chec
 	rs := rc.rank(cc.Rank)
 	rs.commit.Lock()
 	defer rs.commit.Unlock()
-	if rs.committed >= cc.Epoch {
-		return nil, refuse(errBadCommit, "rank %d already committed epoch %d in this run; epochs must increase", cc.Rank, rs.committed)
-	}
 	if last := a.ckpt.lastComplete(ctx, a, t); cc.Epoch <= last {
 		return nil, refuse(errBadCommit, "epoch %d is not above job %s's last complete epoch %d", cc.Epoch, t.JobID, last)
+	}
+	if rs.committed >= cc.Epoch {
+		return nil, refuse(errBadCommit, "rank %d already committed epoch %d in this run; epochs must increase", cc.Rank, rs.committed)
 	}
 	src := filepath.Join(r.ckptDir, strconv.Itoa(cc.Rank))
 	if fi, err := os.Stat(src); err != nil || !fi.IsDir() {
