@@ -18,6 +18,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"sigs.k8s.io/yaml"
 )
 
 // fakeShoal is the `shoal` the programs find on PATH. It accepts only
@@ -293,5 +296,25 @@ func TestHeatRestartMissingFiles(t *testing.T) {
 	}
 	if rest := heatOutput(t, out); len(rest) != 0 {
 		t.Errorf("restart without checkpoint files printed %q besides mpi_init_done", rest)
+	}
+}
+
+// TestJobFile checks heat.yaml the way `shoal job run` reads it, without
+// needing Open MPI.
+func TestJobFile(t *testing.T) {
+	b, err := os.ReadFile("heat.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec api.JobSpec
+	if err := yaml.UnmarshalStrict(b, &spec); err != nil {
+		t.Fatalf("heat.yaml: %v", err)
+	}
+	if err := spec.Validate(); err != nil {
+		t.Fatalf("heat.yaml: %v", err)
+	}
+	if spec.Type != api.JobMPI || spec.MPI.Nodes() != 3 || !slices.Equal(spec.Files, []string{"/clusters/c1/heat"}) {
+		t.Errorf("heat.yaml: type %q, %d nodes, files %q; want an mpi job on the tour's 3 nodes running /clusters/c1/heat",
+			spec.Type, spec.MPI.Nodes(), spec.Files)
 	}
 }
