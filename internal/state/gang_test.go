@@ -12,7 +12,7 @@ import (
 
 func mpiSpec(name, cluster string, ranks, slots, maxRestarts int) api.JobSpec {
 	return api.JobSpec{Name: name, Cluster: cluster, Type: api.JobMPI,
-		MPI: &api.MPISpec{Ranks: ranks, SlotsPerNode: slots, Command: []string{"mpirun", "./heat"}, MaxRestarts: maxRestarts},
+		MPI:       &api.MPISpec{Ranks: ranks, SlotsPerNode: slots, Command: []string{"mpirun", "./heat"}, MaxRestarts: maxRestarts},
 		Resources: api.Resources{CPU: 500, MemoryMB: 256}}
 }
 
