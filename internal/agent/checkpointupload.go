@@ -134,7 +134,7 @@ func copyTree(src, dst string, clone func(dst, src *os.File) error) (files int, 
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is not a regular file (only files and directories are checkpointed)", rel)
 		}
-		n, err := copyFile(p, target, clone)
+		n, err := cloneOrCopyFile(p, target, clone)
 		files++
 		bytes += n
 		return err
@@ -142,8 +142,8 @@ func copyTree(src, dst string, clone func(dst, src *os.File) error) (files int, 
 	return files, bytes, err
 }
 
-// copyFile copies one regular file, trying clone first.
-func copyFile(src, dst string, clone func(dst, src *os.File) error) (int64, error) {
+// cloneOrCopyFile copies one regular file, trying clone first.
+func cloneOrCopyFile(src, dst string, clone func(dst, src *os.File) error) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return 0, err
