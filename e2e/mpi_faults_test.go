@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -152,8 +153,8 @@ func TestMPIResumesAfterNodeKill(t *testing.T) {
 	if m == nil || m[1] == "0" {
 		t.Fatalf("the relaunched job did not resume from a checkpoint:\n%s", log)
 	}
-	if ep := before.MPIStatus.LastEpoch; m[1] < fmt.Sprint(ep) && len(m[1]) <= len(fmt.Sprint(ep)) {
-		t.Errorf("resumed from epoch %s, older than the %d complete before the kill", m[1], ep)
+	if ep, _ := strconv.ParseInt(m[1], 10, 64); ep < before.MPIStatus.LastEpoch {
+		t.Errorf("resumed from epoch %d, older than the %d complete before the kill", ep, before.MPIStatus.LastEpoch)
 	}
 	checkChecksum(t, log, want)
 	for _, n := range job.MPIStatus.GangNodes {
