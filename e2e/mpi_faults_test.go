@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -22,22 +21,6 @@ import (
 // written. Each run's checksum is compared with a plain mpirun of the same
 // program on this host.
 
-// heatBinaries builds examples/heat with mpicc into a temp dir.
-func heatBinaries(t *testing.T) string {
-	t.Helper()
-	for _, tool := range []string{"mpicc", "mpirun"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not on PATH (.ci/run installs openmpi-bin and libopenmpi-dev)", tool)
-		}
-	}
-	dir := t.TempDir()
-	out, err := exec.Command("sh", "../examples/heat/build.sh", dir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("building examples/heat: %v\n%s", err, out)
-	}
-	return dir
-}
-
 var checksumRE = regexp.MustCompile(`(?m)^checksum ([0-9a-f]+)$`)
 
 // localChecksum runs heat with plain mpirun on this host: the result an
@@ -46,8 +29,7 @@ func localChecksum(t *testing.T, dir string, ranks int, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("mpirun", append([]string{"--oversubscribe", "-np", fmt.Sprint(ranks), "--mca", "btl", "tcp,self",
 		filepath.Join(dir, "heat")}, args...)...)
-	cmd.Env = append(os.Environ(), "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
-		"OMPI_MCA_btl_tcp_if_include=lo", "OMPI_MCA_oob_tcp_if_include=lo")
+	cmd.Env = testutil.LocalMPIEnv()
 	out, err := cmd.CombinedOutput()
 	m := checksumRE.FindSubmatch(out)
 	if err != nil || m == nil {
@@ -81,7 +63,7 @@ files: [heat]
 // zones (and a spare node in the pool) and puts heat in its DFS root.
 func startHeatCluster(t *testing.T, opts testutil.Options) (*testutil.Installation, string) {
 	t.Helper()
-	dir := heatBinaries(t)
+	dir := testutil.MPIExamples(t)
 	in := testutil.StartInstallation(t, opts)
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
 	mustShoal(t, in, "fs", "put", filepath.Join(dir, "heat"), "/clusters/c1/heat")
