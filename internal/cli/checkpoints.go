@@ -141,6 +141,7 @@ func postCommit(ctx context.Context, addr, secret string, cc api.CheckpointCommi
 
 // jobCheckpointsCmd is `shoal job checkpoints JOB`.
 func jobCheckpointsCmd(g *globals) *cobra.Command {
+	var waitEpoch int64
 	cmd := &cobra.Command{
 		Use:   "checkpoints JOB",
 		Short: "List an MPI job's checkpoint epochs",
@@ -151,6 +152,11 @@ when they were created and completed. A restart resumes from the last complete
 epoch; a partial epoch is never used.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if waitEpoch > 0 {
+				if err := waitForEpoch(cmd.Context(), g.client(), args[0], waitEpoch); err != nil {
+					return err
+				}
+			}
 			cps, err := g.client().JobCheckpoints(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -177,8 +183,32 @@ epoch; a partial epoch is never used.`,
 			})
 		},
 	}
+	cmd.Flags().Int64Var(&waitEpoch, "wait-epoch", 0, "first wait until epoch N (or a later one) is complete; fails if the job ends before")
 	addOutputFlag(cmd, g)
 	return cmd
+}
+
+// waitForEpoch follows a job with blocking queries until its last complete
+// checkpoint epoch is at least n; it fails if the job ends before.
+func waitForEpoch(ctx context.Context, cl *api.Client, id string, n int64) error {
+	var index uint64
+	for {
+		j, idx, err := cl.JobSummary(ctx, id, &api.QueryOptions{Index: index, Wait: 30 * time.Second})
+		if err != nil {
+			return err
+		}
+		index = idx
+		if j.MPIStatus == nil {
+			return fmt.Errorf("job %s is a %s job; only mpi jobs have checkpoints", id, j.Type)
+		}
+		if j.MPIStatus.LastEpoch >= n {
+			return nil
+		}
+		switch j.State {
+		case api.JobComplete, api.JobFailed, api.JobCancelled:
+			return fmt.Errorf("job %s is %s and its last complete epoch is %d, not %d", id, j.State, j.MPIStatus.LastEpoch, n)
+		}
+	}
 }
 
 // printMPIStatus prints an mpi job's gang: ranks, nodes, restarts and the
