@@ -1,3 +1,8 @@
+//go:build ignore
+
+// (The line above keeps the go tool from treating this C file as part of
+// the Go test package in this directory; build it with build.sh.)
+
 /*
  * heat: 1-D heat diffusion on a rod split across MPI ranks, with
  * application-assisted checkpoints in Shoal's checkpoint contract.
@@ -77,12 +82,16 @@ static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noret
 
 static void die(const char *fmt, ...)
 {
+	/* One write per message, so that messages of ranks failing together
+	 * do not mix on mpirun's stderr. */
+	char msg[1024];
+	int n = snprintf(msg, sizeof msg, "%s: rank %d: ", "heat", rank);
 	va_list ap;
-	fprintf(stderr, "heat: rank %d: ", rank);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg + n, sizeof msg - (size_t)n - 1, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	strcat(msg, "\n");
+	fputs(msg, stderr);
 	fflush(stderr);
 	MPI_Abort(MPI_COMM_WORLD, 1);
 	exit(1); /* not reached */

@@ -105,6 +105,7 @@ type Agent struct {
 	// must not be started again while the servers still list them. Only
 	// the watch loop touches it after start-up.
 	lostRuns map[runKey]bool
+	ckpt     checkpoints // MPI checkpoints (checkpoint.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc

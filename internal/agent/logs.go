@@ -21,6 +21,7 @@ func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/agent/logs", a.handleLogs)
 	mux.HandleFunc("POST /v1/local/launch", a.handleLocalLaunch)
+	mux.HandleFunc("POST /v1/local/checkpoint", a.handleCheckpointCommit)
 	chunks := a.chunks.Handler(chunkstore.HandlerOptions{OnCorrupt: a.reportCorrupt,
 		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log})
 	mux.Handle("/v1/chunks", chunks)

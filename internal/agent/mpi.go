@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -241,21 +240,6 @@ func (a *Agent) localAddr() string {
 		return net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
 	}
 	return addr.String()
-}
-
-// runBySecret finds the run whose secret is given.
-func (a *Agent) runBySecret(secret string) *run {
-	if secret == "" {
-		return nil
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, r := range a.runs {
-		if r.secret != "" && subtle.ConstantTimeCompare([]byte(r.secret), []byte(secret)) == 1 {
-			return r
-		}
-	}
-	return nil
 }
 
 // gangHost checks that host is a node of the gang of t, an mpi task.

@@ -32,9 +32,9 @@ type run struct {
 	task    *api.Task
 	dir     string
 	sandbox string // sandbox spec ID
-
 	// secret authenticates the run's processes to this agent's local API
-	// (SHOAL_RUN_SECRET) and names its MPI wrapper's socket; ckptDir is
+	// (SHOAL_RUN_SECRET: rsh launches, checkpoint commits) and names its
+	// MPI wrapper's socket; ckptDir (SHOAL_CHECKPOINT_DIR) is
 	// its job's local checkpoint directory. Both are set for mpi tasks
 	// only, before the run is listed in Agent.runs, and never change.
 	secret  string

@@ -81,8 +81,8 @@ the job completed.`,
 	addOutputFlag(list, g)
 
 	var (
-		listTasks bool
-		filter    api.TaskFilter
+		listTasks, waitEnd bool
+		filter             api.TaskFilter
 	)
 	status := &cobra.Command{
 		Use:   "status JOB",
@@ -101,16 +101,27 @@ offset). --state, --group, --limit and --offset imply --tasks.`,
 			if listTasks || fl.Changed("state") || fl.Changed("group") || fl.Changed("limit") || fl.Changed("offset") {
 				return showTasks(cmd.Context(), g, args[0], &filter)
 			}
-			j, _, err := g.client().JobSummary(cmd.Context(), args[0], nil)
+			cl := g.client()
+			j, _, err := cl.JobSummary(cmd.Context(), args[0], nil)
 			if err != nil {
 				return err
 			}
-			return g.view(j, func() error {
+			if waitEnd {
+				if j, err = waitJob(cmd.Context(), g, cl, args[0], 0); err != nil {
+					return err
+				}
+			}
+			err = g.view(j, func() error {
 				printJobSummary(g, j)
 				return nil
 			})
+			if err == nil && waitEnd && j.State != api.JobComplete {
+				return exitError{code: 1}
+			}
+			return err
 		},
 	}
+	status.Flags().BoolVar(&waitEnd, "wait", false, "wait for the job to end first (exit status 0 only if it completed)")
 	status.Flags().BoolVar(&listTasks, "tasks", false, "list tasks (one page) instead of the summary")
 	status.Flags().StringVar(&filter.State, "state", "", "only tasks in this state ("+strings.Join(api.TaskStates, ", ")+")")
 	status.Flags().StringVar(&filter.Group, "group", "", "only tasks of this group")
@@ -159,6 +170,7 @@ offset). --state, --group, --limit and --offset imply --tasks.`,
 		},
 	}
 	cmd.AddCommand(runCmd, list, status, logs, cancel)
+	cmd.AddCommand(jobCheckpointsCmd(g))
 	return cmd
 }
 
@@ -246,8 +258,10 @@ const maxSummaryGroups = 10
 func printJobSummary(g *globals, j *api.Job) {
 	c := j.Counts
 	fmt.Fprintf(g.stdout, "Job %s (%s) on cluster %s: %s\n", j.ID, j.Type, j.Cluster, j.State)
-	fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n\n",
+	fmt.Fprintf(g.stdout, "Tasks: %d complete, %d running, %d pending, %d lost, %d failed, %d cancelled of %d\n",
 		c.Complete, c.Running, c.Pending, c.Lost, c.Failed, c.Cancelled, c.Total())
+	printMPIStatus(g, j)
+	fmt.Fprintln(g.stdout)
 	t := newTable(g.stdout, "GROUP", "TASKS", "COMPLETE", "RUNNING", "PENDING", "LOST", "FAILED", "CANCELLED")
 	for i, gs := range j.GroupStatus {
 		if i == maxSummaryGroups {

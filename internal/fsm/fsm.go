@@ -46,6 +46,8 @@ const (
 	FSGarbageDone
 	ClusterToken
 	FSRenew
+	ClusterCA
+	CheckpointReport
 )
 
 var typeNames = map[MessageType]string{
@@ -56,7 +58,7 @@ var typeNames = map[MessageType]string{
 	FSMkdir: "fs-mkdir", FSCreate: "fs-create", FSAllocate: "fs-allocate", FSCommit: "fs-commit",
 	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
 	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
-	ClusterToken: "cluster-token", FSRenew: "fs-renew",
+	ClusterToken: "cluster-token", FSRenew: "fs-renew", ClusterCA: "cluster-ca", CheckpointReport: "checkpoint-report",
 }
 
 func (t MessageType) String() string {
@@ -188,6 +190,12 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	FSRenew: decode(func(s *state.Store, i uint64, r *state.FSRenewRequest) Result {
 		return errOnly(s.FSRenew(i, r))
+	}),
+	ClusterCA: decode(func(s *state.Store, i uint64, r *state.ClusterCARequest) Result {
+		return errOnly(s.SetClusterCA(i, r))
+	}),
+	CheckpointReport: decode(func(s *state.Store, i uint64, r *state.CheckpointReportRequest) Result {
+		return errOnly(s.ReportCheckpoint(i, r))
 	}),
 	ClusterToken: decode(func(s *state.Store, i uint64, r *state.ClusterTokenRequest) Result {
 		c, err := s.SetClusterToken(i, r)

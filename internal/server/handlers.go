@@ -319,7 +319,12 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token})
+	ca, err := s.newClusterCA(req.Name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca})
 }
 
 // handleClusterToken replaces a cluster's API token, for when it leaked:

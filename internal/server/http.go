@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -90,6 +91,7 @@ func (s *Server) routes() http.Handler {
 	tenantWrite("DELETE /v1/jobs/{id}", s.handleJobCancel)
 
 	s.fsRoutes(read, write, tenantRead, tenantWrite)
+	s.mpiRoutes(read, write, tenantRead)
 
 	read("GET /metrics", s.metrics.handler().ServeHTTP)
 	if s.cfg.EnableDebug {
@@ -221,6 +223,8 @@ func writeErr(w http.ResponseWriter, err error) {
 	}
 	for _, m := range []mapping{
 		{state.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
+		{clusterpki.ErrBadCSR, http.StatusBadRequest, api.CodeInvalid},
+		{clusterpki.ErrBadName, http.StatusBadRequest, api.CodeInvalid},
 		{api.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
 		{state.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
 		{state.ErrConflict, http.StatusConflict, api.CodeConflict},

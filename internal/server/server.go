@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"go.etcd.io/bbolt"
@@ -76,6 +77,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
+	// Rand is the source of the clusters' keys; nil means crypto/rand.
+	Rand io.Reader
 }
 
 // ErrNotLeader is returned by writes attempted on a server that lost
@@ -87,6 +90,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	now     func() time.Time
+	rand    io.Reader
 	store   *state.Store
 	fsm     *fsm.FSM
 	raft    *raft.Raft
@@ -126,6 +130,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
 	if cfg.OpenFileLease <= 0 {
 		cfg.OpenFileLease = api.DefaultOpenFileLease
 	}
@@ -148,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		log:        cfg.Logger.With("server", cfg.Name),
 		now:        cfg.Clock,
+		rand:       cfg.Rand,
 		store:      state.New(),
 		shutdown:   make(chan struct{}),
 		heartbeats: newHeartbeatTracker(),

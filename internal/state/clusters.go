@@ -222,6 +222,11 @@ func (s *Store) CreateCluster(index uint64, req *ClusterCreateRequest) (*api.Clu
 		}
 		c.Events = addEvent(nil, req.Now, "created", fmt.Sprintf("reserved %d nodes in %d zones: %s",
 			len(picked), len(zones), strings.Join(c.Nodes, ", ")))
+		if req.CA != nil {
+			if err := tx.putCA(req.CA); err != nil {
+				return err
+			}
+		}
 		out = c
 		return tx.putCluster(c)
 	})
@@ -335,6 +340,9 @@ func (s *Store) DeleteCluster(index uint64, req *ClusterDeleteRequest) error {
 				return err
 			}
 			nn.Cluster = ""
+		}
+		if err := tx.deleteClusterRecords(c.Name); err != nil {
+			return err
 		}
 		if err := tx.del(tableClusters, c); err != nil {
 			return err

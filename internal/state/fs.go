@@ -569,20 +569,28 @@ func (s *Store) FSRemove(index uint64, req *FSRemoveRequest) error {
 		if e == nil {
 			return fmt.Errorf("%w: %s does not exist", ErrNotFound, p)
 		}
-		tree := tx.subtree(p)
-		if e.Dir && len(tree) > 1 && !req.Req.Recursive {
+		if e.Dir && len(tx.subtree(p)) > 1 && !req.Req.Recursive {
 			return fmt.Errorf("%w: directory %s is not empty (remove it recursively)", ErrConflict, p)
 		}
-		if err := tx.refuseSnapshotted(p); err != nil {
+		return tx.removeTree(p)
+	})
+}
+
+// removeTree removes p and everything under it, if it exists. A tree that
+// has snapshots (or is in one) cannot be removed.
+func (tx *writeTxn) removeTree(p string) error {
+	if tx.entry(p) == nil {
+		return nil
+	}
+	if err := tx.refuseSnapshotted(p); err != nil {
+		return err
+	}
+	for _, d := range tx.subtree(p) {
+		if err := tx.retire(d); err != nil {
 			return err
 		}
-		for _, d := range tree {
-			if err := tx.retire(d); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // FSRename moves a file or directory tree to a path that does not exist,

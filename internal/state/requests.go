@@ -52,6 +52,22 @@ type ClusterCreateRequest struct {
 	// Token is the cluster's API token, drawn at random by the server
 	// that received the request (the FSM must stay deterministic).
 	Token string `json:"token"`
+	// CA is the cluster's certificate authority, made by that server for
+	// the same reason.
+	CA *ClusterCA `json:"ca,omitempty"`
+}
+
+// ClusterCARequest gives a cluster without one its CA.
+type ClusterCARequest struct {
+	CA ClusterCA `json:"ca"`
+}
+
+// CheckpointReportRequest records that one rank's files for an epoch are
+// durable; Node is the reporting agent's node.
+type CheckpointReportRequest struct {
+	Node   string               `json:"node"`
+	Report api.CheckpointReport `json:"report"`
+	Now    time.Time            `json:"now"`
 }
 
 // ClusterTokenRequest replaces a cluster's API token.

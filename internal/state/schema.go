@@ -20,6 +20,9 @@ const (
 	tableFSSnapshots = "fs_snapshots"
 	tableFSChunks    = "fs_chunks"
 	tableFSGarbage   = "fs_garbage"
+	// Checkpoint epochs of mpi jobs, and clusters' CAs (checkpoints.go).
+	tableCheckpoints = "checkpoints"
+	tableClusterCAs  = "cluster_cas"
 )
 
 // indexEntry records the Raft index of the last write to a table.
@@ -113,6 +116,18 @@ func schema() *memdb.DBSchema {
 			Name: tableFSChunks,
 			Indexes: map[string]*memdb.IndexSchema{
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+			},
+		},
+		tableCheckpoints: {
+			Name: tableCheckpoints,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+			},
+		},
+		tableClusterCAs: {
+			Name: tableClusterCAs,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			},
 		},
 		tableFSGarbage: {

@@ -107,14 +107,15 @@ func Wait(ctx context.Context, ws memdb.WatchSet) bool {
 
 // Tables that blocking queries name.
 const (
-	TableNodes    = tableNodes
-	TableClusters = tableClusters
-	TableJobs     = tableJobs
-	TableTasks    = tableTasks
-	TableServers  = tableServers
-	TableFS       = tableFSEntries
-	TableChunks   = tableFSChunks
-	TableGarbage  = tableFSGarbage
+	TableNodes       = tableNodes
+	TableClusters    = tableClusters
+	TableJobs        = tableJobs
+	TableTasks       = tableTasks
+	TableServers     = tableServers
+	TableFS          = tableFSEntries
+	TableChunks      = tableFSChunks
+	TableGarbage     = tableFSGarbage
+	TableCheckpoints = tableCheckpoints
 )
 
 // writeTxn is one write transaction stamped with a Raft index.
