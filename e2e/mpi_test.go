@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil"
+)
+
+// These tests run real Open MPI jobs through spawned shoal processes:
+// mpirun on the gang's first node starts orted on the others through
+// `shoal mpi rsh`, the agents and their mutual-TLS peer channel.
+
+var (
+	rankRE  = regexp.MustCompile(`(?m)^rank (\d+) of (\d+) host (\S+) node (\S+)$`)
+	tokenRE = regexp.MustCompile(`(?m)^rank (\d+) got token from rank (\d+) on host (\S+)$`)
+)
+
+// ringJob is an mpi job running examples/heat's ring on ranks ranks, two a
+// node, in cluster c1.
+func ringJob(ranks int) string {
+	return fmt.Sprintf(`
+name: ring
+cluster: c1
+type: mpi
+mpi:
+  ranks: %d
+  slots_per_node: 2
+  command: ["mpirun", "--mca", "btl", "tcp,self", "./ring"]
+resources: {cpu: 100, memory: 64}
+files: [ring]
+`, ranks)
+}
+
+// gangNodes waits until every task of the mpi job runs and returns the
+// gang's nodes in task index order (the hostfile's order).
+func gangNodes(t *testing.T, in *testutil.Installation, id string) []string {
+	t.Helper()
+	var nodes []string
+	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
+		j, _, err := in.Client.Job(context.Background(), id, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		if j.State == api.JobComplete || j.State == api.JobFailed {
+			t.Fatalf("job %s ended (%s) before its gang ran: %v", id, j.State, j.Events)
+		}
+		nodes = make([]string, len(j.Tasks))
+		for _, tk := range j.Tasks {
+			if tk.State != api.TaskRunning {
+				return false, fmt.Sprintf("task %d is %s", tk.Index, tk.State)
+			}
+			nodes[tk.Index] = tk.Node
+		}
+		return len(nodes) > 0, "no tasks yet"
+	})
+	return nodes
+}
+
+// TestMPIRingAcrossNodes: 6 ranks on 3 nodes. Every rank runs on the node
+// the hostfile puts it on (ranks 2i and 2i+1 on the gang's node i, which
+// is also its host name inside the task), and the token really crosses
+// nodes.
+func TestMPIRingAcrossNodes(t *testing.T) {
+	dir := testutil.MPIExamples(t)
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 3, Zones: 3})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
+	mustShoal(t, in, "fs", "put", filepath.Join(dir, "ring"), "/clusters/c1/ring")
+
+	id := submit(t, in, ringJob(6))
+	nodes := gangNodes(t, in, id)
+	job := waitJobEnd(t, in, id, 120*time.Second)
+	log := launcherLog(t, in, id)
+	if job.State != api.JobComplete {
+		stderr, _, _ := in.Shoal("job", "logs", id, "--stderr")
+		t.Fatalf("job %s is %s, want complete; events %v\nstdout:\n%s\nstderr:\n%s", id, job.State, job.Events, log, stderr)
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("gang nodes %v, want 3", nodes)
+	}
+
+	hostOf := map[int]string{}
+	for _, m := range rankRE.FindAllStringSubmatch(log, -1) {
+		rank, _ := strconv.Atoi(m[1])
+		want := nodes[rank/2]
+		if m[2] != "6" || m[3] != want || m[4] != want {
+			t.Errorf("%q: want rank %d of 6 on host and node %s (the hostfile's)", m[0], rank, want)
+		}
+		hostOf[rank] = m[3]
+	}
+	if len(hostOf) != 6 {
+		t.Fatalf("%d ranks reported where they run, want 6:\n%s", len(hostOf), log)
+	}
+	crossed := 0
+	for _, m := range tokenRE.FindAllStringSubmatch(log, -1) {
+		rank, _ := strconv.Atoi(m[1])
+		from, _ := strconv.Atoi(m[2])
+		if m[3] != nodes[from/2] {
+			t.Errorf("%q: rank %d runs on %s", m[0], from, nodes[from/2])
+		}
+		if m[3] != hostOf[rank] {
+			crossed++
+		}
+	}
+	if crossed < 3 {
+		t.Errorf("the token crossed nodes %d times, want at least 3 (once into each node):\n%s", crossed, log)
+	}
+	if !regexp.MustCompile(`(?m)^ring ok$`).MatchString(log) {
+		t.Errorf("no 'ring ok' in the launcher's log:\n%s", log)
+	}
+}
+
+// waitJobEnd waits until the job is complete or failed.
+func waitJobEnd(t *testing.T, in *testutil.Installation, id string, timeout time.Duration) *api.Job {
+	t.Helper()
+	var job *api.Job
+	testutil.WaitFor(t, timeout, func() (bool, string) {
+		j, _, err := in.Client.JobSummary(context.Background(), id, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		job = j
+		return j.State == api.JobComplete || j.State == api.JobFailed, fmt.Sprintf("job %s is %s", id, j.State)
+	})
+	return job
+}
