@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,4 +131,62 @@ func waitJobEnd(t *testing.T, in *testutil.Installation, id string, timeout time
 		return j.State == api.JobComplete || j.State == api.JobFailed, fmt.Sprintf("job %s is %s", id, j.State)
 	})
 	return job
+}
+
+// jobProcesses lists the processes (pid: command line) whose environment
+// names the job: everything started inside its runs, orted and ranks too.
+func jobProcesses(id string) map[int]string {
+	out := map[int]string{}
+	marker := "\x00SHOAL_JOB_ID=" + id + "\x00"
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !strings.Contains("\x00"+string(env), marker) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		out[pid] = strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
+	}
+	return out
+}
+
+// TestMPICancelLeavesNoProcesses: cancelling an mpi job ends mpirun, the
+// orted daemons it started on the other nodes and every rank.
+func TestMPICancelLeavesNoProcesses(t *testing.T) {
+	testutil.MPIExamples(t) // skips without Open MPI
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 3, Zones: 3})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
+	id := submit(t, in, `
+name: sleepers
+cluster: c1
+type: mpi
+mpi:
+  ranks: 6
+  slots_per_node: 2
+  command: ["mpirun", "sleep", "600"]
+resources: {cpu: 100, memory: 64}
+`)
+	gangNodes(t, in, id)
+	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
+		procs := jobProcesses(id)
+		sleeps, orteds := 0, 0
+		for _, cmd := range procs {
+			switch {
+			case cmd == "sleep 600":
+				sleeps++
+			case strings.Contains(cmd, "orted"):
+				orteds++
+			}
+		}
+		return sleeps == 6 && orteds >= 2, fmt.Sprintf("%d ranks and %d orted running, want 6 and 2: %v", sleeps, orteds, procs)
+	})
+	mustShoal(t, in, "job", "cancel", id)
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		procs := jobProcesses(id)
+		return len(procs) == 0, fmt.Sprintf("processes of cancelled job %s left: %v", id, procs)
+	})
 }
