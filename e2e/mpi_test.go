@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/pem"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +16,8 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/clusterpki"
+	"github.com/shoal-dev/shoal/internal/mpi"
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
@@ -189,4 +195,146 @@ resources: {cpu: 100, memory: 64}
 		procs := jobProcesses(id)
 		return len(procs) == 0, fmt.Sprintf("processes of cancelled job %s left: %v", id, procs)
 	})
+}
+
+// peerCert gets a certificate for node in its current cluster from the
+// servers, as its agent does, and returns it with its credentials.
+func peerCert(t *testing.T, in *testutil.Installation, node string) (*clusterpki.Credentials, tls.Certificate) {
+	t.Helper()
+	key, csr, err := clusterpki.NewNodeKey(node, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := in.Client.NodeCertificate(context.Background(), node, &api.NodeCertificateRequest{CSR: string(csr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := clusterpki.NewCredentials(key, []byte(nc.Cert), []byte(nc.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode([]byte(nc.Cert))
+	return creds, tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key}
+}
+
+// TestMPIRemoteLaunchRefusals: nothing can start a process on the nodes of
+// a cluster's mpi job but mpirun of that job: not a task of another
+// cluster (with its own valid run secret, through its own agent or the
+// cluster's), not a caller without a secret, not a TLS client without a
+// certificate or with another cluster's, not a node of the same cluster
+// outside the job's gang. A gang node's certificate does start a command,
+// so the refusals are not a broken set-up.
+func TestMPIRemoteLaunchRefusals(t *testing.T) {
+	testutil.MPIExamples(t) // skips without Open MPI
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 4, Zones: 1})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "3")
+	mustShoal(t, in, "cluster", "create", "c2", "--nodes", "1")
+	id := submit(t, in, `
+name: target
+cluster: c1
+type: mpi
+mpi: {ranks: 2, slots_per_node: 1, command: ["sleep", "600"]}
+resources: {cpu: 100, memory: 64}
+`)
+	gang := gangNodes(t, in, id)
+	job, _, err := in.Client.Job(context.Background(), id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runID := job.Tasks[0].RunID
+	nodes, _, err := in.Client.Nodes(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*api.Node{}
+	var outsider, c2node string
+	for _, n := range nodes {
+		byName[n.Name] = n
+		switch {
+		case n.Cluster == "c1" && n.Name != gang[0] && n.Name != gang[1]:
+			outsider = n.Name
+		case n.Cluster == "c2":
+			c2node = n.Name
+		}
+	}
+	if outsider == "" || c2node == "" || byName[gang[1]].PeerAddr == "" {
+		t.Fatalf("want a c1 node outside the gang %v, a c2 node and peer addresses; nodes %+v", gang, nodes)
+	}
+	marker := filepath.Join(t.TempDir(), "launched")
+
+	// A task of c2, with its own run's secret: through its agent, and
+	// straight to the agent of a c1 gang node.
+	other := submit(t, in, fmt.Sprintf(`
+name: intruder
+cluster: c2
+type: mpi
+mpi:
+  ranks: 1
+  slots_per_node: 1
+  command: ["sh", "-c", "shoal mpi rsh %[1]s touch %[2]s 2>&1; echo own-agent-exit=$?; SHOAL_AGENT_ADDR=http://%[3]s shoal mpi rsh %[1]s touch %[2]s 2>&1; echo c1-agent-exit=$?"]
+resources: {cpu: 100, memory: 64}
+`, gang[1], marker, byName[gang[0]].Addr))
+	if j := waitJobEnd(t, in, other, 60*time.Second); j.State != api.JobComplete {
+		t.Fatalf("intruder job %s: %v", j.State, j.Events)
+	}
+	log := launcherLog(t, in, other)
+	for _, want := range []string{
+		fmt.Sprintf("host %q is not a node of job %s's gang", gang[1], other), "own-agent-exit=255",
+		"no run on node " + gang[0] + " has the secret", "c1-agent-exit=255",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("intruder's log lacks %q:\n%s", want, log)
+		}
+	}
+
+	// A caller with no secret at the agent's local API.
+	_, err = mpi.PostLaunch(context.Background(), http.DefaultClient, "http://"+byName[gang[0]].Addr+"/v1/local/launch", nil,
+		mpi.LaunchRequest{Host: gang[1], Command: []string{"touch", marker}})
+	if ae, ok := err.(*api.Error); !ok || ae.Status != http.StatusForbidden {
+		t.Errorf("local launch without a secret: got %v, want 403", err)
+	}
+
+	// Peer callers.
+	peerLaunch := func(cfg *tls.Config, command ...string) (string, error) {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+		body, err := mpi.PostLaunch(context.Background(), client, "https://"+byName[gang[1]].PeerAddr+"/v1/peer/launch", nil,
+			mpi.PeerLaunchRequest{Job: id, RunID: runID, Command: command})
+		if err != nil {
+			return "", err
+		}
+		defer body.Close()
+		var out strings.Builder
+		status, err := mpi.Follow(body, &out, &out)
+		if err == nil && status != 0 {
+			err = fmt.Errorf("exit status %d", status)
+		}
+		return out.String(), err
+	}
+	_, c2cert := peerCert(t, in, c2node)
+	outsiderCreds, _ := peerCert(t, in, outsider)
+	memberCreds, _ := peerCert(t, in, gang[0])
+	for name, cfg := range map[string]*tls.Config{
+		"no certificate": {InsecureSkipVerify: true},
+		"a certificate of cluster c2": {InsecureSkipVerify: true,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c2cert, nil }},
+	} {
+		if out, err := peerLaunch(cfg, "touch", marker); err == nil {
+			t.Errorf("peer launch with %s: got %q, want the handshake refused", name, out)
+		}
+	}
+	out, err := peerLaunch(clusterpki.ClientConfig(outsiderCreds, gang[1]), "touch", marker)
+	if ae, ok := err.(*api.Error); !ok || ae.Status != http.StatusForbidden || !strings.Contains(ae.Message, "is not in the gang of job "+id) {
+		t.Errorf("peer launch from %s, in c1 but not in the gang: got %q, %v; want 403 naming the gang", outsider, out, err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a refused caller started a process: the marker file exists")
+	}
+	// The same command from a gang node does run (so the marker would
+	// have shown a refused launch that ran).
+	if out, err := peerLaunch(clusterpki.ClientConfig(memberCreds, gang[1]), "echo", "from", "the", "gang;", "touch", marker); err != nil || out != "from the gang\n" {
+		t.Errorf("peer launch from gang node %s: got %q, %v; want the command's output", gang[0], out, err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("the gang node's launch ran nothing: %v", err)
+	}
 }
