@@ -118,8 +118,9 @@ func (s *Store) ReportCheckpoint(index uint64, req *CheckpointReportRequest) err
 			return err
 		}
 		jw := tx.jobForWrite(j.ID)
+		// No job event: epochs are listed by `job checkpoints`, and one
+		// event each would push the restarts out of the job's history.
 		jw.MPIStatus.LastEpoch = r.Epoch
-		jw.Events = addEvent(jw.Events, req.Now, "checkpoint", fmt.Sprintf("epoch %d complete: %d ranks, %d bytes", r.Epoch, c.Ranks, c.Bytes))
 		return tx.pruneCheckpoints(jw, req.Now)
 	})
 }
