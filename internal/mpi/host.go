@@ -69,7 +69,7 @@ func (h *Host) Run(ctx context.Context) (int, error) {
 	// Orphans of the run become the wrapper's children (PID 1 of an
 	// isolated run is already their reaper).
 	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	h.reaper = newReaper()
+	h.reaper = processReaper()
 	h.launched = map[int]bool{}
 	ln, err := net.Listen("unix", SocketName(h.Secret))
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -198,5 +199,31 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		<-tick.C
+	}
+}
+
+func TestHostLaunchRunsCommand(t *testing.T) {
+	logs, err := os.Create(t.TempDir() + "/logs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	run := func(sigs chan os.Signal, command ...string) (int, error) {
+		b := make([]byte, 16)
+		rand.Read(b)
+		h := &Host{Secret: hex.EncodeToString(b), Command: command, Stdout: logs, Stderr: logs, Signals: sigs}
+		return h.Run(context.Background())
+	}
+	if status, err := run(make(chan os.Signal), "/bin/sh", "-c", "echo launched; exit 5"); status != 5 || err != nil {
+		t.Errorf("got status %d, %v; want 5, nil", status, err)
+	}
+	if out, _ := os.ReadFile(logs.Name()); string(out) != "launched\n" {
+		t.Errorf("the task's logs got %q, want the command's output", out)
+	}
+	// SIGTERM to the wrapper reaches the command.
+	sigs := make(chan os.Signal, 1)
+	sigs <- syscall.SIGTERM
+	if status, err := run(sigs, "/bin/sleep", "300"); status != 128+int(syscall.SIGTERM) || err != nil {
+		t.Errorf("got status %d, %v; want %d (killed by SIGTERM), nil", status, err, 128+int(syscall.SIGTERM))
 	}
 }

@@ -21,6 +21,10 @@ type reaper struct {
 	wake    chan struct{}
 }
 
+// processReaper is the process's one reaper: wait4(-1) takes any child of
+// the process, so two reapers would steal each other's.
+var processReaper = sync.OnceValue(newReaper)
+
 func newReaper() *reaper {
 	r := &reaper{waiting: map[int]chan syscall.WaitStatus{}, wake: make(chan struct{}, 1)}
 	go r.loop()
