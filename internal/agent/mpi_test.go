@@ -2,15 +2,18 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ import (
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/mpi"
+	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
 func TestGangHost(t *testing.T) {
@@ -217,4 +221,78 @@ func TestShoalFirstOnPath(t *testing.T) {
 			t.Errorf("task env %v: got PATH %q, want /data/bin first", env, got)
 		}
 	}
+}
+
+// TestCredentialsFollowMembership: the agent gets credentials when its
+// node joins a cluster, renews them before they expire, drops them the
+// moment the node leaves, and gets the new cluster's when it joins another.
+func TestCredentialsFollowMembership(t *testing.T) {
+	cas := map[string]*clusterpki.CA{}
+	for _, c := range []string{"c1", "c2"} {
+		ca, err := clusterpki.NewCA(c, rand.Reader, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cas[c] = ca
+	}
+	var (
+		mu     sync.Mutex
+		member string // the cluster the fake servers say n1 is in
+	)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/nodes/n1/certificate", func(w http.ResponseWriter, r *http.Request) {
+		var req api.NodeCertificateRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		mu.Lock()
+		cluster := member
+		mu.Unlock()
+		if cluster == "" {
+			logError(w, http.StatusConflict, api.CodeConflict, "node n1 is in no cluster")
+			return
+		}
+		// A short life, so that the test sees renewals.
+		cert, notAfter, err := cas[cluster].SignNode([]byte(req.CSR), cluster, "n1", rand.Reader, time.Now(), 900*time.Millisecond)
+		if err != nil {
+			logError(w, http.StatusBadRequest, api.CodeInvalid, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, &api.NodeCertificate{Cluster: cluster, Node: "n1", Cert: string(cert), CA: string(cas[cluster].CertPEM), NotAfter: notAfter})
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := api.NewClient([]string{srv.URL}, "")
+	t.Cleanup(c.Close)
+	a := &Agent{cfg: Config{Name: "n1"}, log: discardLog(), client: c, credsWake: make(chan struct{}, 1)}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.credsLoop() }()
+	t.Cleanup(func() { a.cancel(); <-done })
+
+	join := func(cluster string) {
+		mu.Lock()
+		member = cluster
+		mu.Unlock()
+		a.mu.Lock()
+		a.setClusterLocked(cluster)
+		a.mu.Unlock()
+		if got := a.peerCreds.Load(); got != nil {
+			t.Fatalf("right after the node moved to %q: still holding credentials for %s", cluster, got.Cluster)
+		}
+	}
+	held := func(cluster string) func() (bool, string) {
+		return func() (bool, string) {
+			got := a.peerCreds.Load()
+			return got != nil && got.Cluster == cluster && got.Node == "n1", fmt.Sprintf("holding %+v, want credentials for n1 in %s", got, cluster)
+		}
+	}
+	join("c1")
+	testutil.WaitFor(t, 10*time.Second, held("c1"))
+	first := a.peerCreds.Load()
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		got := a.peerCreds.Load()
+		return got != first && got != nil && got.Cluster == "c1", "credentials not renewed yet"
+	})
+	join("c2")
+	testutil.WaitFor(t, 10*time.Second, held("c2"))
+	join("")
 }
