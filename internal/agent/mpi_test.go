@@ -250,8 +250,9 @@ func TestCredentialsFollowMembership(t *testing.T) {
 			logError(w, http.StatusConflict, api.CodeConflict, "node n1 is in no cluster")
 			return
 		}
-		// A short life, so that the test sees renewals.
-		cert, notAfter, err := cas[cluster].SignNode([]byte(req.CSR), cluster, "n1", rand.Reader, time.Now(), 900*time.Millisecond)
+		// A short life, so that the test sees renewals (over a second:
+		// certificates count whole seconds).
+		cert, notAfter, err := cas[cluster].SignNode([]byte(req.CSR), cluster, "n1", rand.Reader, time.Now(), 2*time.Second)
 		if err != nil {
 			logError(w, http.StatusBadRequest, api.CodeInvalid, err.Error())
 			return
