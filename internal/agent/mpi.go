@@ -281,23 +281,7 @@ func (a *Agent) handleLocalLaunch(w http.ResponseWriter, req *http.Request) {
 		a.relayToWrapper(w, req, r, lr.Command)
 		return
 	}
-	node, err := a.client.Node(req.Context(), lr.Host)
-	if err != nil {
-		logError(w, http.StatusBadGateway, api.CodeUnavailable, "looking up node "+lr.Host+": "+err.Error())
-		return
-	}
-	if node.PeerAddr == "" {
-		logError(w, http.StatusBadGateway, api.CodeUnavailable, "node "+lr.Host+" accepts no peer connections (its agent advertises no peer address)")
-		return
-	}
-	client, err := a.peerClient(lr.Host)
-	if err != nil {
-		logError(w, http.StatusServiceUnavailable, api.CodeUnavailable, err.Error())
-		return
-	}
-	defer client.CloseIdleConnections()
-	body, err := mpi.PostLaunch(req.Context(), client, "https://"+node.PeerAddr+"/v1/peer/launch", nil,
-		mpi.PeerLaunchRequest{Job: t.JobID, RunID: t.RunID, Command: lr.Command})
+	body, err := a.launchOnPeer(req.Context(), lr.Host, mpi.PeerLaunchRequest{Job: t.JobID, RunID: t.RunID, Command: lr.Command})
 	if err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) {
@@ -309,6 +293,55 @@ func (a *Agent) handleLocalLaunch(w http.ResponseWriter, req *http.Request) {
 	}
 	defer body.Close()
 	relay(w, body)
+}
+
+// launchOnPeer sends a launch to host's peer listener and returns the
+// frames it streams back. A node that joined the cluster a moment ago
+// (this one or host, say a replacement from the pool in a restarted gang)
+// may not hold its credentials yet, so failures to connect or to agree on
+// a handshake are retried for up to peerRunWait; an answer from host (an
+// *api.Error) is final.
+func (a *Agent) launchOnPeer(ctx context.Context, host string, pl mpi.PeerLaunchRequest) (io.ReadCloser, error) {
+	// Only the retries are bounded: the launch itself (its stream) lasts
+	// as long as ctx.
+	giveUp := time.NewTimer(peerRunWait)
+	defer giveUp.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		body, err := a.tryPeerLaunch(ctx, host, pl)
+		var ae *api.Error
+		if err == nil || errors.As(err, &ae) {
+			return body, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-giveUp.C:
+			return nil, err
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) tryPeerLaunch(ctx context.Context, host string, pl mpi.PeerLaunchRequest) (io.ReadCloser, error) {
+	node, err := a.client.Node(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("looking up node %s: %w", host, err)
+	}
+	if node.PeerAddr == "" {
+		return nil, fmt.Errorf("node %s accepts no peer connections (its agent advertises no peer address)", host)
+	}
+	client, err := a.peerClient(host)
+	if err != nil {
+		return nil, err
+	}
+	body, err := mpi.PostLaunch(ctx, client, "https://"+node.PeerAddr+"/v1/peer/launch", nil, pl)
+	if err != nil {
+		client.CloseIdleConnections()
+		return nil, err
+	}
+	return body, nil
 }
 
 // handlePeerLaunch is POST /v1/peer/launch on the peer listener: a node
