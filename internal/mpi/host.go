@@ -75,9 +75,12 @@ func (h *Host) Run(ctx context.Context) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("mpi: listening on the run's launch socket: %w", err)
 	}
-	defer ln.Close()
 	go h.serve(ln)
-	defer h.killLaunched()
+	// No new launch once the wrapper is ending, then end those running.
+	defer func() {
+		ln.Close()
+		h.killLaunched()
+	}()
 
 	sigs := h.Signals
 	if sigs == nil {
