@@ -97,6 +97,10 @@ type Agent struct {
 
 	mu      sync.Mutex // guards runs, cluster, clusterToken and credsRenew
 	runs    map[runKey]*run
+	// stopping holds the runs the servers no longer list until their
+	// processes have ended (an mpi run of a job waits for them: see
+	// waitOlderRuns).
+	stopping map[runKey]*run
 	cluster string
 	// clusterToken is the API token of the node's cluster, handed to its
 	// tasks so that they reach only what their cluster may.
@@ -152,7 +156,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(allocRoot(cfg.DataDir), 0o755); err != nil {
 		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, lostRuns: map[runKey]bool{},
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, stopping: map[runKey]*run{}, lostRuns: map[runKey]bool{},
 		credsWake: make(chan struct{}, 1)}
 	if err := a.linkShoal(); err != nil {
 		return nil, err

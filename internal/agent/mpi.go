@@ -79,6 +79,14 @@ func (a *Agent) startMPI(r *run, spec *sandbox.Spec, fail func(string, error) er
 		fail("creating the checkpoint directory", err)
 		return
 	}
+	// A run of the job's previous placement on this node may still be
+	// dying; its ranks must not write into the directories restored now.
+	if err := a.waitOlderRuns(ctx, t); err != nil {
+		if !stopped() {
+			fail("waiting for the job's previous run on this node to end", err)
+		}
+		return
+	}
 	if err := a.restoreCheckpoint(ctx, t, r.ckptDir); err != nil {
 		if !stopped() {
 			fail(fmt.Sprintf("restoring checkpoint epoch %d", t.MPI.RestartEpoch), err)
@@ -468,4 +476,25 @@ func relay(w http.ResponseWriter, src io.Reader) {
 		mpi.WriteFrame(w, mpi.FrameError, []byte(err.Error()))
 		flush()
 	}
+}
+
+// waitOlderRuns waits until the runs of t's job that this node is stopping
+// (an older placement of its gang) have ended.
+func (a *Agent) waitOlderRuns(ctx context.Context, t *api.Task) error {
+	a.mu.Lock()
+	var older []*run
+	for _, o := range a.stopping {
+		if o.task.JobID == t.JobID && o.task.RunID < t.RunID {
+			older = append(older, o)
+		}
+	}
+	a.mu.Unlock()
+	for _, o := range older {
+		select {
+		case <-o.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }

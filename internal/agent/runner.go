@@ -69,6 +69,10 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	for k, r := range a.runs {
 		if _, ok := want[k]; !ok {
 			delete(a.runs, k)
+			if a.stopping == nil {
+				a.stopping = map[runKey]*run{}
+			}
+			a.stopping[k] = r
 			toStop = append(toStop, r)
 		}
 	}
@@ -94,7 +98,12 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	a.mu.Unlock()
 
 	for _, r := range toStop {
-		go r.stop()
+		go func() {
+			r.stop()
+			a.mu.Lock()
+			delete(a.stopping, r.key)
+			a.mu.Unlock()
+		}()
 	}
 	if oldCluster != work.Node.Cluster {
 		go a.wipeClusters(work.Node.Cluster, toStop)
