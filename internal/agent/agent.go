@@ -95,13 +95,13 @@ type Agent struct {
 	// directory, first on every task's PATH.
 	shoalBin, binDir string
 
-	mu      sync.Mutex // guards runs, cluster, clusterToken and credsRenew
-	runs    map[runKey]*run
+	mu   sync.Mutex // guards runs, cluster, clusterToken and credsRenew
+	runs map[runKey]*run
 	// stopping holds the runs the servers no longer list until their
 	// processes have ended (an mpi run of a job waits for them: see
 	// waitOlderRuns).
 	stopping map[runKey]*run
-	cluster string
+	cluster  string
 	// clusterToken is the API token of the node's cluster, handed to its
 	// tasks so that they reach only what their cluster may.
 	clusterToken string
