@@ -206,7 +206,7 @@ func (a *Agent) commitCheckpoint(ctx context.Context, secret string, cc api.Chec
 	rs := rc.rank(cc.Rank)
 	rs.commit.Lock()
 	defer rs.commit.Unlock()
-	if last := a.ckpt.lastComplete(ctx, a, t); cc.Epoch <= last {
+	if last := a.ckpt.knownComplete(t); cc.Epoch <= last {
 		return nil, refuse(errBadCommit, "epoch %d is not above job %s's last complete epoch %d", cc.Epoch, t.JobID, last)
 	}
 	if rs.committed >= cc.Epoch {
@@ -284,6 +284,20 @@ func (rc *runCheckpoints) rank(rank int) *rankState {
 		rc.ranks[rank] = rs
 	}
 	return rs
+}
+
+// knownComplete returns the highest epoch of t's job the agent knows to be
+// complete, without asking the servers, so that a commit never waits for
+// them (a leader election, say). It is enough to refuse every commit at or
+// below the job's last complete epoch L: an epoch completes only with
+// every rank's files from the gang's current run, so L is the run's
+// restart epoch or an epoch this rank already committed in this run, and
+// commits of a rank must increase.
+func (c *checkpoints) knownComplete(t *api.Task) int64 {
+	c.noteEpoch(t.JobID, t.MPI.RestartEpoch)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastEpoch[t.JobID]
 }
 
 // lastComplete returns the job's last complete epoch: the servers' answer
