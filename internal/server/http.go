@@ -18,7 +18,6 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
-	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -223,8 +222,6 @@ func writeErr(w http.ResponseWriter, err error) {
 	}
 	for _, m := range []mapping{
 		{state.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
-		{clusterpki.ErrBadCSR, http.StatusBadRequest, api.CodeInvalid},
-		{clusterpki.ErrBadName, http.StatusBadRequest, api.CodeInvalid},
 		{api.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
 		{state.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
 		{state.ErrConflict, http.StatusConflict, api.CodeConflict},

@@ -29,6 +29,9 @@ func TestBadRequests(t *testing.T) {
 	job := func(group string) string {
 		return `{"name":"j","cluster":"c1","groups":[` + group + `]}`
 	}
+	mpi := func(section string) string {
+		return `{"name":"j","cluster":"c1","type":"mpi","mpi":{` + section + `}}`
+	}
 	oversized := `{"name":"` + strings.Repeat("a", api.MaxBodyBytes) + `","nodes":1}`
 
 	tests := []struct {
@@ -67,6 +70,24 @@ func TestBadRequests(t *testing.T) {
 			400, api.CodeInvalid, "groups[0].resources.memory"},
 		{"job name with slash", "POST", "/v1/jobs", `{"name":"a/b","cluster":"c1","groups":[{"name":"g","count":1,"command":["true"]}]}`,
 			400, api.CodeInvalid, "name"},
+		{"mpi ranks 0", "POST", "/v1/jobs", mpi(`"ranks":0,"slots_per_node":1,"command":["mpirun"]`), 400, api.CodeInvalid, "mpi.ranks"},
+		{"mpi slots 0", "POST", "/v1/jobs", mpi(`"ranks":2,"slots_per_node":0,"command":["mpirun"]`), 400, api.CodeInvalid, "mpi.slots_per_node"},
+		{"mpi more nodes than the cluster", "POST", "/v1/jobs", mpi(`"ranks":4,"slots_per_node":1,"command":["mpirun"]`),
+			400, api.CodeInvalid, "need 4 nodes, but cluster \"c1\" has 1"},
+		{"mpi slots more than a node holds", "POST", "/v1/jobs", mpi(`"ranks":20,"slots_per_node":20,"command":["mpirun"]`),
+			400, api.CodeInvalid, "mpi.slots_per_node"},
+		{"mpi empty command", "POST", "/v1/jobs", mpi(`"ranks":1,"slots_per_node":1,"command":[]`), 400, api.CodeInvalid, "mpi.command"},
+		{"mpi max_restarts < 0", "POST", "/v1/jobs", mpi(`"ranks":1,"slots_per_node":1,"command":["mpirun"],"max_restarts":-1`),
+			400, api.CodeInvalid, "mpi.max_restarts"},
+		{"mpi job without an mpi section", "POST", "/v1/jobs", `{"name":"j","cluster":"c1","type":"mpi"}`, 400, api.CodeInvalid, "mpi section"},
+		{"mpi section on a batch job", "POST", "/v1/jobs",
+			`{"name":"j","cluster":"c1","groups":[{"name":"g","count":1,"command":["true"]}],"mpi":{"ranks":1,"slots_per_node":1,"command":["x"]}}`,
+			400, api.CodeInvalid, "only mpi jobs have an mpi section"},
+		{"checkpoints of a batch job's unknown id", "GET", "/v1/jobs/nope-1/checkpoints", ``, 404, api.CodeNotFound, "nope-1"},
+		{"checkpoint report for an unknown job", "PUT", "/v1/nodes/n1/checkpoints", `{"job":"nope-1","task":"nope-1/mpi/0","run_id":1,"epoch":1,"rank":0}`,
+			404, api.CodeNotFound, "nope-1"},
+		{"certificate for a pool node", "POST", "/v1/nodes/n2/certificate", `{"csr":"x"}`, 409, api.CodeConflict, "in no cluster"},
+		{"certificate with a bad csr", "POST", "/v1/nodes/n1/certificate", `{"csr":"not a csr"}`, 400, api.CodeInvalid, "csr"},
 		{"cancel unknown job", "DELETE", "/v1/jobs/nope-1", ``, 404, api.CodeNotFound, "nope-1"},
 		{"node name mismatch", "PUT", "/v1/nodes/n9", `{"name":"n8","zone":"z1","cpu":1,"memory":1}`, 400, api.CodeInvalid, "name"},
 		{"node without cpu", "PUT", "/v1/nodes/n9", `{"name":"n9","zone":"z1","cpu":0,"memory":1}`, 400, api.CodeInvalid, "cpu"},

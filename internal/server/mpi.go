@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -74,6 +75,9 @@ func (s *Server) handleNodeCertificate(w http.ResponseWriter, r *http.Request) {
 	}
 	ca := &clusterpki.CA{CertPEM: rec.CertPEM, KeyPEM: rec.KeyPEM}
 	cert, notAfter, err := ca.SignNode([]byte(req.CSR), n.Cluster, name, s.rand, s.now(), NodeCertTTL)
+	if errors.Is(err, clusterpki.ErrBadCSR) {
+		err = fmt.Errorf("%w: csr: %v", state.ErrInvalid, err)
+	}
 	if err != nil {
 		writeErr(w, err)
 		return
