@@ -7,7 +7,6 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,13 +88,6 @@ func localStart(b *testing.B, dir string, ranks int, args ...string) time.Durati
 	return last.Sub(start)
 }
 
-// medianRange returns the median, smallest and largest of ds.
-func medianRange(ds []float64) (med, lo, hi float64) {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2], s[0], s[len(s)-1]
-}
-
 // BenchmarkMPIGangLaunch measures an mpi job of 8 ranks on 4 nodes (2 a
 // node) from its submission to its last rank past MPI_Init, against
 // mpirun of the same program with the same rank count on one host, in
@@ -123,9 +115,9 @@ func BenchmarkMPIGangLaunch(b *testing.B) {
 			shoal = append(shoal, s.Seconds())
 			ratios = append(ratios, s.Seconds()/l.Seconds())
 		}
-		med, lo, hi := medianRange(ratios)
-		sm, _, _ := medianRange(shoal)
-		lm, _, _ := medianRange(local)
+		med, lo, hi := spread(ratios)
+		sm, _, _ := spread(shoal)
+		lm, _, _ := spread(local)
 		b.ReportMetric(sm, "shoal-s")
 		b.ReportMetric(lm, "mpirun-1host-s")
 		b.ReportMetric(med, "ratio")
@@ -191,7 +183,7 @@ func BenchmarkMPIRecovery(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		med, _, hi := medianRange(times)
+		med, _, hi := spread(times)
 		b.ReportMetric(med, "p50-s")
 		b.ReportMetric(hi, "max-s")
 	}
