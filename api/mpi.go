@@ -28,6 +28,8 @@ const (
 	MaxCheckpointKeep = 100
 	// MinCheckpointInterval bounds how often Shoal asks for checkpoints.
 	MinCheckpointInterval = time.Second
+	// MaxRankResource bounds a rank's cpu (millicores) and memory (MiB).
+	MaxRankResource = 1 << 30
 )
 
 // MPISpec is the mpi section of a job file.
@@ -218,6 +220,10 @@ func (j *JobSpec) validateMPI() error {
 	r := &j.Resources
 	if r.CPU < 0 || r.MemoryMB < 0 {
 		return invalid("resources", "must not be negative")
+	}
+	// Bounded so that a node's share (times slots_per_node) cannot overflow.
+	if r.CPU > MaxRankResource || r.MemoryMB > MaxRankResource {
+		return invalid("resources", "%d millicores and %d MiB a rank; at most %d of each", r.CPU, r.MemoryMB, MaxRankResource)
 	}
 	if r.CPU == 0 {
 		r.CPU = 100

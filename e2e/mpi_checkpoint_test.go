@@ -13,7 +13,7 @@ import (
 )
 
 // checkpointScript is the launcher of TestMPICheckpoints: no MPI, a shell
-// script that plays both ranks of a 2-rank job by setting
+// script that plays both ranks of a 2-rank job on one node by setting
 // OMPI_COMM_WORLD_RANK itself. Its first run commits epochs 1 to 3 for both
 // ranks and epoch 4 for rank 0 only, tries two commits that must be
 // refused, waits for the test's go-ahead (the DFS file "go") and fails, so
@@ -76,7 +76,7 @@ cluster: c1
 type: mpi
 mpi:
   ranks: 2
-  slots_per_node: 1
+  slots_per_node: 2
   command: ["/bin/sh", "-c", %q]
   max_restarts: 1
   checkpoint: {keep: 2}
@@ -137,14 +137,14 @@ resources: {cpu: 100, memory: 64}
 	})
 	for _, want := range []string{
 		"the run secret matches no MPI run", "wrong-secret-exit=1",
-		"epoch 2 is not above job " + id + "'s last complete epoch 3", "low-epoch-exit=1",
+		"rank 1 already committed epoch 3 in this run", "low-epoch-exit=1",
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("launcher output lacks %q:\n%s", want, logs)
 		}
 	}
 	status := mustShoal(t, in, "job", "status", id)
-	for _, want := range []string{"MPI: 2 ranks on 2 nodes", "last complete checkpoint epoch: 3"} {
+	for _, want := range []string{"MPI: 2 ranks on 1 node", "last complete checkpoint epoch: 3"} {
 		if !strings.Contains(status, want) {
 			t.Errorf("job status lacks %q:\n%s", want, status)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,6 +97,9 @@ type runCheckpoints struct {
 
 	mu    sync.Mutex
 	ranks map[int]*rankState
+	// closed is set once the run is stopped: no upload may start after
+	// dropWhenStopped has begun to wait for the workers.
+	closed bool
 }
 
 // rankState is one rank's commits in a run.
@@ -212,6 +216,10 @@ func (a *Agent) commitCheckpoint(ctx context.Context, secret string, cc api.Chec
 	if rs.committed >= cc.Epoch {
 		return nil, refuse(errBadCommit, "rank %d already committed epoch %d in this run; epochs must increase", cc.Rank, rs.committed)
 	}
+	if first, end := t.MPI.RanksOn(t.Index); cc.Rank < first || cc.Rank >= end {
+		return nil, refuse(errBadCommit, "rank %d does not run on node %s (ranks %s do): Shoal places ranks by slot, in hostfile order (mpirun's default mapping), and restores each rank's files there",
+			cc.Rank, a.cfg.Name, ranksHere(t))
+	}
 	src := filepath.Join(r.ckptDir, strconv.Itoa(cc.Rank))
 	if fi, err := os.Stat(src); err != nil || !fi.IsDir() {
 		return nil, refuse(errBadCommit, "rank %d has no checkpoint directory %s on node %s (ranks %s are here)", cc.Rank, src, a.cfg.Name, ranksHere(t))
@@ -219,14 +227,23 @@ func (a *Agent) commitCheckpoint(ctx context.Context, secret string, cc api.Chec
 	dst := filepath.Join(r.ckptDir, stagedDirName, strconv.FormatUint(t.RunID, 10), strconv.FormatInt(cc.Epoch, 10), strconv.Itoa(cc.Rank))
 	start := time.Now()
 	files, n, err := copyTree(src, dst, a.ckpt.cloneFunc())
+	if err == nil {
+		err = checkDFSNames(dst, api.JoinPath(api.CheckpointDir(t.Cluster, t.JobID, cc.Epoch), strconv.Itoa(cc.Rank)))
+	}
 	if err != nil {
 		os.RemoveAll(dst)
+		if errors.Is(err, api.ErrInvalid) {
+			return nil, refuse(errBadCommit, "rank %d's files for epoch %d cannot be checkpointed: %v", cc.Rank, cc.Epoch, err)
+		}
 		return nil, fmt.Errorf("copying rank %d's files for epoch %d: %w", cc.Rank, cc.Epoch, err)
+	}
+	if !rc.enqueue(a, &stagedEpoch{job: t.JobID, task: t.ID, cluster: t.Cluster, runID: t.RunID, epoch: cc.Epoch,
+		rank: cc.Rank, dir: dst, files: files, bytes: n}) {
+		os.RemoveAll(dst)
+		return nil, refuse(errRunStopped, "run %d of task %s was stopped during the commit; its commits are refused", r.key.run, r.key.task)
 	}
 	rs.committed = cc.Epoch
 	a.log.Debug("checkpoint staged", "job", t.JobID, "rank", cc.Rank, "epoch", cc.Epoch, "files", files, "bytes", n, "took", time.Since(start))
-	rc.enqueue(a, &stagedEpoch{job: t.JobID, task: t.ID, cluster: t.Cluster, runID: t.RunID, epoch: cc.Epoch,
-		rank: cc.Rank, dir: dst, files: files, bytes: n})
 	return &api.CheckpointCommitResponse{Epoch: cc.Epoch, Rank: cc.Rank, Files: files, Bytes: n}, nil
 }
 
@@ -264,6 +281,9 @@ func (c *checkpoints) forRun(a *Agent, r *run) (*runCheckpoints, error) {
 // refused as stale anyway.
 func (c *checkpoints) dropWhenStopped(a *Agent, rc *runCheckpoints) {
 	<-rc.ctx.Done()
+	rc.mu.Lock()
+	rc.closed = true
+	rc.mu.Unlock()
 	rc.wg.Wait()
 	c.mu.Lock()
 	delete(c.runs, rc.r.key)
@@ -408,4 +428,20 @@ func writeFileAtomic(path string, data []byte) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// checkDFSNames checks that every file under dir has a name the DFS takes
+// under dfsDir, so that a commit the agent acknowledges can be uploaded.
+func checkDFSNames(dir, dfsDir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		_, err = api.CleanPath(rel, api.JoinPath(dfsDir, filepath.ToSlash(rel)))
+		return err
+	})
 }

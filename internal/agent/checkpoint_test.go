@@ -49,6 +49,17 @@ func (f *fakeCheckpointStore) LastEpoch(ctx context.Context, job string) (int64,
 	return f.lastEpoch, f.lastErr
 }
 
+func (f *fakeCheckpointStore) RemoveAll(ctx context.Context, dir string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.files {
+		if strings.HasPrefix(p, dir+"/") {
+			delete(f.files, p)
+		}
+	}
+	return nil
+}
+
 func (f *fakeCheckpointStore) Mkdir(ctx context.Context, dir string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -209,7 +220,7 @@ func TestCheckpointCommitRefusals(t *testing.T) {
 		{"epoch zero", testSecret, commitBody(0, 0), http.StatusBadRequest, "epoch must be at least 1"},
 		{"epoch of the last complete", testSecret, commitBody(3, 0), http.StatusBadRequest, "not above job heat-1's last complete epoch 3"},
 		{"epoch below the last complete", testSecret, commitBody(2, 1), http.StatusBadRequest, "last complete epoch 3"},
-		{"rank of another node", testSecret, commitBody(4, 2), http.StatusBadRequest, "ranks 0-1 are here"},
+		{"rank of another node", testSecret, commitBody(4, 2), http.StatusBadRequest, "ranks 0-1 do"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,5 +489,27 @@ func TestRequestCheckpoints(t *testing.T) {
 	<-done
 	if m, _ := filepath.Glob(filepath.Join(r.ckptDir, ".request.tmp*")); len(m) != 0 {
 		t.Errorf("temporary files left: %v", m)
+	}
+}
+
+// TestCheckpointCommitRefusesNamesTheDFSCannotHold: a commit the agent
+// acknowledges must be uploadable, so a file the DFS would refuse fails
+// the commit itself, naming it, and nothing is queued.
+func TestCheckpointCommitRefusesNamesTheDFSCannotHold(t *testing.T) {
+	st := newFakeStore()
+	a, r := newCheckpointAgent(t, st)
+	if err := os.WriteFile(filepath.Join(r.ckptDir, "0", "bad\x01name"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	status, body := commit(a, testSecret, commitBody(1, 0))
+	if status != http.StatusBadRequest || !strings.Contains(body, "cannot be checkpointed") {
+		t.Fatalf("got %d %s, want 400 naming the file", status, body)
+	}
+	if status, _ := commit(a, testSecret, commitBody(1, 1)); status != http.StatusOK {
+		t.Errorf("rank 1's commit of epoch 1 (good names): got %d", status)
+	}
+	waitFor(t, "rank 1's report", func() bool { return len(st.reported()) == 1 })
+	if r := st.reported(); r[0].Rank != 1 {
+		t.Errorf("reported %+v, want rank 1 only", r)
 	}
 }

@@ -45,6 +45,9 @@ type checkpointStore interface {
 	List(ctx context.Context, dir string) ([]*api.FileInfo, error)
 	// Get copies a closed DFS file into the local file local.
 	Get(ctx context.Context, path, local string) error
+	// RemoveAll removes a DFS directory tree; one that does not exist is
+	// no error.
+	RemoveAll(ctx context.Context, dir string) error
 }
 
 // dfsCheckpointStore is the agent's checkpointStore.
@@ -73,6 +76,14 @@ func (s dfsCheckpointStore) Put(ctx context.Context, p string, r io.Reader, size
 
 func (s dfsCheckpointStore) Report(ctx context.Context, r *api.CheckpointReport) error {
 	return s.a.client.ReportCheckpoint(ctx, s.a.cfg.Name, r)
+}
+
+func (s dfsCheckpointStore) RemoveAll(ctx context.Context, dir string) error {
+	err := s.a.client.FSRemove(ctx, &api.Remove{Path: dir, Recursive: true})
+	if api.IsNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 func (s dfsCheckpointStore) List(ctx context.Context, dir string) ([]*api.FileInfo, error) {
@@ -176,9 +187,13 @@ func cloneOrCopyFile(src, dst string, clone func(dst, src *os.File) error) (int6
 // enqueue queues a staged epoch for upload after the rank's earlier ones,
 // starting the rank's upload worker if none runs. Uploads of one rank are
 // sequential (epochs reach the servers in order); ranks upload
-// concurrently.
-func (rc *runCheckpoints) enqueue(a *Agent, s *stagedEpoch) {
+// concurrently. It reports false, queuing nothing, once the run is stopped.
+func (rc *runCheckpoints) enqueue(a *Agent, s *stagedEpoch) bool {
 	rc.mu.Lock()
+	if rc.closed {
+		rc.mu.Unlock()
+		return false
+	}
 	rs := rc.ranks[s.rank]
 	rs.queue = append(rs.queue, s)
 	start := !rs.busy
@@ -190,6 +205,7 @@ func (rc *runCheckpoints) enqueue(a *Agent, s *stagedEpoch) {
 	if start {
 		go rc.uploadWorker(a, rs)
 	}
+	return true
 }
 
 // uploadWorker uploads a rank's staged epochs in order until none is left
@@ -220,7 +236,13 @@ func (c *checkpoints) upload(ctx context.Context, a *Agent, s *stagedEpoch) {
 	log := a.log.With("job", s.job, "task", s.task, "run", s.runID, "rank", s.rank, "epoch", s.epoch)
 	start := time.Now()
 	dir := api.JoinPath(api.CheckpointDir(s.cluster, s.job, s.epoch), strconv.Itoa(s.rank))
-	err := c.retry(ctx, log, "creating the rank's DFS directory", func() error { return st.Mkdir(ctx, dir) })
+	// An earlier run may have left files of this epoch and rank there
+	// (it committed it, then the gang restarted from an older epoch):
+	// the epoch is this run's files only.
+	err := c.retry(ctx, log, "clearing the rank's DFS directory", func() error { return st.RemoveAll(ctx, dir) })
+	if err == nil {
+		err = c.retry(ctx, log, "creating the rank's DFS directory", func() error { return st.Mkdir(ctx, dir) })
+	}
 	if err == nil {
 		err = filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {

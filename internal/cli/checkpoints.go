@@ -222,7 +222,11 @@ func printMPIStatus(g *globals, j *api.Job) {
 	if len(m.GangNodes) > 0 {
 		nodes = strings.Join(m.GangNodes, ", ")
 	}
-	fmt.Fprintf(g.stdout, "MPI: %d ranks on %d nodes (%s)\n", m.Ranks, m.Nodes, nodes)
+	word := "nodes"
+	if m.Nodes == 1 {
+		word = "node"
+	}
+	fmt.Fprintf(g.stdout, "MPI: %d ranks on %d %s (%s)\n", m.Ranks, m.Nodes, word, nodes)
 	epoch := "none"
 	if m.LastEpoch > 0 {
 		epoch = strconv.FormatInt(m.LastEpoch, 10)

@@ -24,7 +24,8 @@ func queueGang(j *api.Job, rows []*api.Task) []work {
 // of it. It takes nodes zone by zone in turn (the zones with the most
 // usable nodes first), the best fit in each, so that a gang spans as many
 // zones as it can; the launcher (task 0) gets the first. A gang that does
-// not fit now waits, whole, for the next pass.
+// not fit now waits, whole, and younger work of its cluster waits behind
+// it (first come, first served), so that it is not starved.
 func placeGang(p *pass, w *work) {
 	gang := w.gang
 	for _, t := range gang {
@@ -35,6 +36,10 @@ func placeGang(p *pass, w *work) {
 	}
 	r := gang[0].Resources
 	cv := p.view(gang[0].Cluster)
+	if cv.blocked {
+		p.res.Waiting += len(gang)
+		return
+	}
 	zones := slices.Clone(cv.zones)
 	slices.SortStableFunc(zones, func(a, b *zoneView) int { return cmp.Compare(len(b.nodes), len(a.nodes)) })
 	var picked []*nodeView
@@ -53,6 +58,8 @@ func placeGang(p *pass, w *work) {
 		}
 	}
 	if len(picked) < len(gang) {
+		// It waits, queued: younger work of the cluster waits behind it.
+		cv.blocked = true
 		p.res.Waiting += len(gang)
 		return
 	}

@@ -121,3 +121,28 @@ func TestGangAndBatchShareNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestGangNotStarvedByYoungerWork: a gang that does not fit holds back
+// younger tasks of its cluster, so that the room it waits for is not taken
+// by them; older work still goes first.
+func TestGangNotStarvedByYoungerWork(t *testing.T) {
+	s := newFakeState()
+	s.node("a1", "za", 2000)
+	s.node("b1", "zb", 2000)
+	s.node("c1", "zc", 2000)
+	s.job("old", 5, 1, 2000) // takes a node: the gang of 3 cannot fit
+	s.gang("mpi", 10, 3, 1000)
+	s.job("young", 20, 4, 500)
+	res := scheduler.Plan(s, now)
+	if len(res.Gangs) != 0 {
+		t.Fatalf("gang placed on %v, but only two nodes had room", gangNodes(res.Gangs[0]))
+	}
+	for _, p := range res.Placements {
+		if p.TaskID != state.TaskID("old", "g", 0) {
+			t.Errorf("placed %s while an older gang waits", p.TaskID)
+		}
+	}
+	if res.Waiting != 3+4 {
+		t.Errorf("waiting %d, want 7 (the gang and the younger job)", res.Waiting)
+	}
+}

@@ -194,6 +194,10 @@ func placeRange(p *pass, w *work) {
 	cv := p.view(j.Cluster)
 	zc := cv.jobZones(j.ID)
 	g := &j.Groups[w.gi]
+	if cv.blocked {
+		p.res.Waiting += g.Count - w.index
+		return
+	}
 	for i := w.index; i < g.Count; i++ {
 		if p.full() {
 			break
@@ -218,6 +222,10 @@ func placeTask(p *pass, w *work) {
 		return
 	}
 	cv := p.view(t.Cluster)
+	if cv.blocked {
+		p.res.Waiting++
+		return
+	}
 	zc := cv.jobZones(t.JobID)
 	var n *nodeView
 	if len(t.Inputs) > 0 {
@@ -258,8 +266,12 @@ type zoneView struct {
 }
 
 type clusterView struct {
-	zones  []*zoneView
-	byName map[string]*nodeView
+	// blocked is set when a gang waits for room in the cluster: younger
+	// work must not take the nodes it waits for, or a gang could wait
+	// forever behind a stream of small tasks.
+	blocked bool
+	zones   []*zoneView
+	byName  map[string]*nodeView
 	// zonesOf counts, per job, its tasks placed in each zone.
 	zonesOf map[string]map[string]int
 }

@@ -73,6 +73,13 @@ func (s *Store) ReportCheckpoint(index uint64, req *CheckpointReportRequest) err
 		if r.Epoch < 1 {
 			return fmt.Errorf("%w: epoch: must be at least 1, got %d", ErrInvalid, r.Epoch)
 		}
+		key := checkpointKey(j.ID, r.Epoch)
+		old := first[*checkpoint](tx.Txn, nil, tableCheckpoints, key)
+		if old != nil && old.RunID == r.RunID && old.State != api.CheckpointPartial {
+			if _, found := slices.BinarySearch(old.Durable, r.Rank); found {
+				return nil // a retried report (its answer was lost): already counted
+			}
+		}
 		if r.Epoch <= ms.LastEpoch {
 			return fmt.Errorf("%w: epoch: %d is not after the last complete epoch of job %s (%d)", ErrInvalid, r.Epoch, j.ID, ms.LastEpoch)
 		}
@@ -87,9 +94,12 @@ func (s *Store) ReportCheckpoint(index uint64, req *CheckpointReportRequest) err
 			return fmt.Errorf("%w: run %d of task %s on %s is not its current run; the gang has restarted since",
 				ErrConflict, r.RunID, r.Task, req.Node)
 		}
-		key := checkpointKey(j.ID, r.Epoch)
+		if first, end := t.MPI.RanksOn(t.Index); r.Rank < first || r.Rank >= end {
+			return fmt.Errorf("%w: rank: %d is not a rank of task %s (ranks %d to %d: Shoal places ranks by slot, in hostfile order)",
+				ErrInvalid, r.Rank, t.ID, first, end-1)
+		}
 		var c checkpoint
-		if old := first[*checkpoint](tx.Txn, nil, tableCheckpoints, key); old != nil {
+		if old != nil {
 			c = *old
 			c.Durable = slices.Clone(old.Durable)
 		} else {

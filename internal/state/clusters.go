@@ -308,7 +308,12 @@ func (tx *writeTxn) shrink(c *api.Cluster, size int, now time.Time) error {
 	if len(c.Nodes)-len(release) > size {
 		return fmt.Errorf("%w: cluster %q cannot shrink to %d nodes and still span %d zones", ErrInvalid, c.Name, size, c.MinZones)
 	}
-	for name := range release {
+	// In member order, not map order: the FSM must be deterministic (a
+	// gang restart names the first of its tasks evicted).
+	for _, name := range c.Nodes {
+		if !release[name] {
+			continue
+		}
 		if err := tx.evictTasks(name, api.TaskPending, "cluster "+c.Name+" shrunk", now, true); err != nil {
 			return err
 		}

@@ -161,10 +161,19 @@ func (tx *writeTxn) restartGang(j *api.Job, failed *api.Task, e runEnd, cause st
 		}
 		nt := *t
 		nt.Node, nt.NotBefore = "", time.Time{}
+		if ms.Restarts >= 2 {
+			// A first restart is immediate (a dead node is the usual
+			// cause); repeated ones back off, so that a transient fault
+			// cannot use up max_restarts in seconds.
+			nt.NotBefore = now.Add(RetryDelay(ms.Restarts))
+		}
 		nt.Attempt = ms.Restarts + 1
 		switch {
 		case t.ID == failed.ID:
 			nt.ExitCode, nt.Message, nt.Finished = e.ExitCode, e.Message, e.Finished
+			if nt.Finished.IsZero() {
+				nt.Finished = now // evicted: the servers ended it now
+			}
 		default:
 			nt.ExitCode, nt.Message, nt.Finished = 0, "gang stopped: "+cause, now
 		}

@@ -239,15 +239,18 @@ func TestCheckpointEpochs(t *testing.T) {
 		t.Errorf("epochs (-want +got):\n%s", diff)
 	}
 	// Refused, changing nothing: an epoch not after the last complete,
-	// a rank out of range, a stale run.
+	// a rank out of range or not hosted by the reporting task. A report
+	// repeated (its answer lost) changes nothing either, without error.
 	before := dump(t, f.s)
 	for _, c := range []struct {
+		task  int
 		epoch int64
 		rank  int
 		want  error
-	}{{4, 0, state.ErrInvalid}, {2, 0, state.ErrInvalid}, {5, 6, state.ErrInvalid}, {5, -1, state.ErrInvalid}} {
-		if err := f.ckpt(j, 0, c.epoch, c.rank); !errors.Is(err, c.want) {
-			t.Errorf("epoch %d rank %d: got %v, want %v", c.epoch, c.rank, err, c.want)
+	}{{1, 3, 3, state.ErrInvalid}, {0, 5, 6, state.ErrInvalid}, {0, 5, -1, state.ErrInvalid}, {0, 5, 2, state.ErrInvalid},
+		{0, 4, 0, nil}, {2, 2, 5, nil}} {
+		if err := f.ckpt(j, c.task, c.epoch, c.rank); !errors.Is(err, c.want) {
+			t.Errorf("task %d epoch %d rank %d: got %v, want %v", c.task, c.epoch, c.rank, err, c.want)
 		}
 	}
 	checkUnchanged(t, f.s, before)
