@@ -51,7 +51,7 @@ type: mpi
 mpi:
   ranks: 6
   slots_per_node: 2
-  command: ["mpirun", "--mca", "btl", "tcp,self", "./heat", %s]
+  command: ["mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1", "./heat", %s]
   max_restarts: %d
   checkpoint: {keep: 2}
 resources: {cpu: 1000, memory: 64}   # a core a rank: the cgroup quota would throttle MPI's polling
