@@ -48,7 +48,7 @@ func mpiStart(b *testing.B, in *testutil.Installation, ranks, slots int, args ..
 	ctx := context.Background()
 	spec := &api.JobSpec{Name: "launch", Cluster: "c1", Type: api.JobMPI, Files: []string{"heat"},
 		MPI: &api.MPISpec{Ranks: ranks, SlotsPerNode: slots,
-			Command: append([]string{"mpirun", "--mca", "btl", "tcp,self", "./heat"}, args...)}}
+			Command: append([]string{"mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1", "./heat"}, args...)}}
 	start := time.Now()
 	res, err := in.Client.SubmitJob(ctx, spec)
 	if err != nil {
@@ -147,7 +147,7 @@ func BenchmarkMPIRecovery(b *testing.B) {
 		for r := range rounds {
 			in.AddAgent(fmt.Sprintf("zone-%d", r%3+1)) // the pool node that replaces the victim
 			res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "heat", Cluster: "c1", Type: api.JobMPI, Files: []string{"heat"},
-				MPI: &api.MPISpec{Ranks: 6, SlotsPerNode: 2, MaxRestarts: 1, Command: []string{"mpirun", "--mca", "btl", "tcp,self",
+				MPI: &api.MPISpec{Ranks: 6, SlotsPerNode: 2, MaxRestarts: 1, Command: []string{"mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1",
 					"./heat", "--steps", "100000", "--checkpoint-every", "100", "--sleep-ms-per-step", "5"}}})
 			if err != nil {
 				b.Fatal(err)
