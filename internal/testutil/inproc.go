@@ -72,6 +72,13 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 	g.servers = make([]*server.Server, n)
 	for i := range g.cfgs {
 		s, err := server.New(g.cfgs[i])
+		for try := 0; err != nil && strings.Contains(err.Error(), "listening for raft") &&
+			strings.Contains(err.Error(), "address already in use") && try < 5; try++ {
+			// FreeAddr's port was taken by another process meanwhile;
+			// no other server names the Raft address, so take another.
+			g.cfgs[i].RaftAddr = FreeAddr(t)
+			s, err = server.New(g.cfgs[i])
+		}
 		if err != nil {
 			t.Fatalf("starting %s: %v", g.cfgs[i].Name, err)
 		}
