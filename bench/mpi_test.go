@@ -46,7 +46,10 @@ func lastInit(b *testing.B, r io.Reader) (time.Time, int) {
 func mpiStart(b *testing.B, in *testutil.Installation, ranks, slots int, args ...string) (time.Duration, string) {
 	b.Helper()
 	ctx := context.Background()
+	// A core a rank, as on a real machine: a smaller cgroup quota throttles
+	// MPI_Init's busy ranks.
 	spec := &api.JobSpec{Name: "launch", Cluster: "c1", Type: api.JobMPI, Files: []string{"heat"},
+		Resources: api.Resources{CPU: 1000, MemoryMB: 64},
 		MPI: &api.MPISpec{Ranks: ranks, SlotsPerNode: slots,
 			Command: append([]string{"mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1", "./heat"}, args...)}}
 	start := time.Now()
@@ -147,6 +150,7 @@ func BenchmarkMPIRecovery(b *testing.B) {
 		for r := range rounds {
 			in.AddAgent(fmt.Sprintf("zone-%d", r%3+1)) // the pool node that replaces the victim
 			res, err := in.Client.SubmitJob(ctx, &api.JobSpec{Name: "heat", Cluster: "c1", Type: api.JobMPI, Files: []string{"heat"},
+				Resources: api.Resources{CPU: 1000, MemoryMB: 64},
 				MPI: &api.MPISpec{Ranks: 6, SlotsPerNode: 2, MaxRestarts: 1, Command: []string{"mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1",
 					"./heat", "--steps", "100000", "--checkpoint-every", "100", "--sleep-ms-per-step", "5"}}})
 			if err != nil {

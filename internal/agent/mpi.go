@@ -314,9 +314,7 @@ func (a *Agent) launchOnPeer(ctx context.Context, host string, pl mpi.PeerLaunch
 	// as long as ctx.
 	giveUp := time.NewTimer(peerRunWait)
 	defer giveUp.Stop()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	for delay := 10 * time.Millisecond; ; delay = min(delay*2, 250*time.Millisecond) {
 		body, err := a.tryPeerLaunch(ctx, host, pl)
 		var ae *api.Error
 		if err == nil || errors.As(err, &ae) {
@@ -327,7 +325,7 @@ func (a *Agent) launchOnPeer(ctx context.Context, host string, pl mpi.PeerLaunch
 			return nil, err
 		case <-giveUp.C:
 			return nil, err
-		case <-tick.C:
+		case <-time.After(delay):
 		}
 	}
 }
@@ -406,7 +404,7 @@ func (a *Agent) peerRunAllowed(id clusterpki.Identity, t *api.Task) error {
 // runID that peer may launch in; a run that exists but refuses the peer
 // is an answer at once.
 func (a *Agent) waitPeerRun(ctx context.Context, id clusterpki.Identity, job string, runID uint64) (*run, int, error) {
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(10 * time.Millisecond) // a launch waits on it: mpirun's start
 	defer tick.Stop()
 	for {
 		var found *run
@@ -437,7 +435,7 @@ func (a *Agent) waitPeerRun(ctx context.Context, id clusterpki.Identity, job str
 func (a *Agent) relayToWrapper(w http.ResponseWriter, req *http.Request, r *run, command []string) {
 	ctx, cancel := context.WithTimeout(req.Context(), peerRunWait)
 	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(10 * time.Millisecond) // a launch waits on it: mpirun's start
 	defer tick.Stop()
 	var conn net.Conn
 	for {
