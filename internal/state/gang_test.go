@@ -1,6 +1,7 @@
 package state_test
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -266,5 +267,38 @@ func TestCheckpointEpochs(t *testing.T) {
 		Report: api.CheckpointReport{Job: j.ID, Task: old.ID, RunID: old.RunID, Epoch: 5, Rank: 0}})
 	if !errors.Is(err, state.ErrConflict) {
 		t.Fatalf("report from the old run: %v, want a conflict", err)
+	}
+}
+
+// TestMPIStatePersists: checkpoints and a cluster's CA survive a snapshot
+// and its restore, and a restored store completes an epoch as the
+// original would.
+func TestMPIStatePersists(t *testing.T) {
+	f, j := mpiFixture(t)
+	if err := f.s.SetClusterCA(f.next(), &state.ClusterCARequest{CA: state.ClusterCA{Cluster: "c", CertPEM: []byte("cert"), KeyPEM: []byte("key")}}); err != nil {
+		t.Fatal(err)
+	}
+	for r := range 5 {
+		if err := f.ckpt(j, r/2, 1, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := dump(t, f.s)
+	restored, err := state.Restore(bytes.NewReader(before))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(string(before), string(dump(t, restored))); diff != "" {
+		t.Fatalf("restored store differs (-want +got):\n%s", diff)
+	}
+	if ca := restored.Snapshot().ClusterCA(nil, "c"); ca == nil || string(ca.KeyPEM) != "key" {
+		t.Fatalf("restored CA %+v", ca)
+	}
+	f.s = restored
+	if err := f.ckpt(j, 2, 1, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.job(j.ID).MPIStatus.LastEpoch; got != 1 {
+		t.Errorf("last epoch after the restored store saw the last rank: %d, want 1", got)
 	}
 }
