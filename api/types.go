@@ -92,6 +92,11 @@ type Cluster struct {
 	Created     time.Time `json:"created"`
 	CreateIndex uint64    `json:"create_index"`
 	ModifyIndex uint64    `json:"modify_index"`
+	// Subnet is the cluster's private network (a CIDR), allocated when it
+	// is created; Egress the outside networks its tasks may reach.
+	// Servers fill both when they answer.
+	Subnet string   `json:"subnet,omitempty"`
+	Egress []string `json:"egress,omitempty"`
 	// Token is the cluster's API token: a caller presenting it sees only
 	// this cluster, its jobs and its part of the file system
 	// (/clusters/NAME). Servers show it to operators only.
@@ -103,6 +108,10 @@ type ClusterRequest struct {
 	Name  string `json:"name"`
 	Nodes int    `json:"nodes"`
 	Zones int    `json:"zones,omitempty"`
+	// Egress lists the networks (CIDRs) outside the cluster its tasks may
+	// reach, NATed through their node: the customer's own networks. None
+	// by default.
+	Egress []string `json:"egress,omitempty"`
 }
 
 // ClusterResize changes a cluster's size.

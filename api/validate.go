@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path"
 	"strings"
 	"time"
@@ -177,8 +178,29 @@ func (r *ClusterRequest) Validate() error {
 	if r.Zones > r.Nodes {
 		return invalid("zones", "%d zones cannot be spanned by %d nodes", r.Zones, r.Nodes)
 	}
+	if len(r.Egress) > MaxEgress {
+		return invalid("egress", "%d networks; at most %d are allowed", len(r.Egress), MaxEgress)
+	}
+	for i, e := range r.Egress {
+		p, err := netip.ParsePrefix(e)
+		f := fmt.Sprintf("egress[%d]", i)
+		switch {
+		case err != nil:
+			return invalid(f, "%q is not a network in CIDR notation such as 192.168.10.0/24", truncate(e))
+		case !p.Addr().Is4():
+			return invalid(f, "%s: only IPv4 networks are supported", e)
+		case p.Masked() != p:
+			return invalid(f, "%s has host bits set; did you mean %s?", e, p.Masked())
+		case p.Addr().IsLoopback() || p.Overlaps(netip.MustParsePrefix("127.0.0.0/8")):
+			return invalid(f, "%s overlaps the loopback network 127.0.0.0/8", e)
+		}
+		r.Egress[i] = p.String()
+	}
 	return nil
 }
+
+// MaxEgress bounds the egress networks of a cluster.
+const MaxEgress = 32
 
 // Validate checks a node registration.
 func (r *NodeRegistration) Validate() error {

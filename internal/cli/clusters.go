@@ -13,7 +13,7 @@ func clusterCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "Create, inspect, resize and delete clusters"}
 	var req api.ClusterRequest
 	create := &cobra.Command{
-		Use:   "create NAME --nodes N [--zones Z]",
+		Use:   "create NAME --nodes N [--zones Z] [--egress CIDR,...]",
 		Short: "Reserve N pool nodes over at least Z zones as a new cluster",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -28,12 +28,14 @@ func clusterCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(g.stdout, "Cluster %s created in %s with %d nodes: %s\n", c.Name,
 				time.Since(start).Round(time.Millisecond), len(c.Nodes), strings.Join(c.Nodes, ", "))
+			fmt.Fprintf(g.stdout, "Its network: %s; egress: %s\n", dash(c.Subnet), egressText(c.Egress))
 			fmt.Fprintf(g.stdout, "Its API token (shoal cluster token %s): %s\n", c.Name, c.Token)
 			return nil
 		},
 	}
 	create.Flags().IntVar(&req.Nodes, "nodes", 0, "number of nodes (required)")
 	create.Flags().IntVar(&req.Zones, "zones", 1, "minimum number of distinct zones")
+	create.Flags().StringSliceVar(&req.Egress, "egress", nil, "networks (CIDRs) outside the cluster its tasks may reach (default: none)")
 	create.MarkFlagRequired("nodes")
 
 	list := &cobra.Command{
@@ -81,6 +83,7 @@ func clusterCmd(g *globals) *cobra.Command {
 				for _, p := range c.Problems {
 					fmt.Fprintf(g.stdout, "  - %s\n", p)
 				}
+				fmt.Fprintf(g.stdout, "Network: %s; egress: %s\n", dash(c.Subnet), egressText(c.Egress))
 				fmt.Fprintln(g.stdout)
 				printNodes(g, members)
 				fmt.Fprintln(g.stdout, "\nEvents:")
@@ -155,4 +158,12 @@ func printEvents(g *globals, events []api.Event) {
 		t.row(e.Time.Local().Format("15:04:05.000"), e.Type, e.Message)
 	}
 	t.flush()
+}
+
+// egressText shows a cluster's egress networks.
+func egressText(egress []string) string {
+	if len(egress) == 0 {
+		return "none"
+	}
+	return strings.Join(egress, ", ")
 }

@@ -291,6 +291,7 @@ func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 func clusterView(snap *state.Snapshot, ws memdb.WatchSet, c *api.Cluster) *api.Cluster {
 	v := *c
 	v.State, v.Problems = snap.ClusterHealth(ws, c)
+	v.Subnet, v.Egress = snap.ClusterNetwork(ws, c.Name)
 	return &v
 }
 
@@ -324,7 +325,8 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca})
+	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca,
+		Networks: s.cfg.ClusterNetworks, SubnetBits: s.cfg.ClusterSubnetBits})
 }
 
 // handleClusterToken replaces a cluster's API token, for when it leaked:

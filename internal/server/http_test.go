@@ -26,6 +26,9 @@ func TestBadRequests(t *testing.T) {
 	if _, err := c.CreateCluster(reqCtx(t), &api.ClusterRequest{Name: "c1", Nodes: 1}); err != nil {
 		t.Fatalf("CreateCluster: %v", err)
 	}
+	if got, _, err := c.Cluster(reqCtx(t), "c1", nil); err != nil || got.Subnet != "10.128.0.0/20" || got.Egress != nil {
+		t.Fatalf("cluster c1: %v, subnet %q egress %v; want the first /20 of the default cluster networks and no egress", err, got.Subnet, got.Egress)
+	}
 	job := func(group string) string {
 		return `{"name":"j","cluster":"c1","groups":[` + group + `]}`
 	}
@@ -88,6 +91,9 @@ func TestBadRequests(t *testing.T) {
 			404, api.CodeNotFound, "nope-1"},
 		{"certificate for a pool node", "POST", "/v1/nodes/n2/certificate", `{"csr":"x"}`, 409, api.CodeConflict, "in no cluster"},
 		{"certificate with a bad csr", "POST", "/v1/nodes/n1/certificate", `{"csr":"not a csr"}`, 400, api.CodeInvalid, "csr"},
+		{"cluster egress malformed", "POST", "/v1/clusters", `{"name":"x","nodes":1,"egress":["10.0.0.0/33"]}`, 400, api.CodeInvalid, "egress[0]"},
+		{"cluster egress overlapping the cluster networks", "POST", "/v1/clusters", `{"name":"x","nodes":1,"egress":["10.200.0.0/16"]}`,
+			400, api.CodeInvalid, "overlaps the cluster networks 10.128.0.0/9"},
 		{"cancel unknown job", "DELETE", "/v1/jobs/nope-1", ``, 404, api.CodeNotFound, "nope-1"},
 		{"node name mismatch", "PUT", "/v1/nodes/n9", `{"name":"n8","zone":"z1","cpu":1,"memory":1}`, 400, api.CodeInvalid, "name"},
 		{"node without cpu", "PUT", "/v1/nodes/n9", `{"name":"n9","zone":"z1","cpu":0,"memory":1}`, 400, api.CodeInvalid, "cpu"},

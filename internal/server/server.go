@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,6 +64,11 @@ type Config struct {
 	// OpenFileLease is how long a file stays open after its writer last
 	// renewed it or committed a chunk (default api.DefaultOpenFileLease).
 	OpenFileLease time.Duration
+	// ClusterNetworks is the IPv4 network (CIDR) clusters' private subnets
+	// come from, /ClusterSubnetBits each (default
+	// state.DefaultClusterNetworks, /state.DefaultClusterSubnetBits).
+	ClusterNetworks   string
+	ClusterSubnetBits int
 	// PoolMinPerZone is the number of ready idle nodes every zone should
 	// hold; the pool status tells provisioners how many nodes to add where
 	// (api.PoolStatus.WantedByZone). 0 wishes for nothing.
@@ -144,6 +150,17 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.HeartbeatTTL <= 0 {
 		cfg.HeartbeatTTL = 2 * time.Second
+	}
+	if cfg.ClusterNetworks == "" {
+		cfg.ClusterNetworks = state.DefaultClusterNetworks
+	}
+	if cfg.ClusterSubnetBits == 0 {
+		cfg.ClusterSubnetBits = state.DefaultClusterSubnetBits
+	}
+	if p, err := netip.ParsePrefix(cfg.ClusterNetworks); err != nil || !p.Addr().Is4() || p.Masked() != p ||
+		cfg.ClusterSubnetBits < p.Bits() || cfg.ClusterSubnetBits > 30 {
+		return nil, fmt.Errorf("server: cluster networks %q split into /%d subnets: want an IPv4 network such as %s and a subnet size between its own and /30",
+			cfg.ClusterNetworks, cfg.ClusterSubnetBits, state.DefaultClusterNetworks)
 	}
 	if err := api.ValidateName("name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("server: %w", err)

@@ -227,7 +227,14 @@ func (s *Store) CreateCluster(index uint64, req *ClusterCreateRequest) (*api.Clu
 				return err
 			}
 		}
-		out = c
+		net, err := tx.allocateNetwork(c.Name, req.Networks, req.SubnetBits, r.Egress)
+		if err != nil {
+			return err
+		}
+		// The answer shows the network; the stored row does not hold it.
+		v := *c
+		v.Subnet, v.Egress = net.Subnet, net.Egress
+		out = &v
 		return tx.putCluster(c)
 	})
 	return out, err
@@ -347,6 +354,9 @@ func (s *Store) DeleteCluster(index uint64, req *ClusterDeleteRequest) error {
 			nn.Cluster = ""
 		}
 		if err := tx.deleteClusterRecords(c.Name); err != nil {
+			return err
+		}
+		if err := tx.freeNetwork(c.Name); err != nil {
 			return err
 		}
 		if err := tx.del(tableClusters, c); err != nil {

@@ -22,7 +22,7 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	enc := json.NewEncoder(bw)
 	for _, table := range []string{tableIndex, tableNodes, tableClusters, tableJobs, tableTasks, tableServers,
-		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage, tableCheckpoints, tableClusterCAs} {
+		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage, tableCheckpoints, tableClusterCAs, tableClusterNets} {
 		it, err := s.txn.Get(table, "id")
 		if err != nil {
 			return err
@@ -81,6 +81,8 @@ func Restore(r io.Reader) (*Store, error) {
 			obj = &checkpoint{}
 		case tableClusterCAs:
 			obj = &ClusterCA{}
+		case tableClusterNets:
+			obj = &clusterNet{}
 		default:
 			return nil, fmt.Errorf("state: snapshot has unknown table %q", rec.Table)
 		}

@@ -55,6 +55,10 @@ type ClusterCreateRequest struct {
 	// CA is the cluster's certificate authority, made by that server for
 	// the same reason.
 	CA *ClusterCA `json:"ca,omitempty"`
+	// Networks and SubnetBits are the servers' cluster networks, divided
+	// into /SubnetBits subnets, one a cluster (empty: the defaults).
+	Networks   string `json:"networks,omitempty"`
+	SubnetBits int    `json:"subnet_bits,omitempty"`
 }
 
 // ClusterCARequest gives a cluster without one its CA.

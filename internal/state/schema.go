@@ -23,6 +23,8 @@ const (
 	// Checkpoint epochs of mpi jobs, and clusters' CAs (checkpoints.go).
 	tableCheckpoints = "checkpoints"
 	tableClusterCAs  = "cluster_cas"
+	// Clusters' networks (clusternets.go).
+	tableClusterNets = "cluster_nets"
 )
 
 // indexEntry records the Raft index of the last write to a table.
@@ -122,6 +124,12 @@ func schema() *memdb.DBSchema {
 			Name: tableCheckpoints,
 			Indexes: map[string]*memdb.IndexSchema{
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+			},
+		},
+		tableClusterNets: {
+			Name: tableClusterNets,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			},
 		},
 		tableClusterCAs: {
