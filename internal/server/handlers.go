@@ -325,8 +325,14 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.write(w, fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca,
+	v, idx, err := s.apply(fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca,
 		Networks: s.cfg.ClusterNetworks, SubnetBits: s.cfg.ClusterSubnetBits})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	// Answered as reads show it: with its health and network.
+	respondWrite(w, idx, clusterView(s.store.Snapshot(), nil, v.(*api.Cluster)))
 }
 
 // handleClusterToken replaces a cluster's API token, for when it leaked:

@@ -227,14 +227,10 @@ func (s *Store) CreateCluster(index uint64, req *ClusterCreateRequest) (*api.Clu
 				return err
 			}
 		}
-		net, err := tx.allocateNetwork(c.Name, req.Networks, req.SubnetBits, r.Egress)
-		if err != nil {
+		if _, err := tx.allocateNetwork(c.Name, req.Networks, req.SubnetBits, r.Egress); err != nil {
 			return err
 		}
-		// The answer shows the network; the stored row does not hold it.
-		v := *c
-		v.Subnet, v.Egress = net.Subnet, net.Egress
-		out = &v
+		out = c
 		return tx.putCluster(c)
 	})
 	return out, err
