@@ -87,7 +87,7 @@ Start a whole installation on this machine with 'shoal dev', then try
 	root.PersistentFlags().StringVar(&g.addr, "addr", addr, "server API address (env SHOAL_ADDR)")
 	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token: the operator token or a cluster's token (env SHOAL_TOKEN); 'shoal server' requires callers to present it, and agents present it")
 	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g), versionCmd(g), mpiCmd(g))
-	root.AddCommand(checkpointCmd(g))
+	root.AddCommand(checkpointCmd(g), tlsCmd(g))
 	return root
 }
 
