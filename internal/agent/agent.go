@@ -271,14 +271,25 @@ func (a *Agent) register() error {
 func (a *Agent) heartbeatLoop() {
 	interval := 500 * time.Millisecond
 	for {
+		asleep := time.Now()
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-time.After(interval):
 		}
+		// A late wake-up or a slow answer is how a live node gets declared
+		// down: say so, with the figures, so that it can be told apart
+		// from a dead one.
+		if late := time.Since(asleep) - interval; late > interval {
+			a.log.Warn("heartbeat loop woke late: the agent was starved of CPU or stopped", "late", late.Round(time.Millisecond))
+		}
+		sent := time.Now()
 		ctx, cancel := context.WithTimeout(a.ctx, 2*time.Second)
 		resp, err := a.client.Heartbeat(ctx, a.cfg.Name, &api.Heartbeat{Ready: true})
 		cancel()
+		if took := time.Since(sent); err == nil && took > interval {
+			a.log.Warn("heartbeat answered slowly", "took", took.Round(time.Millisecond))
+		}
 		switch {
 		case err == nil:
 			if resp.Interval > 0 {
