@@ -37,6 +37,13 @@ while [ $e -le $K ]; do
   done
   r=0
   while [ $r -lt $R ]; do
+    ( s=$(date +%%s%%N); cp "$D/template" "$D/pcp.$r" || exit 1; x=$(date +%%s%%N)
+      echo "pcp $e $r $((x-s))"; rm -f "$D/pcp.$r" ) &
+    r=$((r+1))
+  done
+  wait
+  r=0
+  while [ $r -lt $R ]; do
     ( s=$(date +%%s%%N); OMPI_COMM_WORLD_RANK=$r "$SHOAL" checkpoint commit $e || exit 1; x=$(date +%%s%%N)
       echo "commit $e $r $s $x" ) &
     r=$((r+1))
@@ -75,11 +82,14 @@ func spread(xs []float64) (med, lo, hi float64) {
 // three agents in three zones:
 //
 //   - ckpt-MB/s: R×S MiB over the time from the last rank's commit call to
-//     the epoch complete in Raft (its completed time), against dfs-MB/s, a
-//     dfs.Client upload of the same bytes (what `shoal fs put` does) with
-//     the same default replication, measured in the same run: ckpt-ratio.
+//     the epoch complete in Raft (its completed time), against dfs-MB/s,
+//     dfs.Client uploads of the same bytes (what `shoal fs put` does) with
+//     the same default replication, the faster of one upload of it all and
+//     R uploads of S MiB at once, measured in the same run: ckpt-ratio.
 //   - blocked-ms: how long a rank waits in `shoal checkpoint commit`
-//     (median), against cp-ms, a local cp of the same file: blocked-ratio.
+//     (median), against cp-ms, a local cp of the same file by each of the R
+//     ranks at once (the same work): blocked-ratio. cp-alone-ms is one cp
+//     with the machine otherwise idle.
 //
 // Medians are reported with their range (-min, -max) over the epochs.
 func BenchmarkCheckpoint(b *testing.B) {
@@ -95,17 +105,39 @@ func BenchmarkCheckpoint(b *testing.B) {
 	dc := dfs.NewClient(in.Client, nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		// Baseline: the same bytes written to the DFS, one upload per run.
+		// Baseline: the same bytes written to the DFS, the faster of one
+		// upload of them all and one upload per rank's share at once.
 		var dfsRates []float64
 		for k := 0; k < runs; k++ {
-			path := fmt.Sprintf("%s/baseline-%d-%d", api.ClusterRoot("c1"), i, k)
+			dir := fmt.Sprintf("%s/baseline-%d-%d", api.ClusterRoot("c1"), i, k)
 			start := time.Now()
-			if _, err := dc.Upload(ctx, path, newPatternReader(total, uint64(k)+1), total, api.UploadOptions{}); err != nil {
+			if _, err := dc.Upload(ctx, dir+"-one", newPatternReader(total, uint64(k)+1), total, api.UploadOptions{}); err != nil {
 				b.Fatalf("baseline upload: %v", err)
 			}
-			dfsRates = append(dfsRates, float64(total)/megabyte/time.Since(start).Seconds())
-			if err := in.Client.FSRemove(ctx, &api.Remove{Path: path}); err != nil {
+			one := float64(total) / megabyte / time.Since(start).Seconds()
+			share := total / int64(ranks)
+			if err := in.Client.FSMkdir(ctx, &api.Mkdir{Path: dir + "-par", Parents: true}); err != nil {
 				b.Fatal(err)
+			}
+			errs := make(chan error, ranks)
+			start = time.Now()
+			for r := 0; r < ranks; r++ {
+				go func() {
+					_, err := dc.Upload(ctx, fmt.Sprintf("%s-par/%d", dir, r), newPatternReader(share, uint64(k*ranks+r)+1), share, api.UploadOptions{})
+					errs <- err
+				}()
+			}
+			for r := 0; r < ranks; r++ {
+				if err := <-errs; err != nil {
+					b.Fatalf("baseline upload: %v", err)
+				}
+			}
+			par := float64(share*int64(ranks)) / megabyte / time.Since(start).Seconds()
+			dfsRates = append(dfsRates, max(one, par))
+			for _, p := range []string{dir + "-one", dir + "-par"} {
+				if err := in.Client.FSRemove(ctx, &api.Remove{Path: p, Recursive: true}); err != nil {
+					b.Fatal(err)
+				}
 			}
 		}
 
@@ -132,7 +164,7 @@ func BenchmarkCheckpoint(b *testing.B) {
 			completed[c.Epoch] = c.Completed
 		}
 		lastCall := map[int64]int64{}
-		var blocked, cp []float64
+		var blocked, cp, pcp []float64
 		sc := bufio.NewScanner(strings.NewReader(logs))
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
@@ -143,6 +175,8 @@ func BenchmarkCheckpoint(b *testing.B) {
 			switch {
 			case len(f) == 4 && f[0] == "cp":
 				cp = append(cp, float64(nums[3])/1e6)
+			case len(f) == 4 && f[0] == "pcp":
+				pcp = append(pcp, float64(nums[3])/1e6)
 			case len(f) == 5 && f[0] == "commit":
 				lastCall[nums[1]] = max(lastCall[nums[1]], nums[3])
 				blocked = append(blocked, float64(nums[4]-nums[3])/1e6)
@@ -163,6 +197,7 @@ func BenchmarkCheckpoint(b *testing.B) {
 		dm, dlo, dhi := spread(dfsRates)
 		bm, blo, bhi := spread(blocked)
 		pm, _, _ := spread(cp)
+		ppm, _, _ := spread(pcp)
 		b.ReportMetric(cm, "ckpt-MB/s")
 		b.ReportMetric(clo, "ckpt-MB/s-min")
 		b.ReportMetric(chi, "ckpt-MB/s-max")
@@ -173,8 +208,10 @@ func BenchmarkCheckpoint(b *testing.B) {
 		b.ReportMetric(bm, "blocked-ms")
 		b.ReportMetric(blo, "blocked-ms-min")
 		b.ReportMetric(bhi, "blocked-ms-max")
-		b.ReportMetric(pm, "cp-ms")
-		b.ReportMetric(bm/pm, "blocked-ratio")
+		b.ReportMetric(pm, "cp-alone-ms")
+		b.ReportMetric(ppm, "cp-ms")
+		// Against the same work: every rank copying its share at once.
+		b.ReportMetric(bm/ppm, "blocked-ratio")
 	}
 }
 
