@@ -40,8 +40,8 @@ type: mpi
 mpi:
   ranks: %d
   slots_per_node: 2
-  command: ["mpirun", "--mca", "btl", "tcp,self", "./ring"]
-resources: {cpu: 100, memory: 64}
+  command: ["mpirun", "--mca", "btl", "tcp,self", "--mca", "mpi_yield_when_idle", "1", "./ring"]
+resources: {cpu: 1000, memory: 64}   # a core a rank, ranks yielding: every node is this one machine
 files: [ring]
 `, ranks)
 }
