@@ -176,3 +176,39 @@ func describe(cps map[int64]*api.Checkpoint) string {
 	}
 	return b.String()
 }
+
+// TestMPICheckpointRequests: with checkpoint.interval, the agent asks the
+// ranks for a checkpoint by writing the epoch it suggests to
+// $SHOAL_CHECKPOINT_DIR/request; a rank that answers it commits that epoch.
+func TestMPICheckpointRequests(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 1, Zones: 1})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	script := fmt.Sprintf(`
+SHOAL=%q
+D="$SHOAL_CHECKPOINT_DIR"
+until [ -f "$D/request" ]; do sleep 0.1; done
+e=$(cat "$D/request")
+echo "asked for epoch $e"
+echo "state at $e" > "$D/0/state"
+OMPI_COMM_WORLD_RANK=0 "$SHOAL" checkpoint commit "$e" || exit 1
+until "$SHOAL" job checkpoints "$SHOAL_JOB_ID" -o json | tr -d ' \n' | grep -q "\"epoch\":$e,\"state\":\"complete\""; do sleep 0.1; done
+`, testutil.Binary(t))
+	id := submit(t, in, fmt.Sprintf(`
+name: asked
+cluster: c1
+type: mpi
+mpi:
+  ranks: 1
+  slots_per_node: 1
+  command: ["/bin/sh", "-c", %q]
+  checkpoint: {interval: 1s}
+resources: {cpu: 100, memory: 64}
+`, script))
+	job := waitJobState(t, in, id, api.JobComplete, time.Minute)
+	if job.MPIStatus == nil || job.MPIStatus.LastEpoch != 1 {
+		t.Errorf("mpi status %+v, want epoch 1 complete", job.MPIStatus)
+	}
+	if logs := mustShoal(t, in, "job", "logs", id); !strings.Contains(logs, "asked for epoch 1") {
+		t.Errorf("the rank was not asked for epoch 1:\n%s", logs)
+	}
+}
