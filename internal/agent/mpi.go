@@ -140,7 +140,7 @@ func (a *Agent) stageFiles(ctx context.Context, t *api.Task, runDir, work string
 		dst := filepath.Join(work, base)
 		os.Remove(dst)
 		if err := os.Link(p, dst); err != nil {
-			if err := copyFile(p, dst); err != nil {
+			if _, err := cloneOrCopyFile(p, dst, ficlone); err != nil {
 				return fmt.Errorf("staging %s: %w", t.Inputs[k], err)
 			}
 		}
@@ -151,22 +151,6 @@ func (a *Agent) stageFiles(ctx context.Context, t *api.Task, runDir, work string
 	return nil
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
 
 // hostfileContent is Open MPI's hostfile for the gang: one `NODE slots=S`
 // line per node, in task index order, so that by-slot mapping puts ranks
