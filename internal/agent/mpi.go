@@ -151,7 +151,6 @@ func (a *Agent) stageFiles(ctx context.Context, t *api.Task, runDir, work string
 	return nil
 }
 
-
 // hostfileContent is Open MPI's hostfile for the gang: one `NODE slots=S`
 // line per node, in task index order, so that by-slot mapping puts ranks
 // [i*S, (i+1)*S) on the gang's node i.
