@@ -235,10 +235,7 @@ func (s *Store) CancelJob(index uint64, req *JobCancelRequest) error {
 func (tx *writeTxn) cancelJob(id, reason string, now time.Time) error {
 	// Read before jobForWrite: cancelling a finished job must not bump its
 	// ModifyIndex.
-	cur := tx.jobs[id]
-	if raw, _ := tx.First(tableJobs, "id", id); cur == nil && raw != nil {
-		cur = raw.(*api.Job)
-	}
+	cur := tx.job(id)
 	if cur == nil {
 		return fmt.Errorf("%w: no job named %q", ErrNotFound, id)
 	}

@@ -342,10 +342,7 @@ func (tx *writeTxn) unplacedTask(id string) *api.Task {
 	if !ok {
 		return nil
 	}
-	j := tx.jobs[job]
-	if raw, _ := tx.First(tableJobs, "id", job); j == nil && raw != nil {
-		j = raw.(*api.Job)
-	}
+	j := tx.job(job)
 	if j == nil || j.State == api.JobCancelled {
 		return nil
 	}
