@@ -34,6 +34,9 @@ type Node struct {
 	// PeerAddr is the agent's mutual-TLS address for nodes of its cluster
 	// (see NodeRegistration).
 	PeerAddr string `json:"peer_addr,omitempty"`
+	// OverlayAddr is where the node receives its cluster network's
+	// overlay traffic (see NodeRegistration).
+	OverlayAddr string `json:"overlay_addr,omitempty"`
 	// Cluster is the cluster the node is reserved for; empty when it is in the pool.
 	Cluster string `json:"cluster"`
 	// DrainDeadline is when tasks still running on a draining node are moved.
@@ -410,6 +413,32 @@ type NodeWork struct {
 	// it to the cluster's tasks (SHOAL_TOKEN) so that they act as the
 	// cluster, not as an operator.
 	ClusterToken string `json:"cluster_token,omitempty"`
+	// Network is the node's part of its cluster's private network; nil
+	// when the node is in no cluster (or its cluster has no network).
+	Network *NodeNetwork `json:"network,omitempty"`
+}
+
+// NodeNetwork is what an agent needs to give its cluster's tasks their
+// private network: the cluster's subnet and overlay id, the node's own
+// block of the subnet (its gateway is the block's first address), the
+// other members' overlay addresses, the outside networks tasks may reach
+// and the control-plane addresses they must never reach.
+type NodeNetwork struct {
+	Cluster string   `json:"cluster"`
+	VNI     uint32   `json:"vni"`
+	Subnet  string   `json:"subnet"`
+	Block   string   `json:"block"`
+	Egress  []string `json:"egress,omitempty"`
+	// Peers are the other members' overlay (VXLAN) addresses, ip:port.
+	Peers []NetworkPeer `json:"peers,omitempty"`
+	// Deny are the servers' and nodes' addresses (as /32 prefixes).
+	Deny []string `json:"deny,omitempty"`
+}
+
+// NetworkPeer is another member node of the cluster network.
+type NetworkPeer struct {
+	Node    string `json:"node"`
+	Overlay string `json:"overlay"`
 }
 
 // RunRef names one placement of a task.
@@ -451,6 +480,10 @@ type NodeRegistration struct {
 	// nodes of its cluster (remote launch of MPI daemons); empty when it
 	// accepts none.
 	PeerAddr string `json:"peer_addr,omitempty"`
+	// OverlayAddr is the ip:port (UDP) where the agent's node receives its
+	// cluster network's overlay (VXLAN) traffic; empty when its tasks get
+	// no private network.
+	OverlayAddr string `json:"overlay_addr,omitempty"`
 }
 
 // Heartbeat is sent by an agent periodically. Leaving is sent once by an

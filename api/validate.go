@@ -231,6 +231,12 @@ func (r *NodeRegistration) Validate() error {
 		strings.ContainsFunc(s, unicode.IsControl)) {
 		return invalid("socket", "must be a clean absolute path of at most %d bytes", MaxSocketPathLen)
 	}
+	if o := r.OverlayAddr; o != "" {
+		ap, err := netip.ParseAddrPort(o)
+		if err != nil || !ap.Addr().Is4() || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			return invalid("overlay_addr", "%q is not an IPv4 address and UDP port (e.g. 192.0.2.7:4789)", o)
+		}
+	}
 	return nil
 }
 

@@ -68,6 +68,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.OpenFileLease, "open-file-lease", api.DefaultOpenFileLease, "delete a DFS file left open this long after its writer last renewed it")
 	f.StringVar(&cfg.ClusterNetworks, "cluster-networks", state.DefaultClusterNetworks, "IPv4 network (CIDR) the clusters' private subnets are taken from")
 	f.IntVar(&cfg.ClusterSubnetBits, "cluster-subnet-bits", state.DefaultClusterSubnetBits, "prefix length of each cluster's subnet")
+	f.IntVar(&cfg.NodeSubnetBits, "node-subnet-bits", state.DefaultNodeSubnetBits, "prefix length of each member node's block of its cluster's subnet (its tasks' addresses)")
 	f.IntVar(&cfg.PoolMinPerZone, "pool-min-per-zone", 0, "ready idle nodes every zone should hold; 'shoal pool status' shows how many to add where (0: no wish)")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

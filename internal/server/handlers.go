@@ -156,6 +156,7 @@ func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
 		work := &api.NodeWork{Node: n, Runs: []api.RunRef{}, Tasks: []*api.Task{}}
 		if c := snap.Cluster(ws, n.Cluster); c != nil && n.Cluster != "" {
 			work.ClusterToken = c.Token
+			work.Network = nodeNetwork(snap, ws, n)
 		}
 		for _, t := range snap.NodeTasks(ws, name) {
 			work.Runs = append(work.Runs, api.RunRef{Task: t.ID, RunID: t.RunID})
@@ -326,7 +327,7 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v, idx, err := s.apply(fsm.ClusterCreate, &state.ClusterCreateRequest{Req: req, Now: s.now(), Token: token, CA: ca,
-		Networks: s.cfg.ClusterNetworks, SubnetBits: s.cfg.ClusterSubnetBits})
+		Networks: s.cfg.ClusterNetworks, SubnetBits: s.cfg.ClusterSubnetBits, NodeBits: s.cfg.NodeSubnetBits})
 	if err != nil {
 		writeErr(w, err)
 		return

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -69,6 +68,9 @@ type Config struct {
 	// state.DefaultClusterNetworks, /state.DefaultClusterSubnetBits).
 	ClusterNetworks   string
 	ClusterSubnetBits int
+	// NodeSubnetBits is the size of each member node's block of its
+	// cluster's subnet, for its tasks (default state.DefaultNodeSubnetBits).
+	NodeSubnetBits int
 	// PoolMinPerZone is the number of ready idle nodes every zone should
 	// hold; the pool status tells provisioners how many nodes to add where
 	// (api.PoolStatus.WantedByZone). 0 wishes for nothing.
@@ -157,10 +159,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ClusterSubnetBits == 0 {
 		cfg.ClusterSubnetBits = state.DefaultClusterSubnetBits
 	}
-	if p, err := netip.ParsePrefix(cfg.ClusterNetworks); err != nil || !p.Addr().Is4() || p.Masked() != p ||
-		cfg.ClusterSubnetBits < p.Bits() || cfg.ClusterSubnetBits > 30 {
-		return nil, fmt.Errorf("server: cluster networks %q split into /%d subnets: want an IPv4 network such as %s and a subnet size between its own and /30",
-			cfg.ClusterNetworks, cfg.ClusterSubnetBits, state.DefaultClusterNetworks)
+	if cfg.NodeSubnetBits == 0 {
+		cfg.NodeSubnetBits = max(state.DefaultNodeSubnetBits, cfg.ClusterSubnetBits)
+	}
+	if err := state.ValidateNetworks(cfg.ClusterNetworks, cfg.ClusterSubnetBits, cfg.NodeSubnetBits); err != nil {
+		return nil, fmt.Errorf("server: --cluster-networks, --cluster-subnet-bits, --node-subnet-bits: %w", err)
 	}
 	if err := api.ValidateName("name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("server: %w", err)

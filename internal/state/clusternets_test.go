@@ -65,7 +65,7 @@ func TestClusterNetworks(t *testing.T) {
 		msg      string
 	}{
 		{[]string{"10.10.2.0/23"}, pool, 24, state.ErrInvalid, "overlaps the cluster networks"},
-		{nil, "10.10.0.0/30", 24, state.ErrInvalid, "not a valid IPv4 division"},
+		{nil, "10.10.0.0/30", 24, state.ErrInvalid, "do not divide the cluster networks"},
 	} {
 		_, err := f.createNet("d", tt.egress, tt.networks, tt.bits)
 		if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.msg) {
@@ -95,4 +95,79 @@ func TestEgressValidation(t *testing.T) {
 			t.Errorf("egress %q: got %v, want %q", tt.egress, err, tt.want)
 		}
 	}
+}
+
+func TestNodeBlocks(t *testing.T) {
+	f := newFixture(t)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.addNode(n, "z1")
+	}
+	create := func(name string, nodes int) error {
+		_, err := f.s.CreateCluster(f.next(), &state.ClusterCreateRequest{
+			Req: api.ClusterRequest{Name: name, Nodes: nodes}, Now: f.now, Token: "t-" + name,
+			Networks: "10.10.0.0/16", SubnetBits: 22, NodeBits: 24})
+		return err
+	}
+	blocks := func(cluster string) map[string]string {
+		out := map[string]string{}
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if nw := f.snap().NodeNetwork(nil, cluster, n); nw != nil {
+				out[n] = nw.Block
+				if nw.VNI == 0 || nw.Subnet != "10.10.0.0/22" && nw.Subnet != "10.10.4.0/22" {
+					t.Errorf("%s on %s: vni %d subnet %s", cluster, n, nw.VNI, nw.Subnet)
+				}
+			}
+		}
+		return out
+	}
+	if err := create("a", 2); err != nil {
+		t.Fatal(err)
+	}
+	got := blocks("a")
+	if len(got) != 2 || got[f.cluster("a").Nodes[0]] != "10.10.0.0/24" || got[f.cluster("a").Nodes[1]] != "10.10.1.0/24" {
+		t.Fatalf("blocks of a: %v (members %v)", got, f.cluster("a").Nodes)
+	}
+	// A node that leaves frees its block; the next member takes the
+	// lowest free one.
+	gone := f.cluster("a").Nodes[0]
+	if _, err := f.s.ResizeCluster(f.next(), &state.ClusterResizeRequest{Name: "a", Nodes: 1, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.ResizeCluster(f.next(), &state.ClusterResizeRequest{Name: "a", Nodes: 2, Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	got = blocks("a")
+	if len(got) != 2 {
+		t.Fatalf("after shrink and grow: %v", got)
+	}
+	seen := map[string]bool{}
+	for _, b := range got {
+		seen[b] = true
+	}
+	if !seen["10.10.0.0/24"] || !seen["10.10.1.0/24"] {
+		t.Errorf("after shrink and grow: %v, want the freed block reused (left: %s)", got, gone)
+	}
+	// Deleting the cluster frees the nodes; another cluster numbers its
+	// blocks from its own subnet.
+	if err := f.s.DeleteCluster(f.next(), &state.ClusterDeleteRequest{Name: "a", Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := create("b", 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := blocks("b"); len(got) != 3 {
+		t.Errorf("blocks of b: %v", got)
+	}
+	// More members than blocks: refused, changing nothing.
+	if err := f.s.DeleteCluster(f.next(), &state.ClusterDeleteRequest{Name: "b", Now: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, f.s)
+	_, err := f.s.CreateCluster(f.next(), &state.ClusterCreateRequest{
+		Req: api.ClusterRequest{Name: "c", Nodes: 2}, Now: f.now, Token: "t-c",
+		Networks: "10.10.0.0/16", SubnetBits: 24, NodeBits: 24})
+	if !errors.Is(err, state.ErrNoRoom) || !strings.Contains(err.Error(), "room for 1 nodes") {
+		t.Errorf("two nodes in one block: %v", err)
+	}
+	checkUnchanged(t, f.s, before)
 }

@@ -227,7 +227,7 @@ func (s *Store) CreateCluster(index uint64, req *ClusterCreateRequest) (*api.Clu
 				return err
 			}
 		}
-		if _, err := tx.allocateNetwork(c.Name, req.Networks, req.SubnetBits, r.Egress); err != nil {
+		if _, err := tx.allocateNetwork(c.Name, req.Networks, req.SubnetBits, req.NodeBits, r.Egress); err != nil {
 			return err
 		}
 		out = c

@@ -126,6 +126,7 @@ func (s *Store) RegisterNode(index uint64, req *NodeRegisterRequest) error {
 		n.Zone, n.Addr, n.CPU, n.MemoryMB, n.Labels = r.Zone, r.Addr, r.CPU, r.MemoryMB, r.Labels
 		n.Socket = r.Socket
 		n.PeerAddr = r.PeerAddr
+		n.OverlayAddr = r.OverlayAddr
 		return nil
 	})
 }

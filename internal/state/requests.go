@@ -59,6 +59,9 @@ type ClusterCreateRequest struct {
 	// into /SubnetBits subnets, one a cluster (empty: the defaults).
 	Networks   string `json:"networks,omitempty"`
 	SubnetBits int    `json:"subnet_bits,omitempty"`
+	// NodeBits is the prefix length of each member node's block of the
+	// cluster's subnet (0: the default).
+	NodeBits int `json:"node_bits,omitempty"`
 }
 
 // ClusterCARequest gives a cluster without one its CA.

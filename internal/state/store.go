@@ -176,6 +176,9 @@ func (tx *writeTxn) flush() error {
 			return err
 		}
 	}
+	if err := tx.syncBlocks(); err != nil {
+		return err
+	}
 	for _, n := range tx.nodes {
 		n.ModifyIndex = tx.index
 		if err := tx.put(tableNodes, n); err != nil {
