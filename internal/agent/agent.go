@@ -65,6 +65,19 @@ type Config struct {
 	// ShoalBinary is the shoal binary tasks find first on their PATH
 	// (DATA/bin/shoal links to it); default the agent's own executable.
 	ShoalBinary string
+	// TaskNetwork is auto (default), on or off: whether each task runs in
+	// a network namespace of its own on its cluster's private network
+	// (see network.go).
+	TaskNetwork string
+	// OverlayAddr is the ip:port (UDP) of the node's end of its cluster
+	// network's overlay; default the advertised host and a free port.
+	OverlayAddr string
+	// EndpointPort is the port of the tasks' endpoint on the node's
+	// gateway address (default DefaultEndpointPort).
+	EndpointPort int
+	// NetworkPool is how many task network namespaces are kept ready
+	// (0: the default; negative: none).
+	NetworkPool int
 }
 
 // Agent runs one node.
@@ -86,6 +99,8 @@ type Agent struct {
 	// peerLn is the peer listener (peer.go), advertised as peerAdvertise.
 	peerLn        net.Listener
 	peerAdvertise string
+	// net gives tasks their cluster's network (network.go).
+	net *taskNet
 	// peerCreds are the node's credentials in its cluster, nil while it
 	// holds none; a.mu guards changing them together with cluster.
 	peerCreds  atomic.Pointer[clusterpki.Credentials]
@@ -188,6 +203,10 @@ func New(cfg Config) (*Agent, error) {
 		ln.Close()
 		return nil, err
 	}
+	if err := a.setupNetwork(); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.updates = newUpdateBatcher(a.client, cfg.Name, a.log)
 	return a, nil
@@ -229,6 +248,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
 	a.watchLoop()
 	a.stopAll()
+	a.closeNetwork()
 	a.wg.Wait()
 	stopUpdates()
 	<-updatesDone
@@ -246,7 +266,7 @@ func (a *Agent) Shutdown() { a.cancel() }
 func (a *Agent) register() error {
 	reg := &api.NodeRegistration{Name: a.cfg.Name, Zone: a.cfg.Zone, Addr: a.cfg.AdvertiseAddr,
 		CPU: a.cfg.CPU, MemoryMB: a.cfg.MemoryMB, Labels: a.cfg.Labels, Socket: a.local.socketPath(),
-		PeerAddr: a.peerAdvertise}
+		PeerAddr: a.peerAdvertise, OverlayAddr: a.overlayAdvertised()}
 	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		err := a.client.RegisterNode(ctx, reg)

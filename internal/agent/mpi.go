@@ -204,15 +204,23 @@ func (a *Agent) mpiEnv(t *api.Task, r *run, work, hostfile string) map[string]st
 		"SHOAL_CHECKPOINT_DIR": r.ckptDir,
 		"SHOAL_RESTART_EPOCH":  restart,
 		"SHOAL_RUN_SECRET":     r.secret,
-		"SHOAL_AGENT_ADDR":     "http://" + a.localAddr(),
+		"SHOAL_AGENT_ADDR":     a.taskAgentAddr(t),
 		"SHOAL_MPI_RANKS":      strconv.Itoa(t.MPI.Ranks),
 		"SHOAL_MPI_NODES":      strings.Join(t.MPI.Nodes, ","),
 	} {
 		env[k] = v
 	}
-	// Nodes reachable only over loopback (tests, shoal dev): Open MPI must
-	// not pick another interface for its own traffic.
-	if host, _, err := net.SplitHostPort(a.cfg.AdvertiseAddr); err == nil {
+	// On a cluster network, the ranks talk over it (the run sees no other
+	// interface but loopback). Nodes reachable only over loopback (tests,
+	// shoal dev): Open MPI must not pick another interface for its own
+	// traffic.
+	if r.addr.IsValid() {
+		for _, k := range []string{"OMPI_MCA_oob_tcp_if_include", "OMPI_MCA_btl_tcp_if_include"} {
+			if _, set := t.Env[k]; !set {
+				env[k] = "eth0"
+			}
+		}
+	} else if host, _, err := net.SplitHostPort(a.cfg.AdvertiseAddr); err == nil {
 		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 			for _, k := range []string{"OMPI_MCA_oob_tcp_if_include", "OMPI_MCA_btl_tcp_if_include"} {
 				if _, set := t.Env[k]; !set {
@@ -222,6 +230,15 @@ func (a *Agent) mpiEnv(t *api.Task, r *run, work, hostfile string) map[string]st
 		}
 	}
 	return env
+}
+
+// taskAgentAddr is the agent's URL as t's runs reach it: the node's
+// endpoint on the cluster network, or the agent's own HTTP address.
+func (a *Agent) taskAgentAddr(t *api.Task) string {
+	if e := a.endpointAddr(t.Cluster); e != "" {
+		return e
+	}
+	return "http://" + a.localAddr()
 }
 
 // localAddr is the agent's HTTP address as its tasks reach it.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net/netip"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type run struct {
 	// only, before the run is listed in Agent.runs, and never change.
 	secret  string
 	ckptDir string
+	// addr is the run's address on its cluster network; zero when it
+	// shares the host's network.
+	addr netip.Addr
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed to ask the run to stop
@@ -96,6 +100,7 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	a.setClusterLocked(work.Node.Cluster)
 	a.clusterToken = work.ClusterToken
 	a.mu.Unlock()
+	a.syncNetwork(work.Network)
 
 	for _, r := range toStop {
 		go func() {
@@ -199,9 +204,13 @@ func (a *Agent) startRun(t *api.Task) error {
 	if err := makeRunDir(r.dir, work); err != nil {
 		return fail("creating working directory", err)
 	}
+	netns, err := a.attachRun(r)
+	if err != nil {
+		return fail("giving the task its network", err)
+	}
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
 		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),
-		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB}
+		CPU: t.Resources.CPU, MemoryMB: t.Resources.MemoryMB, NetNS: netns}
 	if t.MPI != nil {
 		// Staging files and restoring a checkpoint may take long: not on
 		// a start worker.
@@ -393,16 +402,22 @@ func (a *Agent) taskEnvMap(t *api.Task, work string) map[string]string {
 	if a.binDir != "" {
 		env["PATH"] = a.binDir + ":" + env["PATH"]
 	}
-	// A task acts as its cluster: it gets the cluster's token, never the
-	// agent's, so the servers confine it to the cluster's jobs and files.
-	a.mu.Lock()
-	token := ""
-	if a.cluster == t.Cluster {
-		token = a.clusterToken
+	// A task acts as its cluster. On a cluster network it reaches the
+	// servers through the node's endpoint, which adds the cluster's token:
+	// the task holds no credential. Otherwise it gets the cluster's token,
+	// never the agent's, so the servers confine it to the cluster's jobs
+	// and files.
+	addr, token := a.endpointAddr(t.Cluster), ""
+	if addr == "" {
+		addr = strings.Join(a.cfg.Servers, ",")
+		a.mu.Lock()
+		if a.cluster == t.Cluster {
+			token = a.clusterToken
+		}
+		a.mu.Unlock()
 	}
-	a.mu.Unlock()
 	for k, v := range map[string]string{
-		"SHOAL_TOKEN": token, "SHOAL_ADDR": strings.Join(a.cfg.Servers, ","),
+		"SHOAL_TOKEN": token, "SHOAL_ADDR": addr,
 		"SHOAL_JOB_ID": t.JobID, "SHOAL_TASK_INDEX": strconv.Itoa(t.Index), "SHOAL_TASK_COUNT": strconv.Itoa(t.Count),
 		"SHOAL_ATTEMPT": strconv.Itoa(t.Attempt), "SHOAL_CLUSTER": t.Cluster, "SHOAL_NODE": a.cfg.Name,
 		"SHOAL_GROUP": t.Group, "SHOAL_TASK_ID": t.ID, "SHOAL_ZONE": a.cfg.Zone,
