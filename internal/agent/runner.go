@@ -227,6 +227,9 @@ func (a *Agent) startRun(t *api.Task) error {
 
 // launch starts a run's process and waits for it in the background.
 func (a *Agent) launch(r *run, spec *sandbox.Spec, fail func(string, error) error) error {
+	if r.addr.IsValid() {
+		spec.Env = append(spec.Env, "SHOAL_TASK_ADDR="+r.addr.String())
+	}
 	h, err := a.driver.Start(a.ctx, spec)
 	if err != nil {
 		return fail("starting command", err)

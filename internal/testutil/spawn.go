@@ -52,7 +52,16 @@ func Binary(t testing.TB) string {
 // FreeAddr returns a loopback address with a port that was free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return freeAddrOn(t, "")
+}
+
+// freeAddrOn is FreeAddr on ip (default 127.0.0.1).
+func freeAddrOn(t testing.TB, ip string) string {
+	t.Helper()
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +191,11 @@ type Options struct {
 	// Token is the operator token the servers require; empty runs an open
 	// installation. Servers, agents, Client and Shoal all present it.
 	Token string
+	// ServerIP is the address servers listen on (default 127.0.0.1);
+	// AgentHosts, when set, are the test hosts (NetHosts) agents run in,
+	// round-robin, each listening on its host's address.
+	ServerIP   string
+	AgentHosts []TestHost
 }
 
 // Installation is a set of spawned servers and agents.
@@ -214,7 +228,7 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
 	var httpAddrs []string
 	for i := 0; i < opts.Servers; i++ {
-		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: FreeAddr(t), RaftAddr: FreeAddr(t)})
+		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: freeAddrOn(t, opts.ServerIP), RaftAddr: freeAddrOn(t, opts.ServerIP)})
 		httpAddrs = append(httpAddrs, in.Servers[i].HTTPAddr)
 	}
 	for i, s := range in.Servers {
@@ -263,7 +277,13 @@ func (in *Installation) AddAgent(zone string) *Proc {
 		"--servers", strings.Join(addrs, ","), "--cpu", strconv.FormatInt(in.Opts.AgentCPU, 10),
 		"--memory", strconv.FormatInt(in.Opts.AgentMemory, 10), "--log-level", "debug"}
 	args = append(args, in.Opts.AgentArgs...)
-	p := startProc(in.t, in.Bin, name, in.Dir, args, in.tokenEnv())
+	bin := in.Bin
+	if hosts := in.Opts.AgentHosts; len(hosts) > 0 {
+		h := hosts[len(in.Agents)%len(hosts)]
+		args = append([]string{"netns", "exec", h.NS, bin}, append(args, "--http-addr", h.IP+":0", "--peer-addr", h.IP+":0")...)
+		bin = "ip" // which execs shoal in the host's namespace: same pid
+	}
+	p := startProc(in.t, bin, name, in.Dir, args, in.tokenEnv())
 	in.Agents = append(in.Agents, p)
 	return p
 }
