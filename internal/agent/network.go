@@ -47,7 +47,9 @@ type taskNet struct {
 	overlay netip.AddrPort
 
 	mu       sync.Mutex
+	want     *api.NodeNetwork // what the servers last said; nil: none
 	applied  *api.NodeNetwork // the network last applied; nil: none
+	retry    *time.Timer      // set while a failed change waits to be retried
 	gateway  netip.Addr
 	endpoint *http.Server
 }
@@ -146,7 +148,9 @@ func (a *Agent) overlayAdvertised() string {
 
 // syncNetwork brings the node's network to what the servers say: the
 // cluster's network while the node is a member, none otherwise. Runs of
-// a cluster the node left lose their network with it.
+// a cluster the node left lose their network with it. A change that fails
+// is tried again every second until it succeeds or the servers say
+// something else.
 func (a *Agent) syncNetwork(want *api.NodeNetwork) {
 	n := a.net
 	if n == nil || n.mgr == nil {
@@ -154,33 +158,54 @@ func (a *Agent) syncNetwork(want *api.NodeNetwork) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if reflect.DeepEqual(n.applied, want) {
+	n.want = want
+	a.convergeLocked()
+}
+
+// convergeLocked applies n.want; n.mu is held.
+func (a *Agent) convergeLocked() {
+	n := a.net
+	if reflect.DeepEqual(n.applied, n.want) {
 		return
 	}
+	if err := a.applyLocked(n.want); err != nil {
+		a.log.Error("changing the node's cluster network; will retry", "err", err)
+		if n.retry == nil && a.ctx.Err() == nil {
+			n.retry = time.AfterFunc(time.Second, func() {
+				n.mu.Lock()
+				defer n.mu.Unlock()
+				n.retry = nil
+				if a.ctx.Err() == nil {
+					a.convergeLocked()
+				}
+			})
+		}
+	}
+}
+
+// applyLocked makes want the node's network; n.mu is held.
+func (a *Agent) applyLocked(want *api.NodeNetwork) error {
+	n := a.net
 	if want == nil {
 		n.stopEndpoint()
 		if err := n.mgr.Remove(); err != nil {
-			a.log.Error("removing the cluster network the node left", "err", err)
-			return
+			return fmt.Errorf("removing the network of cluster %s, which the node left: %w", n.applied.Cluster, err)
 		}
 		a.log.Info("removed the cluster network", "cluster", n.applied.Cluster)
 		n.applied, n.gateway = nil, netip.Addr{}
-		return
+		return nil
 	}
 	nw, err := a.clusterNetwork(want)
 	if err != nil {
-		a.log.Error("refusing the cluster network the servers sent", "err", err)
-		return
+		return fmt.Errorf("the servers sent a network the node cannot use: %w", err)
 	}
 	if err := n.mgr.Apply(nw); err != nil {
-		a.log.Error("applying the cluster network; will retry", "cluster", want.Cluster, "err", err)
-		return
+		return fmt.Errorf("applying the network of cluster %s: %w", want.Cluster, err)
 	}
 	if gw := n.mgr.Gateway(); gw != n.gateway || n.endpoint == nil {
 		n.stopEndpoint()
 		if err := a.startEndpoint(gw); err != nil {
-			a.log.Error("starting the task endpoint; will retry", "gateway", gw, "err", err)
-			return
+			return fmt.Errorf("starting the tasks' endpoint on %s: %w", gw, err)
 		}
 		n.gateway = gw
 	}
@@ -189,6 +214,7 @@ func (a *Agent) syncNetwork(want *api.NodeNetwork) {
 			"vni", want.VNI, "peers", len(want.Peers), "endpoint", net.JoinHostPort(n.gateway.String(), strconv.Itoa(int(n.port))))
 	}
 	n.applied = want
+	return nil
 }
 
 // clusterNetwork converts the servers' description of the node's network.
@@ -289,6 +315,9 @@ func (a *Agent) closeNetwork() {
 	if n := a.net; n != nil && n.mgr != nil {
 		n.mu.Lock()
 		n.stopEndpoint()
+		if n.retry != nil {
+			n.retry.Stop()
+		}
 		n.mu.Unlock()
 		n.mgr.Close()
 	}

@@ -280,7 +280,7 @@ func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 		p := principalOf(r)
 		for _, c := range snap.Clusters(ws) {
 			if p.sees(c.Name) {
-				out = append(out, clusterView(snap, ws, c))
+				out = append(out, clusterView(snap, ws, c, p))
 			}
 		}
 		return out, nil
@@ -288,9 +288,15 @@ func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 }
 
 // clusterView is a copy of a stored cluster with its health, which depends
-// on its members' nodes and so is derived when answering.
-func clusterView(snap *state.Snapshot, ws memdb.WatchSet, c *api.Cluster) *api.Cluster {
+// on its members' nodes and so is derived when answering, as principal p
+// may see it: only operators see the cluster's token (a cluster's own
+// tasks reach the API through their node's endpoint, which holds it, and
+// must not be able to read it there).
+func clusterView(snap *state.Snapshot, ws memdb.WatchSet, c *api.Cluster, p principal) *api.Cluster {
 	v := *c
+	if !p.operator() {
+		v.Token = ""
+	}
 	v.State, v.Problems = snap.ClusterHealth(ws, c)
 	v.Subnet, v.Egress = snap.ClusterNetwork(ws, c.Name)
 	return &v
@@ -303,7 +309,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 		if c == nil || !principalOf(r).sees(name) {
 			return nil, fmt.Errorf("%w: no cluster named %q", state.ErrNotFound, name)
 		}
-		return clusterView(snap, ws, c), nil
+		return clusterView(snap, ws, c, principalOf(r)), nil
 	})
 }
 
@@ -333,7 +339,7 @@ func (s *Server) handleClusterCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Answered as reads show it: with its health and network.
-	respondWrite(w, idx, clusterView(s.store.Snapshot(), nil, v.(*api.Cluster)))
+	respondWrite(w, idx, clusterView(s.store.Snapshot(), nil, v.(*api.Cluster), principalOf(r)))
 }
 
 // handleClusterToken replaces a cluster's API token, for when it leaked:

@@ -23,11 +23,11 @@ func TestBadRequests(t *testing.T) {
 	c := g.Client(0)
 	addReadyNode(t, c, "n1", "z1", 1000, 1024)
 	addReadyNode(t, c, "n2", "z1", 1000, 1024)
-	if created, err := c.CreateCluster(reqCtx(t), &api.ClusterRequest{Name: "c1", Nodes: 1}); err != nil || created.Subnet != "10.128.0.0/20" {
+	if created, err := c.CreateCluster(reqCtx(t), &api.ClusterRequest{Name: "c1", Nodes: 1}); err != nil || created.Subnet != "10.128.0.0/18" {
 		t.Fatalf("CreateCluster: %v, subnet %q", err, created.Subnet)
 	}
-	if got, _, err := c.Cluster(reqCtx(t), "c1", nil); err != nil || got.Subnet != "10.128.0.0/20" || got.Egress != nil {
-		t.Fatalf("cluster c1: %v, subnet %q egress %v; want the first /20 of the default cluster networks and no egress", err, got.Subnet, got.Egress)
+	if got, _, err := c.Cluster(reqCtx(t), "c1", nil); err != nil || got.Subnet != "10.128.0.0/18" || got.Egress != nil {
+		t.Fatalf("cluster c1: %v, subnet %q egress %v; want the first /18 of the default cluster networks and no egress", err, got.Subnet, got.Egress)
 	}
 	job := func(group string) string {
 		return `{"name":"j","cluster":"c1","groups":[` + group + `]}`
