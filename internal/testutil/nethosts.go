@@ -1,12 +1,14 @@
 package testutil
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -89,4 +91,26 @@ func NetHosts(t testing.TB, n int) *TestHosts {
 		run("-n", x.NS, "link", "set", "lo", "up")
 	}
 	return h
+}
+
+// unmountUnder detaches every mount below dir: the network namespace
+// files agents bind-mount, which an agent killed with -9 leaves (the next
+// agent on the same data dir would sweep them), so that the test's
+// temporary directory can be removed.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
+			points = append(points, fields[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
 }

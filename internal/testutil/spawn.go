@@ -226,6 +226,7 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 		opts.AgentMemory = 2048
 	}
 	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
+	t.Cleanup(func() { unmountUnder(in.Dir) }) // after the agents are killed
 	var httpAddrs []string
 	for i := 0; i < opts.Servers; i++ {
 		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: freeAddrOn(t, opts.ServerIP), RaftAddr: freeAddrOn(t, opts.ServerIP)})
@@ -280,8 +281,11 @@ func (in *Installation) AddAgent(zone string) *Proc {
 	bin := in.Bin
 	if hosts := in.Opts.AgentHosts; len(hosts) > 0 {
 		h := hosts[len(in.Agents)%len(hosts)]
-		args = append([]string{"netns", "exec", h.NS, bin}, append(args, "--http-addr", h.IP+":0", "--peer-addr", h.IP+":0")...)
-		bin = "ip" // which execs shoal in the host's namespace: same pid
+		// nsenter (unlike ip netns exec, which remounts /sys and so hides
+		// the cgroup file systems) only enters the network namespace, then
+		// execs shoal: same pid.
+		args = append([]string{"--net=/run/netns/" + h.NS, bin}, append(args, "--http-addr", h.IP+":0", "--peer-addr", h.IP+":0")...)
+		bin = "nsenter"
 	}
 	p := startProc(in.t, bin, name, in.Dir, args, in.tokenEnv())
 	in.Agents = append(in.Agents, p)
