@@ -378,6 +378,9 @@ type Task struct {
 	Finished time.Time `json:"finished,omitzero"`
 	// NotBefore delays a retried task (backoff).
 	NotBefore time.Time `json:"not_before,omitzero"`
+	// Addr is the running run's address on its cluster's network; empty
+	// when the run shares its node's network.
+	Addr string `json:"addr,omitempty"`
 
 	// Copied from the job's group so that an agent needs only the task.
 	Command     []string          `json:"command"`
@@ -453,6 +456,8 @@ type TaskUpdate struct {
 	RunID    uint64    `json:"run_id"`
 	State    string    `json:"state"` // running, complete, failed, lost
 	ExitCode int       `json:"exit_code"`
+	// Addr is the run's address on its cluster's network (with running).
+	Addr string `json:"addr,omitempty"`
 	Message  string    `json:"message,omitempty"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`

@@ -234,7 +234,11 @@ func (a *Agent) launch(r *run, spec *sandbox.Spec, fail func(string, error) erro
 	if err != nil {
 		return fail("starting command", err)
 	}
-	a.updates.send(api.TaskUpdate{TaskID: r.task.ID, RunID: r.task.RunID, State: api.TaskRunning, Started: time.Now()})
+	u := api.TaskUpdate{TaskID: r.task.ID, RunID: r.task.RunID, State: api.TaskRunning, Started: time.Now()}
+	if r.addr.IsValid() {
+		u.Addr = r.addr.String()
+	}
+	a.updates.send(u)
 	go a.waitRun(r, h)
 	return nil
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"time"
@@ -222,6 +223,12 @@ func (s *Server) handleTaskUpdates(w http.ResponseWriter, r *http.Request) {
 	if u.Node != r.PathValue("name") {
 		writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("node: %q does not match the URL's node %q", u.Node, r.PathValue("name")))
 		return
+	}
+	for i, up := range u.Updates {
+		if a, err := netip.ParseAddr(up.Addr); up.Addr != "" && (err != nil || !a.Is4()) {
+			writeError(w, http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("updates[%d].addr: %q is not an IPv4 address", i, up.Addr))
+			return
+		}
 	}
 	s.write(w, fsm.TaskUpdate, &state.TaskUpdateRequest{Updates: u, Now: s.now()})
 }

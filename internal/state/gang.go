@@ -236,7 +236,7 @@ func (tx *writeTxn) placeGang(g *GangPlacement, index uint64, now time.Time) (bo
 		m := *t.MPI
 		m.Nodes, m.RestartEpoch = nodes, jw.MPIStatus.LastEpoch
 		nt.MPI = &m
-		nt.State, nt.Node, nt.RunID, nt.Message = api.TaskPending, nodes[t.Index], index, ""
+		nt.State, nt.Node, nt.RunID, nt.Message, nt.Addr = api.TaskPending, nodes[t.Index], index, "", ""
 		nt.ExitCode, nt.Started, nt.Finished = 0, time.Time{}, time.Time{}
 		if err := tx.updateTask(t, &nt, now); err != nil {
 			return false, err

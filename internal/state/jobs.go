@@ -313,7 +313,7 @@ func (tx *writeTxn) applyTaskUpdate(t *api.Task, u *api.TaskUpdate, now time.Tim
 			return nil
 		}
 		nt := *t
-		nt.State = api.TaskRunning
+		nt.State, nt.Addr = api.TaskRunning, u.Addr
 		if !u.Started.IsZero() {
 			nt.Started = u.Started
 		}
@@ -364,7 +364,7 @@ func (s *Store) ApplyPlan(index uint64, req *PlanRequest) (*PlanResult, error) {
 				}
 			}
 			nt := *t
-			nt.State, nt.Node, nt.RunID, nt.Message = api.TaskPending, n.Name, index, ""
+			nt.State, nt.Node, nt.RunID, nt.Message, nt.Addr = api.TaskPending, n.Name, index, "", ""
 			nt.ExitCode, nt.Started, nt.Finished = 0, time.Time{}, time.Time{}
 			if err := tx.updateTask(t, &nt, req.Now); err != nil {
 				return err
