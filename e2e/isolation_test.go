@@ -111,14 +111,22 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	}
 	c2gw := gatewayOf(t, in, c2.Nodes[0])
 
+	mustShoal(t, in, "fs", "put", writeFile(t, "secret.txt", "c2's secret\n"), "/clusters/c2/secret.txt")
 	out := runProbe(t, in, "c1", "attacker", strings.Join([]string{
 		"echo token=[$SHOAL_TOKEN] api=$SHOAL_ADDR",
+		// Its own files, through the endpoint; not another cluster's.
+		"echo mine | shoal fs put - /clusters/c1/mine.txt && shoal fs cat /clusters/c1/mine.txt | sed 's/^/read=/'",
+		"shoal fs cat /clusters/c2/secret.txt; echo c2read=$?",
 		"$PROBE tcp " + c1addr + ":9000 " + c2addr + ":9000 " + c2gw + ":7471",
 		"$PROBE udp " + c1addr + ":9000 " + c2addr + ":9000",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c1",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c2",
 	}, "; "))
 	mustLine(t, out, "token=[]")
+	mustLine(t, out, "read=mine")
+	if strings.Contains(out, "c2's secret") || strings.Contains(out, "c2read=0") {
+		t.Errorf("a c1 task read c2's file through the endpoint:\n%s", out)
+	}
 	mustLine(t, out, "tcp "+c1addr+":9000 ok")
 	mustLine(t, out, "tcp "+c2addr+":9000 refused")
 	mustLine(t, out, "tcp "+c2gw+":7471 refused")

@@ -415,7 +415,9 @@ func (a *Agent) taskEnvMap(t *api.Task, work string) map[string]string {
 	// never the agent's, so the servers confine it to the cluster's jobs
 	// and files.
 	addr, token := a.endpointAddr(t.Cluster), ""
-	if addr == "" {
+	if addr != "" {
+		env["SHOAL_FS_DATA"] = "servers" // the data nodes are out of reach
+	} else {
 		addr = strings.Join(a.cfg.Servers, ",")
 		a.mu.Lock()
 		if a.cluster == t.Cluster {

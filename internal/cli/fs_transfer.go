@@ -234,6 +234,12 @@ func planPutTree(src, dst string) ([]putStep, error) {
 // works around are not worth a user's attention: it logs nowhere.
 func newDFSClient(cl *api.Client) *dfs.Client { return dfs.NewClient(cl, nil) }
 
+// dataViaServers reports whether file data must go through the servers'
+// streaming endpoints instead of straight to the data nodes: so inside a
+// task on a cluster network, which reaches no data node (its agent sets
+// SHOAL_FS_DATA=servers).
+func dataViaServers() bool { return os.Getenv("SHOAL_FS_DATA") == "servers" }
+
 // putFile uploads one file, streaming it with its size so that a complete
 // upload can be told from a cut one.
 func putFile(ctx context.Context, g *globals, cl *api.Client, s putStep, stdin io.Reader, opts api.UploadOptions) error {
@@ -255,7 +261,12 @@ func putFile(ctx context.Context, g *globals, cl *api.Client, s putStep, stdin i
 	if bar != nil {
 		r = io.TeeReader(r, bar)
 	}
-	_, err := newDFSClient(cl).Upload(ctx, s.remote, r, size, opts)
+	var err error
+	if dataViaServers() {
+		_, err = cl.FSUpload(ctx, s.remote, r, size, opts)
+	} else {
+		_, err = newDFSClient(cl).Upload(ctx, s.remote, r, size, opts)
+	}
 	endTransferBar(bar, err)
 	if err != nil {
 		return pathErr(s.remote, err)
@@ -418,7 +429,13 @@ func (d *downloader) fileAt(ctx context.Context, remote, target string) error {
 // temporary file beside target and renames it into place once all of it
 // arrived.
 func (d *downloader) file(ctx context.Context, remote string, fi *api.FileInfo, target string) error {
-	body, err := d.dc.Reader(ctx, fi)
+	var body io.ReadCloser
+	var err error
+	if dataViaServers() {
+		body, _, err = d.cl.FSDownload(ctx, remote)
+	} else {
+		body, err = d.dc.Reader(ctx, fi)
+	}
 	if err != nil {
 		return pathErr(remote, err)
 	}
@@ -450,13 +467,24 @@ func (d *downloader) file(ctx context.Context, remote string, fi *api.FileInfo, 
 // toWriter streams remote to w. What was written cannot be taken back, but
 // a short download is still an error.
 func (d *downloader) toWriter(ctx context.Context, remote string, w io.Writer, bars bool) error {
-	body, fi, err := d.dc.Open(ctx, remote)
+	var body io.ReadCloser
+	var size int64
+	var err error
+	if dataViaServers() {
+		body, size, err = d.cl.FSDownload(ctx, remote)
+	} else {
+		var fi *api.FileInfo
+		body, fi, err = d.dc.Open(ctx, remote)
+		if fi != nil {
+			size = fi.Size
+		}
+	}
 	if err != nil {
 		return pathErr(remote, err)
 	}
 	defer body.Close()
 	// A bar on the terminal the data is printed to would garble both.
-	return d.copy(w, body, remote, fi.Size, bars && !isTerminal(w))
+	return d.copy(w, body, remote, size, bars && !isTerminal(w))
 }
 
 // copy moves a download to w and checks that exactly size bytes arrived
