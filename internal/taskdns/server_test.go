@@ -84,7 +84,7 @@ func goResolver(s *Server) *net.Resolver {
 }
 
 // newQuery builds a query with one question per name, all of type typ.
-func newQuery(t *testing.T, id uint16, typ dnsmessage.Type, edns bool, names ...string) []byte {
+func newQuery(t testing.TB, id uint16, typ dnsmessage.Type, edns bool, names ...string) []byte {
 	t.Helper()
 	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: id, RecursionDesired: true})
 	b.EnableCompression()
