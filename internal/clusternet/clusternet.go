@@ -158,6 +158,9 @@ type Manager struct {
 	seq     uint32              // numbers namespaces and veths
 	refused uint64              // drops counted by nft tables this Manager replaced
 
+	reaping int        // background removals of task namespaces under way
+	reaped  *sync.Cond // on mu; signalled when reaping drops
+
 	wake   chan struct{} // pokes the pool filler
 	done   chan struct{} // closed by Close
 	wg     sync.WaitGroup
@@ -216,6 +219,7 @@ func New(cfg Config) (*Manager, error) {
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
+	m.reaped = sync.NewCond(&m.mu)
 	if m.pool == 0 {
 		m.pool = defaultPoolSize
 	}
@@ -323,6 +327,7 @@ func (m *Manager) Sweep() error {
 // node, found by name so that leftovers of an earlier agent go too. The
 // caller holds m.topo.
 func (m *Manager) teardown() error {
+	m.waitReaped()
 	m.mu.Lock()
 	m.cur = nil
 	m.gen++
@@ -349,6 +354,7 @@ func (m *Manager) teardown() error {
 func (m *Manager) Close() error {
 	m.closed.Do(func() { close(m.done) })
 	m.wg.Wait()
+	m.waitReaped()
 	return nil
 }
 

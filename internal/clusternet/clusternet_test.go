@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -11,23 +12,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var (
-	subnet1 = netip.MustParsePrefix("198.18.0.0/20")
-	blockA  = netip.MustParsePrefix("198.18.1.0/24")
-	blockB  = netip.MustParsePrefix("198.18.2.0/24")
-	subnet2 = netip.MustParsePrefix("198.18.16.0/20")
-	blockC  = netip.MustParsePrefix("198.18.17.0/24")
-	egress  = netip.MustParsePrefix("198.51.100.0/24")
-	outside = netip.MustParseAddr("198.51.100.2")
-	denied  = netip.MustParseAddr("198.51.100.3")
-)
-
 // loop is the underlay address of every node in these tests.
 var loop = netip.MustParseAddr("127.0.0.1")
 
 // hostAddrs returns the host namespace's IPv4 addresses outside the test
 // networks.
-func hostAddrs(t *testing.T) []netip.Addr {
+func hostAddrs(t *testing.T, subnet1, subnet2, egress netip.Prefix) []netip.Addr {
 	t.Helper()
 	addrs, err := netlink.AddrList(nil, unix.AF_INET)
 	if err != nil {
@@ -53,6 +43,11 @@ func TestClusterNetwork(t *testing.T) {
 	}
 	endpoint := listenTCP(t, "", "0.0.0.0:0")
 	other := listenTCP(t, "", "0.0.0.0:0") // a host service tasks must not reach
+
+	subnet1, subnet2 := pickPrefix(t, clusterRange, 20), pickPrefix(t, clusterRange, 20)
+	blockA, blockB, blockC := subPrefix(subnet1, 1, 24), subPrefix(subnet1, 2, 24), subPrefix(subnet2, 1, 24)
+	egress := pickPrefix(t, outsideRange, 24)
+	outside, denied := nthAddr(egress, 2), nthAddr(egress, 3)
 
 	pa, pb, pc := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
 	a := newTestManager(t, uniqueNode(t, "a"), 0)
@@ -80,7 +75,7 @@ func TestClusterNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := a.Gateway(), netip.MustParseAddr("198.18.1.1"); got != want {
+	if got, want := a.Gateway(), nthAddr(blockA, 1); got != want {
 		t.Errorf("Gateway() = %v, want %v", got, want)
 	}
 
@@ -96,17 +91,17 @@ func TestClusterNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := tb.Addr, netip.MustParseAddr("198.18.2.2"); got != want {
+	if got, want := tb.Addr, nthAddr(blockB, 2); got != want {
 		t.Errorf("first task of B has %v, want %v", got, want)
 	}
 	portB := listenTCP(t, tb.NetNS, "0.0.0.0:0")
 	portA := listenTCP(t, ta.NetNS, "0.0.0.0:0")
 
 	t.Run("same cluster across vxlan", func(t *testing.T) {
-		if err := dialFrom(ta.NetNS, netip.AddrPortFrom(tb.Addr, portB)); err != nil {
+		if err := reach(ta.NetNS, netip.AddrPortFrom(tb.Addr, portB)); err != nil {
 			t.Errorf("task of A to task of B: %v", err)
 		}
-		if err := dialFrom(tb.NetNS, netip.AddrPortFrom(ta.Addr, portA)); err != nil {
+		if err := reach(tb.NetNS, netip.AddrPortFrom(ta.Addr, portA)); err != nil {
 			t.Errorf("task of B to task of A: %v", err)
 		}
 		if !udpReachable(t, ta.NetNS, tb.NetNS, tb.Addr) {
@@ -120,7 +115,7 @@ func TestClusterNetwork(t *testing.T) {
 			ns   string
 			gw   netip.Addr
 		}{{"A", ta.NetNS, a.Gateway()}, {"B", tb.NetNS, b.Gateway()}, {"C", tc.NetNS, c.Gateway()}} {
-			if err := dialFrom(x.ns, netip.AddrPortFrom(x.gw, endpoint)); err != nil {
+			if err := reach(x.ns, netip.AddrPortFrom(x.gw, endpoint)); err != nil {
 				t.Errorf("task of %s to its endpoint: %v", x.name, err)
 			}
 		}
@@ -145,7 +140,7 @@ func TestClusterNetwork(t *testing.T) {
 			{"A to gateway of B", ta.NetNS, netip.AddrPortFrom(b.Gateway(), endpoint)},
 			{"A to gateway of C", ta.NetNS, netip.AddrPortFrom(c.Gateway(), endpoint)},
 		}
-		for _, h := range hostAddrs(t) {
+		for _, h := range hostAddrs(t, subnet1, subnet2, egress) {
 			refused = append(refused, struct {
 				name string
 				ns   string
@@ -166,9 +161,9 @@ func TestClusterNetwork(t *testing.T) {
 	})
 
 	t.Run("egress", func(t *testing.T) {
-		out := newTestNet(t, netip.MustParsePrefix("198.51.100.1/24"), outside, denied)
+		out := newTestNet(t, netip.PrefixFrom(nthAddr(egress, 1), 24), outside, denied)
 		port := listenTCP(t, out.path, "0.0.0.0:0")
-		if err := dialFrom(tc.NetNS, netip.AddrPortFrom(outside, port)); err != nil {
+		if err := reach(tc.NetNS, netip.AddrPortFrom(outside, port)); err != nil {
 			t.Errorf("task of C to egress %v: %v", outside, err)
 		}
 		if err := dialFrom(tc.NetNS, netip.AddrPortFrom(denied, port)); err == nil {
@@ -204,7 +199,7 @@ func TestClusterNetwork(t *testing.T) {
 		if err := a.Apply(netA); err != nil {
 			t.Fatal(err)
 		}
-		if err := dialFrom(ta.NetNS, netip.AddrPortFrom(tb.Addr, portB)); err != nil {
+		if err := reach(ta.NetNS, netip.AddrPortFrom(tb.Addr, portB)); err != nil {
 			t.Errorf("task of A to task of B after peer changes: %v", err)
 		}
 		alone := netA
@@ -259,8 +254,9 @@ func TestSweepAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	subnet1 := pickPrefix(t, clusterRange, 20)
 	n := Network{
-		Cluster: "one", VNI: 4201, Subnet: subnet1, Block: blockA,
+		Cluster: "one", VNI: 4201, Subnet: subnet1, Block: subPrefix(subnet1, 1, 24),
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
 	}
 	if err := m.Apply(n); err != nil {
@@ -300,8 +296,10 @@ func TestAddresses(t *testing.T) {
 	if _, err := m.AddTask("x"); !errors.Is(err, ErrNoNetwork) {
 		t.Fatalf("AddTask before Apply: %v, want ErrNoNetwork", err)
 	}
+	subnet1 := pickPrefix(t, clusterRange, 20)
+	block := subPrefix(subnet1, 3*32, 29)
 	n := Network{
-		Cluster: "one", VNI: 4301, Subnet: subnet1, Block: netip.MustParsePrefix("198.18.3.0/29"),
+		Cluster: "one", VNI: 4301, Subnet: subnet1, Block: block,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
 	}
 	if err := m.Apply(n); err != nil {
@@ -315,8 +313,12 @@ func TestAddresses(t *testing.T) {
 		}
 		got = append(got, tn.Addr.String())
 	}
-	if want := "198.18.3.2 198.18.3.3 198.18.3.4 198.18.3.5 198.18.3.6"; strings.Join(got, " ") != want {
-		t.Errorf("addresses %v, want %s", got, want)
+	var want []string
+	for i := 2; i <= 6; i++ {
+		want = append(want, nthAddr(block, i).String())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("addresses %v, want %v", got, want)
 	}
 	if _, err := m.AddTask("full"); !errors.Is(err, ErrFull) {
 		t.Errorf("AddTask in a full block: %v, want ErrFull", err)
@@ -328,7 +330,7 @@ func TestAddresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := netip.MustParseAddr("198.18.3.3"); tn.Addr != want {
+	if want := nthAddr(block, 3); tn.Addr != want {
 		t.Errorf("address after a removal %v, want %v", tn.Addr, want)
 	}
 
@@ -341,7 +343,7 @@ func TestAddresses(t *testing.T) {
 	if _, err := os.Stat(tn.NetNS); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("task namespace of the old cluster: %v, want gone", err)
 	}
-	if tn, err := m.AddTask("new"); err != nil || tn.Addr != netip.MustParseAddr("198.18.3.2") {
+	if tn, err := m.AddTask("new"); err != nil || tn.Addr != nthAddr(block, 2) {
 		t.Errorf("AddTask in the new cluster = %v, %v", tn, err)
 	}
 }
@@ -350,6 +352,8 @@ func TestAddresses(t *testing.T) {
 func TestTaskNamespace(t *testing.T) {
 	needRoot(t)
 	m := newTestManager(t, uniqueNode(t, "ns"), -1)
+	subnet1 := pickPrefix(t, clusterRange, 20)
+	blockA := subPrefix(subnet1, 1, 24)
 	n := Network{
 		Cluster: "one", VNI: 4401, Subnet: subnet1, Block: blockA,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
@@ -393,7 +397,7 @@ func TestTaskNamespace(t *testing.T) {
 	if mtu != defaultMTU {
 		t.Errorf("eth0 MTU %d, want %d", mtu, defaultMTU)
 	}
-	if want := "198.18.1.2/20"; addr != want {
+	if want := netip.PrefixFrom(nthAddr(blockA, 2), 20).String(); addr != want {
 		t.Errorf("eth0 address %s, want %s", addr, want)
 	}
 }

@@ -2,6 +2,7 @@ package clusternet
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,13 +12,16 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // needRoot skips tests that build kernel objects when not root.
@@ -182,11 +186,24 @@ func listenTCP(tb testing.TB, path, addr string) uint16 {
 // dialTimeout bounds attempts that a firewall drop turns into silence.
 const dialTimeout = 400 * time.Millisecond
 
+// reachTimeout bounds attempts that must succeed: long enough for a SYN
+// retransmission on a busy machine.
+const reachTimeout = 3 * time.Second
+
 // dialFrom connects from the namespace at path to addr and reads the
-// listener's greeting.
+// listener's greeting, giving up after dialTimeout.
 func dialFrom(path string, addr netip.AddrPort) error {
+	return dialFromWithin(path, addr, dialTimeout)
+}
+
+// reach is dialFrom for connections that must succeed.
+func reach(path string, addr netip.AddrPort) error {
+	return dialFromWithin(path, addr, reachTimeout)
+}
+
+func dialFromWithin(path string, addr netip.AddrPort, timeout time.Duration) error {
 	return inNS(path, func() error {
-		c, err := net.DialTimeout("tcp4", addr.String(), dialTimeout)
+		c, err := net.DialTimeout("tcp4", addr.String(), timeout)
 		if err != nil {
 			return err
 		}
@@ -317,6 +334,13 @@ func newTestNet(tb testing.TB, hostAddr netip.Prefix, addrs ...netip.Addr) *test
 			tb.Fatal(err)
 		}
 	}
+	// Frames are dropped until the kernel's link watch has seen the pair
+	// come up.
+	waitFor(tb, "the test veth pair to come up", func() bool {
+		eth, err1 := h.LinkByName("eth0")
+		host, err2 := netlink.LinkByName(name)
+		return err1 == nil && err2 == nil && eth.Attrs().OperState == netlink.OperUp && host.Attrs().OperState == netlink.OperUp
+	})
 	return &testNet{path: path}
 }
 
@@ -331,3 +355,69 @@ func waitFor(tb testing.TB, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// picked are the prefixes tests of this process took, so that no two
+// take the same.
+var (
+	pickedMu sync.Mutex
+	picked   []netip.Prefix
+)
+
+// pickPrefix returns a random prefix of length bits inside within that
+// overlaps no route of the host and no earlier pick: the machine may be
+// shared with other tests that use the same documentation ranges.
+func pickPrefix(tb testing.TB, within netip.Prefix, bits int) netip.Prefix {
+	tb.Helper()
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pickedMu.Lock()
+	defer pickedMu.Unlock()
+	n := 1 << (bits - within.Bits())
+	for range 100 {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		p := subPrefix(within, int(binary.BigEndian.Uint32(b)%uint32(n)), bits)
+		clash := slices.ContainsFunc(picked, p.Overlaps)
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			if ones > 0 && netip.PrefixFrom(ip.Unmap(), ones).Overlaps(p) {
+				clash = true
+			}
+		}
+		if !clash {
+			picked = append(picked, p)
+			return p
+		}
+	}
+	tb.Fatalf("no free /%d in %v", bits, within)
+	return netip.Prefix{}
+}
+
+// subPrefix returns the i-th prefix of length bits inside IPv4 prefix p.
+func subPrefix(p netip.Prefix, i, bits int) netip.Prefix {
+	a := p.Masked().Addr().As4()
+	v := binary.BigEndian.Uint32(a[:]) + uint32(i)<<(32-bits)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), bits)
+}
+
+// nthAddr returns the address i after the start of prefix p.
+func nthAddr(p netip.Prefix, i int) netip.Addr {
+	a := p.Masked().Addr()
+	for range i {
+		a = a.Next()
+	}
+	return a
+}
+
+// Ranges the tests take their networks from: benchmarking (RFC 2544) for
+// cluster subnets, shared address space (RFC 6598) for the outside.
+var (
+	clusterRange = netip.MustParsePrefix("198.18.0.0/15")
+	outsideRange = netip.MustParsePrefix("100.64.0.0/10")
+)

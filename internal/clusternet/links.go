@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -62,7 +63,7 @@ func (m *Manager) ensureBridge(n *Network) (netlink.Link, error) {
 			return nil, fmt.Errorf("clusternet: bridge %s: %w", name, err)
 		}
 		la := netlink.NewLinkAttrs()
-		la.Name, la.MTU = name, mtu
+		la.Name, la.MTU, la.HardwareAddr = name, mtu, m.bridgeMAC()
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 			return nil, fmt.Errorf("clusternet: create bridge %s (kernel without bridge support?): %w", name, err)
 		}
@@ -104,6 +105,18 @@ func (m *Manager) ensureBridge(n *Network) (netlink.Link, error) {
 		return nil, fmt.Errorf("clusternet: bridge %s up: %w", name, err)
 	}
 	return br, nil
+}
+
+// bridgeMAC is the MAC address of the node's bridge: locally administered
+// and derived from the node name. Left to itself, a bridge takes the lowest
+// MAC of its ports, so the gateway's MAC would change as tasks come and go
+// and every task's ARP entry for the gateway would go stale.
+func (m *Manager) bridgeMAC() net.HardwareAddr {
+	h := fnv.New64a()
+	h.Write([]byte("bridge/" + m.cfg.Node))
+	b := binary.BigEndian.AppendUint64(nil, h.Sum64())
+	b[0] = b[0]&0xfc | 0x02 // unicast, locally administered
+	return net.HardwareAddr(b[:6])
 }
 
 // vxlanLearning reports whether the VXLAN device may learn remote MACs.

@@ -57,6 +57,9 @@ func (m *Manager) AddTask(id string) (TaskNet, error) {
 	m.mu.Unlock()
 
 	t, err := m.build()
+	if errors.Is(err, ErrFull) && m.waitReaped() {
+		t, err = m.build() // addresses of removed tasks are free now
+	}
 	if err != nil {
 		return TaskNet{}, err
 	}
@@ -81,6 +84,11 @@ func (m *Manager) AddTask(id string) (TaskNet, error) {
 
 // RemoveTask destroys the network namespace of task id and frees its
 // address. Removing an unknown task is a no-op.
+//
+// The namespace file is gone when RemoveTask returns; deleting the veth
+// pair takes the kernel tens of milliseconds (it waits for an RCU grace
+// period), so that happens in the background, and the address is free for
+// another task once it is done.
 func (m *Manager) RemoveTask(id string) error {
 	m.mu.Lock()
 	t, ok := m.tasks[id]
@@ -89,14 +97,31 @@ func (m *Manager) RemoveTask(id string) error {
 	if !ok {
 		return nil
 	}
-	err := destroyNS(t)
+	err := removeNSFile(t.path)
 	m.mu.Lock()
-	if t.gen == m.gen {
-		delete(m.used, t.addr)
-	}
+	m.reaping++
 	m.mu.Unlock()
-	m.poke()
+	go func() {
+		m.discard(t)
+		m.mu.Lock()
+		m.reaping--
+		m.reaped.Broadcast()
+		m.mu.Unlock()
+		m.poke()
+	}()
 	return err
+}
+
+// waitReaped waits until the background removals of task namespaces are
+// done, and reports whether there were any.
+func (m *Manager) waitReaped() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	any := m.reaping > 0
+	for m.reaping > 0 {
+		m.reaped.Wait()
+	}
+	return any
 }
 
 // discard destroys a namespace nobody will use and frees its address.
@@ -234,7 +259,35 @@ func (m *Manager) setupNS(t *taskNS, n *Network) error {
 	if err := h.RouteAdd(route); err != nil {
 		return fmt.Errorf("clusternet: default route via %s in %s: %w", gw, t.path, err)
 	}
-	return nil
+	return waitCarrier(h, t.veth)
+}
+
+// carrierWait bounds how long a new veth pair may take to come up.
+const carrierWait = 2 * time.Second
+
+// waitCarrier waits until the new veth pair carries frames: eth0 (seen
+// through h) is operationally up, and the host side is a forwarding port
+// of the bridge. Both happen asynchronously in the kernel's link watch
+// after the pair is set up; until then frames are dropped, and a task's
+// first ARP request lost that way costs its first connection a
+// one-second retransmission.
+func waitCarrier(h *netlink.Handle, hostVeth string) error {
+	deadline := time.Now().Add(carrierWait)
+	for {
+		eth, err := h.LinkByName("eth0")
+		if err != nil {
+			return fmt.Errorf("clusternet: eth0: %w", err)
+		}
+		state, _ := os.ReadFile("/sys/class/net/" + hostVeth + "/brport/state")
+		if eth.Attrs().OperState == netlink.OperUp && strings.TrimSpace(string(state)) == "3" { // BR_STATE_FORWARDING
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("clusternet: veth %s not forwarding after %v (eth0 %v, bridge port state %q)",
+				hostVeth, carrierWait, eth.Attrs().OperState, strings.TrimSpace(string(state)))
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // newNamedNS creates a network namespace and bind-mounts it at path. It
