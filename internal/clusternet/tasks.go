@@ -319,9 +319,13 @@ func newNamedNS(path string) error {
 		if err == nil {
 			// New devices, eth0 included, get no IPv6: tasks would
 			// otherwise solicit routers on the bridge, which the
-			// firewall drops and counts as refused.
+			// firewall drops and counts as refused. And eth0
+			// announces its address when it comes up (gratuitous
+			// ARP), so that peers drop what they cached for an
+			// earlier task with the same address.
 			_ = writeSysctl("net/ipv6/conf/all/disable_ipv6", "1")
 			_ = writeSysctl("net/ipv6/conf/default/disable_ipv6", "1")
+			_ = writeSysctl("net/ipv4/conf/default/arp_notify", "1")
 		} else {
 			err = fmt.Errorf("clusternet: bind-mount netns at %s: %w", path, err)
 		}

@@ -34,7 +34,9 @@ import (
 // if the agent dies, the children of that process are orphaned. The kernel
 // sends the signal when the thread that started the run exits, so the agent
 // must not start runs from a goroutine that ends with its thread locked
-// ([runtime.LockOSThread]).
+// ([runtime.LockOSThread]). Runs with a [Spec.NetNS] are started from one
+// dedicated thread of the driver that lives as long as the process (see
+// netnsStarter in netns.go).
 //
 // An Exec is safe for concurrent use.
 type Exec struct {

@@ -71,7 +71,7 @@ func (s *netnsStarter) loop(ready chan<- error) {
 	home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		runtime.UnlockOSThread()
-		ready <- fmt.Errorf("sandbox: open own network namespace: %w", err)
+		ready <- fmt.Errorf("open own network namespace: %w", err)
 		return
 	}
 	ready <- nil
@@ -92,17 +92,18 @@ func (s *netnsStarter) loop(ready chan<- error) {
 func (s *netnsStarter) startIn(req *netnsStart) (*os.Process, error) {
 	fd, err := unix.Open(req.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: network namespace %s: %w", req.path, err)
+		return nil, fmt.Errorf("network namespace %s: %w", req.path, err)
 	}
 	defer unix.Close(fd)
 	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("sandbox: enter network namespace %s: %w", req.path, err)
+		return nil, fmt.Errorf("enter network namespace %s: %w", req.path, err)
 	}
 	return req.start()
 }
 
 // startInNetNS runs start (an os.StartProcess) on the driver's starter
-// thread switched into the network namespace at path.
+// thread switched into the network namespace at path. Its errors are
+// wrapped by the caller, like those of os.StartProcess.
 func (e *Exec) startInNetNS(path string, start func() (*os.Process, error)) (*os.Process, error) {
 	e.nsMu.Lock()
 	defer e.nsMu.Unlock()
