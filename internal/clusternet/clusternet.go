@@ -173,6 +173,7 @@ type names struct {
 	vxlan  string // "shx" + 8 hex
 	veth   string // prefix of host-side veths: "shv" + 6 hex, then 6 hex
 	table  string // nft table "shoal_" + 8 hex
+	probe  string // prefix of the names New probes the kernel with: "shp" + 8 hex
 	nsDir  string // StateDir/netns
 	nsFile string // prefix of namespace files: 8 hex + "-"
 }
@@ -186,15 +187,16 @@ func nodeNames(node, stateDir string) names {
 		vxlan:  "shx" + x,
 		veth:   "shv" + x[:6],
 		table:  "shoal_" + x,
+		probe:  "shp" + x,
 		nsDir:  filepath.Join(stateDir, "netns"),
 		nsFile: x + "-",
 	}
 }
 
 // New returns the Manager of node cfg.Node and starts its pool filler. It
-// fails if the process is not root or the kernel offers no nftables; the
-// other kernel features (bridge, VXLAN, veth, NAT) are found missing by
-// [Manager.Apply].
+// fails if the process is not root, or if the kernel lacks bridges, VXLAN,
+// veth pairs, or nftables with NAT: it tries each out on objects it
+// deletes right away.
 func New(cfg Config) (*Manager, error) {
 	if cfg.Node == "" || cfg.StateDir == "" {
 		return nil, errors.New("clusternet: config needs a node name and a state directory")
@@ -202,8 +204,12 @@ func New(cfg Config) (*Manager, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("clusternet: cluster networks need root (CAP_NET_ADMIN and CAP_SYS_ADMIN)")
 	}
-	if err := probeNftables(); err != nil {
-		return nil, fmt.Errorf("clusternet: kernel lacks nftables: %w", err)
+	nm := nodeNames(cfg.Node, cfg.StateDir)
+	if err := probeNftables(nm.probe); err != nil {
+		return nil, fmt.Errorf("clusternet: kernel lacks nftables with NAT and masquerade: %w", err)
+	}
+	if err := probeLinks(nm); err != nil {
+		return nil, err
 	}
 	log := cfg.Log
 	if log == nil {
@@ -212,7 +218,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg:   cfg,
 		log:   log.With("node", cfg.Node),
-		names: nodeNames(cfg.Node, cfg.StateDir),
+		names: nm,
 		pool:  cfg.PoolSize,
 		tasks: map[string]*taskNS{},
 		used:  map[netip.Addr]bool{},

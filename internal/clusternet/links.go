@@ -220,6 +220,39 @@ func fdbFlood(ifindex int, peer netip.AddrPort, add bool) error {
 	return err
 }
 
+// probeLinks checks that the kernel can make the devices a cluster network
+// needs, by making one of each (not up, so no UDP port is taken) and
+// deleting them.
+func probeLinks(nm names) error {
+	la := func(suffix string) netlink.LinkAttrs {
+		a := netlink.NewLinkAttrs()
+		a.Name = nm.probe[:len(nm.probe)-1] + suffix
+		return a
+	}
+	devs := []struct {
+		what string
+		link netlink.Link
+	}{
+		{"bridge", &netlink.Bridge{LinkAttrs: la("b")}},
+		{"VXLAN", &netlink.Vxlan{LinkAttrs: la("x"), VxlanId: 1}},
+		{"veth", &netlink.Veth{LinkAttrs: la("v"), PeerName: nm.probe[:len(nm.probe)-1] + "w"}},
+	}
+	var errs []error
+	for _, d := range devs {
+		if l, err := netlink.LinkByName(d.link.Attrs().Name); err == nil {
+			_ = netlink.LinkDel(l) // left by an earlier probe that died
+		}
+		if err := netlink.LinkAdd(d.link); err != nil {
+			errs = append(errs, fmt.Errorf("clusternet: kernel cannot make a %s device: %w", d.what, err))
+			continue
+		}
+		if err := netlink.LinkDel(d.link); err != nil {
+			errs = append(errs, fmt.Errorf("clusternet: remove probe device %s: %w", d.link.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // removeLinks deletes the node's bridge, VXLAN device and host-side veths.
 func (m *Manager) removeLinks() error {
 	links, err := netlink.LinkList()

@@ -14,14 +14,23 @@ import (
 // refusedCounter names the nft counter object every drop rule updates.
 const refusedCounter = "refused"
 
-// probeNftables checks that the kernel answers nftables requests.
-func probeNftables() error {
+// probeNftables checks that the kernel has what the node's table needs:
+// nftables with inet filter and NAT chains, masquerading and named
+// counters. It adds a table with one of each and deletes it in the same
+// batch, so nothing stays behind.
+func probeNftables(name string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return err
 	}
-	_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
-	return err
+	t := c.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+	c.AddObj(&nftables.NamedObj{Table: t, Name: refusedCounter, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+	accept := nftables.ChainPolicyAccept
+	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Hooknum: nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource, Type: nftables.ChainTypeNAT, Policy: &accept})
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(ctEstablished(), []expr.Any{&expr.Masq{}})})
+	c.DelTable(t)
+	return c.Flush()
 }
 
 // writeRules replaces the node's nft table with the rules for n, in one
