@@ -28,6 +28,10 @@ type Spec struct {
 	Stdout, Stderr string
 	CPU            int64 // millicores; 0 means unlimited
 	MemoryMB       int64 // 0 means unlimited
+	// NetNS is the path of a network namespace file (a bind mount, such
+	// as clusternet's TaskNet.NetNS) the process starts in. Empty: the
+	// agent's network namespace.
+	NetNS string
 }
 
 // ExitResult is how a run ended.

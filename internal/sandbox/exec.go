@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -33,13 +34,19 @@ import (
 // if the agent dies, the children of that process are orphaned. The kernel
 // sends the signal when the thread that started the run exits, so the agent
 // must not start runs from a goroutine that ends with its thread locked
-// ([runtime.LockOSThread]).
+// ([runtime.LockOSThread]). Runs with a [Spec.NetNS] are started from one
+// dedicated thread of the driver that lives as long as the process (see
+// netnsStarter in netns.go).
 //
 // An Exec is safe for concurrent use.
 type Exec struct {
 	log     *slog.Logger
 	cg      cgroupTree // nil when runs are not isolated
 	devNull *os.File   // every run's stdin
+
+	nsMu     sync.Mutex    // guards ns and nsClosed
+	ns       *netnsStarter // starts runs with a Spec.NetNS; nil until the first
+	nsClosed bool
 }
 
 var _ Driver = (*Exec)(nil)
@@ -124,6 +131,9 @@ func (e *Exec) Isolated() bool { return e.cg != nil }
 // so processes it forks in the first instant may escape the cgroup's
 // limits; they do not escape its PID namespace, so they still end with the
 // run.
+//
+// With spec.NetNS, the process starts in that network namespace; see
+// [netnsStarter] for why such starts go through one dedicated thread.
 func (e *Exec) Start(ctx context.Context, spec *Spec) (Handle, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -164,12 +174,20 @@ func (e *Exec) Start(ctx context.Context, spec *Spec) (Handle, error) {
 	if env == nil {
 		env = []string{} // nil would make the process inherit the agent's environment
 	}
-	proc, err := os.StartProcess(argv0, spec.Command, &os.ProcAttr{
+	attr := &os.ProcAttr{
 		Dir:   spec.Dir,
 		Env:   env,
 		Files: []*os.File{e.devNull, stdout, stderr},
 		Sys:   sys,
-	})
+	}
+	var proc *os.Process
+	if spec.NetNS == "" {
+		proc, err = os.StartProcess(argv0, spec.Command, attr)
+	} else {
+		proc, err = e.startInNetNS(spec.NetNS, func() (*os.Process, error) {
+			return os.StartProcess(argv0, spec.Command, attr)
+		})
+	}
 	started := time.Now()
 	if cg != nil {
 		cg.closeFD()
@@ -236,6 +254,7 @@ func (e *Exec) Cleanup(ids []string) error {
 // and removes the parent cgroup if it is then empty. Runs still going on
 // are not affected, but their cgroups keep the parent in place.
 func (e *Exec) Close() error {
+	e.closeNetNS()
 	err := e.devNull.Close()
 	if e.cg != nil {
 		err = errors.Join(err, e.cg.close())
