@@ -103,7 +103,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
 	mustShoal(t, in, "cluster", "create", "c2", "--nodes", "1")
 
-	_, c1addr := startListener(t, in, "c1", "l1")
+	l1, c1addr := startListener(t, in, "c1", "l1")
 	l2, c2addr := startListener(t, in, "c2", "l2")
 	c2, _, err := in.Client.Cluster(context.Background(), "c2", nil)
 	if err != nil {
@@ -118,6 +118,9 @@ func TestClusterNetworkIsolation(t *testing.T) {
 		"echo mine | shoal fs put - /clusters/c1/mine.txt && shoal fs cat /clusters/c1/mine.txt | sed 's/^/read=/'",
 		"shoal fs cat /clusters/c2/secret.txt; echo c2read=$?",
 		"$PROBE tcp " + c1addr + ":9000 " + c2addr + ":9000 " + c2gw + ":7471",
+		// By name, through the node's resolver: "<job>-<index>".
+		"getent hosts " + l1 + "-0 | sed 's/^/name=/'",
+		"$PROBE tcp " + l1 + "-0:9000",
 		"$PROBE udp " + c1addr + ":9000 " + c2addr + ":9000",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c1",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c2",
@@ -129,6 +132,8 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	}
 	mustLine(t, out, "tcp "+c1addr+":9000 ok")
 	mustLine(t, out, "tcp "+c2addr+":9000 refused")
+	mustLine(t, out, "name="+c1addr)
+	mustLine(t, out, "tcp "+l1+"-0:9000 ok")
 	mustLine(t, out, "tcp "+c2gw+":7471 refused")
 	if !regexp.MustCompile(`get http://\S+/v1/clusters/c1 200 `).MatchString(out) {
 		t.Errorf("the endpoint did not answer for the task's own cluster:\n%s", out)
@@ -146,7 +151,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	}
 	// c1's listener heard the attacker (TCP and UDP); c2's heard nothing.
 	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
-		l1 := taskLog(t, in, firstJob(t, in, "l1"))
+		l1 := taskLog(t, in, l1)
 		return strings.Contains(l1, "tcp-from "+attacker[1]) && strings.Contains(l1, "udp-from "+attacker[1]), l1
 	})
 	if got := taskLog(t, in, l2); strings.Contains(got, "-from") {
@@ -190,21 +195,6 @@ func waitNoNetworkLeft(t *testing.T, in *testutil.Installation) {
 		}
 		return len(left) == 0, fmt.Sprintf("interfaces left: %v", left)
 	})
-}
-
-// firstJob finds the id of the job named name.
-func firstJob(t *testing.T, in *testutil.Installation, name string) string {
-	jobs, _, err := in.Client.Jobs(context.Background(), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, j := range jobs {
-		if j.Name == name {
-			return j.ID
-		}
-	}
-	t.Fatalf("no job named %s", name)
-	return ""
 }
 
 // gatewayOf is the gateway address of node's block: the first address of

@@ -149,6 +149,6 @@ func (a *Agent) startResolver(gw netip.Addr, cluster string, egress bool) (*task
 		upstream = taskdns.Upstreams("/etc/resolv.conf")
 	}
 	r := &nameResolver{client: a.client, cluster: cluster}
-	return taskdns.Serve(taskdns.Config{Addr: netip.AddrPortFrom(gw, 0).String(), Lookup: r.lookup,
+	return taskdns.Serve(taskdns.Config{Addr: netip.AddrPortFrom(gw, 53).String(), Lookup: r.lookup,
 		Upstream: upstream, Log: a.log})
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/clusternet"
+	"github.com/shoal-dev/shoal/internal/taskdns"
 )
 
 // Task networks. As root, every task runs in a network namespace of its
@@ -52,6 +53,11 @@ type taskNet struct {
 	retry    *time.Timer      // set while a failed change waits to be retried
 	gateway  netip.Addr
 	endpoint *http.Server
+	// resolver answers the tasks' DNS queries on the gateway (names.go),
+	// for resolverCluster, relaying outside names when resolverEgress.
+	resolver        *taskdns.Server
+	resolverCluster string
+	resolverEgress  bool
 }
 
 // setupNetwork decides whether tasks get networks of their own and, if so,
@@ -202,12 +208,18 @@ func (a *Agent) applyLocked(want *api.NodeNetwork) error {
 	if err := n.mgr.Apply(nw); err != nil {
 		return fmt.Errorf("applying the network of cluster %s: %w", want.Cluster, err)
 	}
-	if gw := n.mgr.Gateway(); gw != n.gateway || n.endpoint == nil {
+	egress := len(want.Egress) > 0
+	if gw := n.mgr.Gateway(); gw != n.gateway || n.endpoint == nil || n.resolverCluster != want.Cluster || n.resolverEgress != egress {
 		n.stopEndpoint()
 		if err := a.startEndpoint(gw); err != nil {
 			return fmt.Errorf("starting the tasks' endpoint on %s: %w", gw, err)
 		}
-		n.gateway = gw
+		dns, err := a.startResolver(gw, want.Cluster, egress)
+		if err != nil {
+			n.stopEndpoint()
+			return fmt.Errorf("starting the tasks' resolver on %s: %w", gw, err)
+		}
+		n.gateway, n.resolver, n.resolverCluster, n.resolverEgress = gw, dns, want.Cluster, egress
 	}
 	if n.applied == nil || n.applied.Cluster != want.Cluster {
 		a.log.Info("joined the cluster network", "cluster", want.Cluster, "subnet", want.Subnet, "block", want.Block,
@@ -219,7 +231,7 @@ func (a *Agent) applyLocked(want *api.NodeNetwork) error {
 
 // clusterNetwork converts the servers' description of the node's network.
 func (a *Agent) clusterNetwork(w *api.NodeNetwork) (clusternet.Network, error) {
-	nw := clusternet.Network{Cluster: w.Cluster, VNI: w.VNI, Overlay: a.net.overlay, EndpointPort: a.net.port}
+	nw := clusternet.Network{Cluster: w.Cluster, VNI: w.VNI, Overlay: a.net.overlay, EndpointPort: a.net.port, DNSPort: 53}
 	var err error
 	if nw.Subnet, err = netip.ParsePrefix(w.Subnet); err != nil {
 		return nw, fmt.Errorf("subnet: %w", err)
@@ -300,11 +312,15 @@ func (a *Agent) startEndpoint(gw netip.Addr) error {
 	return nil
 }
 
-// stopEndpoint closes the endpoint; n.mu is held.
+// stopEndpoint closes the endpoint and the resolver; n.mu is held.
 func (n *taskNet) stopEndpoint() {
 	if n.endpoint != nil {
 		n.endpoint.Close()
 		n.endpoint = nil
+	}
+	if n.resolver != nil {
+		n.resolver.Close()
+		n.resolver, n.resolverCluster = nil, ""
 	}
 }
 

@@ -77,6 +77,10 @@ type Network struct {
 	// EndpointPort is the only host TCP port tasks may reach (on the
 	// gateway).
 	EndpointPort uint16
+	// DNSPort, when not 0, is the node's resolver on the gateway (UDP and
+	// TCP): every DNS query of a task (to port 53 of any address) goes
+	// there instead.
+	DNSPort uint16
 }
 
 // sameIdentity reports whether a and b are the same cluster network on
@@ -179,8 +183,10 @@ type names struct {
 }
 
 func nodeNames(node, stateDir string) names {
+	// The state directory is part of the name: two installations on one
+	// host may both have a node-1.
 	h := fnv.New32a()
-	h.Write([]byte(node))
+	h.Write([]byte(node + "\x00" + stateDir))
 	x := fmt.Sprintf("%08x", h.Sum32())
 	return names{
 		bridge: "shb" + x,

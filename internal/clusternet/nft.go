@@ -42,7 +42,9 @@ func probeNftables(name string) error {
 //
 //	input:       iif br ct established,related accept
 //	             iif br ip saddr Block tcp daddr gw dport EndpointPort accept
+//	             iif br ip saddr Block udp/tcp daddr gw dport DNSPort accept
 //	             iif br counter drop
+//	prerouting:  iif br ip saddr Block udp/tcp dport 53 dnat to gw:DNSPort
 //	forward:     iif br oif br accept          (bridged: br_netfilter)
 //	             iif br daddr Deny counter drop
 //	             iif br daddr Egress accept
@@ -87,7 +89,27 @@ func (m *Manager) writeRules(n *Network) error {
 	rule(in, ifname(expr.MetaKeyIIFNAME, br, true), ctEstablished(), verdict(expr.VerdictAccept))
 	rule(in, ifname(expr.MetaKeyIIFNAME, br, true), ipv4(), addrIn(12, n.Block), addrIn(16, netip.PrefixFrom(gw, 32)),
 		tcpDport(n.EndpointPort), verdict(expr.VerdictAccept))
+	if n.DNSPort != 0 {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			rule(in, ifname(expr.MetaKeyIIFNAME, br, true), ipv4(), addrIn(12, n.Block), addrIn(16, netip.PrefixFrom(gw, 32)),
+				dport(proto, n.DNSPort), verdict(expr.VerdictAccept))
+		}
+	}
 	rule(in, ifname(expr.MetaKeyIIFNAME, br, true), refuse())
+
+	if n.DNSPort != 0 {
+		// Tasks keep the host's resolv.conf: whatever resolver it names,
+		// their queries go to the node's.
+		pre := chain("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, nftables.ChainTypeNAT)
+		a := gw.As4()
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			rule(pre, ifname(expr.MetaKeyIIFNAME, br, true), ipv4(), addrIn(12, n.Block), dport(proto, 53), []expr.Any{
+				&expr.Immediate{Register: 1, Data: a[:]},
+				&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, n.DNSPort)},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+			})
+		}
+	}
 
 	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter, nftables.ChainTypeFilter)
 	rule(fwd, ifname(expr.MetaKeyIIFNAME, br, true), ifname(expr.MetaKeyOIFNAME, br, true), verdict(expr.VerdictAccept))
@@ -223,10 +245,13 @@ func addrIn(offset uint32, p netip.Prefix) []expr.Any {
 }
 
 // tcpDport matches TCP packets to port.
-func tcpDport(port uint16) []expr.Any {
+func tcpDport(port uint16) []expr.Any { return dport(unix.IPPROTO_TCP, port) }
+
+// dport matches packets of protocol proto (TCP or UDP) to port.
+func dport(proto byte, port uint16) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 	}
