@@ -30,6 +30,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/state"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // DefaultRejoinGrace is how long a node that stopped in an orderly way
@@ -79,7 +80,10 @@ type Config struct {
 	// and servers present it to each other. Empty means an open
 	// installation, where a caller without a token is an operator; a
 	// cluster's token is confined to its cluster either way.
-	Token  string
+	Token string
+	// TLS is the server's TLS identity, with a server certificate; nil
+	// serves plain HTTP and Raft (shoal server --insecure). See tls.go.
+	TLS    *tlsfiles.Identity
 	Logger *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
@@ -165,6 +169,10 @@ func New(cfg Config) (*Server, error) {
 	if err := api.ValidateName("name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if cfg.TLS != nil && cfg.TLS.Role() != tlsfiles.RoleServer {
+		return nil, fmt.Errorf("server: the certificate is not a server's (it must name %s; make one with 'shoal tls cert create --server')",
+			tlsfiles.RoleName(tlsfiles.RoleServer))
+	}
 	if cfg.BootstrapExpect < 0 || cfg.BootstrapExpect > 7 {
 		return nil, fmt.Errorf("server: bootstrap-expect must be between 0 and 7, got %d", cfg.BootstrapExpect)
 	}
@@ -188,8 +196,11 @@ func New(cfg Config) (*Server, error) {
 		s.closeRaft()
 		return nil, err
 	}
-	s.self = api.NewClient([]string{s.HTTPAddr()}, cfg.Token)
+	s.self = s.serverClient([]string{s.HTTPAddr()})
 	s.chunkClient = &chunkstore.Client{}
+	if cfg.TLS != nil {
+		s.chunkClient.HTTP = cfg.TLS.HTTPClient(tlsfiles.RoleAgent)
+	}
 	s.wg.Add(2)
 	go s.monitorLeadership()
 	go s.joinOrBootstrap()
@@ -249,8 +260,15 @@ func (s *Server) setupRaft() error {
 	if addr.IP == nil || addr.IP.IsUnspecified() {
 		return fmt.Errorf("server: raft address %q cannot be reached by other servers; set --advertise-raft", advertise)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger)
-	if err != nil {
+	var trans *raft.NetworkTransport
+	if s.cfg.TLS != nil {
+		layer, err := newRaftTLSLayer(s.cfg.RaftAddr, addr, s.cfg.TLS, s.log)
+		if err != nil {
+			return fmt.Errorf("server: listening for raft on %s: %w", s.cfg.RaftAddr, err)
+		}
+		trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: layer, MaxPool: 5, Timeout: 5 * time.Second, Logger: conf.Logger})
+	} else if trans, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger); err != nil {
 		return fmt.Errorf("server: listening for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.trans = trans
