@@ -204,7 +204,7 @@ func (a *Agent) mpiEnv(t *api.Task, r *run, work, hostfile string) map[string]st
 		"SHOAL_CHECKPOINT_DIR": r.ckptDir,
 		"SHOAL_RESTART_EPOCH":  restart,
 		"SHOAL_RUN_SECRET":     r.secret,
-		"SHOAL_AGENT_ADDR":     "http://" + a.localAddr(),
+		"SHOAL_AGENT_ADDR":     a.scheme() + "://" + a.localAddr(),
 		"SHOAL_MPI_RANKS":      strconv.Itoa(t.MPI.Ranks),
 		"SHOAL_MPI_NODES":      strings.Join(t.MPI.Nodes, ","),
 	} {
