@@ -87,7 +87,7 @@ func TestJobSurvivesLeaderKill(t *testing.T) {
 	waitJobState(t, in, id2, api.JobComplete, 30*time.Second)
 
 	in.Servers[old].Restart(t)
-	c := api.NewClient([]string{in.Servers[old].HTTPAddr}, "")
+	c := in.NewClient([]string{in.Servers[old].HTTPAddr}, "")
 	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
 		j, _, err := c.Job(context.Background(), id2, nil)
 		if err != nil {
