@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // TestDFSPutGetStat round-trips a multi-chunk file through the CLI and
@@ -522,7 +523,7 @@ func TestDFSZoneLoss(t *testing.T) {
 		checkSame(t, p+" after repair", download(t, in, p), data)
 	}
 	// /metrics tells the same story as fs status.
-	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
+	resp, err := in.HTTPClient(tlsfiles.RoleServer).Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
