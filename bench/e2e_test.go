@@ -120,7 +120,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 					addrs = append(addrs, s.HTTPAddr)
 				}
 			}
-			c := in.NewClient(addrs, "")
+			c := in.AgentClient(addrs...)
 			start := time.Now()
 			in.Servers[old].Kill9()
 			reg := &api.NodeRegistration{Name: fmt.Sprintf("probe-%d", r), Zone: "z", CPU: 1, MemoryMB: 1}

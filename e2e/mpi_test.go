@@ -206,7 +206,7 @@ func peerCert(t *testing.T, in *testutil.Installation, node string) (*clusterpki
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := in.Client.NodeCertificate(context.Background(), node, &api.NodeCertificateRequest{CSR: string(csr)})
+	nc, err := in.AgentClient().NodeCertificate(context.Background(), node, &api.NodeCertificateRequest{CSR: string(csr)})
 	if err != nil {
 		t.Fatal(err)
 	}

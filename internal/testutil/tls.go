@@ -59,3 +59,18 @@ func (g *InProcGroup) HTTPClient() *http.Client {
 	}
 	return Identity(g.t, g.tls, tlsfiles.RoleAgent).HTTPClient(tlsfiles.RoleServer)
 }
+
+// AgentClient returns an API client of the servers at addrs (default:
+// all of the installation's) that presents an agent certificate, for tests
+// that play an agent on the agent routes.
+func (in *Installation) AgentClient(addrs ...string) *api.Client {
+	if len(addrs) == 0 {
+		for _, s := range in.Servers {
+			addrs = append(addrs, s.HTTPAddr)
+		}
+	}
+	if in.TLS == nil {
+		return api.NewClient(addrs, in.Opts.Token)
+	}
+	return NewClient(addrs, in.Opts.Token, Identity(in.t, *in.TLS, tlsfiles.RoleAgent))
+}
