@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -214,6 +215,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 				return nil, ctx.Err()
 			}
 			lastErr = fmt.Errorf("cannot reach shoal server at %s: %w", base, err)
+			if errors.As(err, new(x509.UnknownAuthorityError)) {
+				lastErr = fmt.Errorf("%w (trust the installation's CA with --ca-cert or SHOAL_CACERT)", lastErr)
+			}
 			c.rotate(cur)
 			continue
 		}

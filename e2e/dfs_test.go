@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -212,7 +213,8 @@ func TestDFSBadInput(t *testing.T) {
 	const declared = 1000000
 	rawPut := func(t *testing.T, path string) net.Conn {
 		t.Helper()
-		conn, err := net.Dial("tcp", in.Servers[0].HTTPAddr)
+		conf := testutil.Identity(t, *in.TLS, tlsfiles.RoleClient).ClientConfig(tlsfiles.RoleServer)
+		conn, err := tls.Dial("tcp", in.Servers[0].HTTPAddr, conf)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,7 +230,7 @@ func TestDFSBadInput(t *testing.T) {
 	shortUpload := func(t *testing.T, path string) {
 		t.Helper()
 		conn := rawPut(t, path)
-		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		if err := conn.(*tls.Conn).CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

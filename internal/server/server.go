@@ -119,6 +119,9 @@ type Server struct {
 	self        *api.Client
 	chunkClient *chunkstore.Client
 	replMgr     atomic.Pointer[replication.Manager]
+	// toServers and toAgents carry requests to other servers (forwarding)
+	// and to agents (logs, chunks) over TLS; nil without TLS (see tls.go).
+	toServers, toAgents http.RoundTripper
 
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
@@ -188,6 +191,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.fsm = fsm.New(s.store, s.log)
 	s.metrics = newMetrics(s)
+	if cfg.TLS != nil {
+		s.toServers = cfg.TLS.HTTPClient(tlsfiles.RoleServer).Transport
+		s.toAgents = cfg.TLS.HTTPClient(tlsfiles.RoleAgent).Transport
+	}
 	if err := s.setupRaft(); err != nil {
 		s.closeRaft()
 		return nil, err
@@ -198,8 +205,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.self = s.serverClient([]string{s.HTTPAddr()})
 	s.chunkClient = &chunkstore.Client{}
-	if cfg.TLS != nil {
-		s.chunkClient.HTTP = cfg.TLS.HTTPClient(tlsfiles.RoleAgent)
+	if s.toAgents != nil {
+		s.chunkClient.HTTP = &http.Client{Transport: s.toAgents}
 	}
 	s.wg.Add(2)
 	go s.monitorLeadership()

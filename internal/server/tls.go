@@ -43,12 +43,13 @@ func (s *Server) scheme() string {
 }
 
 // peerTransport returns the transport of requests to peers of role peer
-// (a leader's API, an agent's logs); nil is http.DefaultTransport.
+// (a leader's API, an agent's logs), shared so that connections are
+// reused; nil is http.DefaultTransport.
 func (s *Server) peerTransport(peer tlsfiles.Role) http.RoundTripper {
-	if s.cfg.TLS == nil {
-		return nil
+	if peer == tlsfiles.RoleAgent {
+		return s.toAgents
 	}
-	return s.cfg.TLS.HTTPClient(peer).Transport
+	return s.toServers
 }
 
 // agentRoutes are the routes only agents use: a node registering,
