@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,14 +68,28 @@ type Client struct {
 // NewClient returns a client for the given server addresses ("host:port" or
 // "http://host:port"). It needs at least one.
 func NewClient(addrs []string, token string) *Client {
+	return NewTLSClient(addrs, token, nil)
+}
+
+// NewTLSClient is [NewClient] for servers that serve TLS: with tlsConf
+// not nil, an address without a scheme means https://host:port, and
+// tlsConf says which servers to trust (and which certificate to present).
+// An explicit http:// address stays plain HTTP.
+func NewTLSClient(addrs []string, token string, tlsConf *tls.Config) *Client {
 	c := &Client{
 		Token: token,
 		HTTP: &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
 			DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     tlsConf,
+			TLSHandshakeTimeout: 5 * time.Second,
 			MaxIdleConnsPerHost: 64,
 			IdleConnTimeout:     90 * time.Second,
 		}},
+	}
+	scheme := "http://"
+	if tlsConf != nil {
+		scheme = "https://"
 	}
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
@@ -81,7 +97,7 @@ func NewClient(addrs []string, token string) *Client {
 			continue
 		}
 		if !strings.Contains(a, "://") {
-			a = "http://" + a
+			a = scheme + a
 		}
 		c.addrs = append(c.addrs, strings.TrimRight(a, "/"))
 	}
@@ -199,6 +215,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 				return nil, ctx.Err()
 			}
 			lastErr = fmt.Errorf("cannot reach shoal server at %s: %w", base, err)
+			if errors.As(err, new(x509.UnknownAuthorityError)) {
+				lastErr = fmt.Errorf("%w (trust the installation's CA with --ca-cert or SHOAL_CACERT)", lastErr)
+			}
 			c.rotate(cur)
 			continue
 		}
@@ -217,7 +236,12 @@ func decodeError(resp *http.Response) error {
 	if json.Unmarshal(b, &eb) == nil && eb.Error.Message != "" {
 		return &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 	}
-	return &Error{Status: resp.StatusCode, Code: CodeInternal, Message: fmt.Sprintf("server answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+	msg := fmt.Sprintf("server answered %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	if resp.StatusCode == http.StatusBadRequest && strings.Contains(string(b), "HTTPS server") {
+		// Go's TLS listeners answer a plain HTTP request so.
+		msg += " (the server uses TLS: give an https:// address, or the installation's CA with --ca-cert or SHOAL_CACERT)"
+	}
+	return &Error{Status: resp.StatusCode, Code: CodeInternal, Message: msg}
 }
 
 // Stream sends a request and returns the body of a 2xx answer for the

@@ -120,7 +120,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 					addrs = append(addrs, s.HTTPAddr)
 				}
 			}
-			c := api.NewClient(addrs, "")
+			c := in.AgentClient(addrs...)
 			start := time.Now()
 			in.Servers[old].Kill9()
 			reg := &api.NodeRegistration{Name: fmt.Sprintf("probe-%d", r), Zone: "z", CPU: 1, MemoryMB: 1}
@@ -132,7 +132,7 @@ func BenchmarkLeaderFailover(b *testing.B) {
 			times = append(times, time.Since(start))
 			in.Servers[old].Restart(b)
 			poll(b, 30*time.Second, func() bool {
-				p, err := api.NewClient([]string{in.Servers[old].HTTPAddr}, "").Peers(ctx)
+				p, err := in.NewClient([]string{in.Servers[old].HTTPAddr}, "").Peers(ctx)
 				return err == nil && len(p) == 3
 			})
 		}

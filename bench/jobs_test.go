@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // serverMemory makes the server process collect its garbage (the heap
@@ -22,7 +23,7 @@ import (
 // set (VmRSS) and its live Go heap (HeapAlloc), in bytes.
 func serverMemory(b *testing.B, in *testutil.Installation) (rss, heap int64) {
 	b.Helper()
-	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/debug/pprof/heap?gc=1&debug=1")
+	resp, err := in.HTTPClient(tlsfiles.RoleServer).Get("http://" + in.Servers[0].HTTPAddr + "/debug/pprof/heap?gc=1&debug=1")
 	if err != nil {
 		b.Fatalf("heap profile: %v", err)
 	}

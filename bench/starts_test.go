@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // startsRounds is how many jobs BenchmarkStartCost runs per iteration; it
@@ -195,7 +195,11 @@ func startProfiles(b *testing.B, in *testutil.Installation, dir string, seconds 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=" + strconv.Itoa(seconds))
+			hc := in.HTTPClient(tlsfiles.RoleServer)
+			if name == "agent" {
+				hc = in.HTTPClient(tlsfiles.RoleAgent)
+			}
+			resp, err := hc.Get("http://" + addr + "/debug/pprof/profile?seconds=" + strconv.Itoa(seconds))
 			if err != nil {
 				b.Errorf("profiling the %s: %v", name, err)
 				return

@@ -16,11 +16,12 @@ import (
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
-// devShoal runs the CLI against a dev installation and fails the test
+// devShoal runs the CLI against the dev installation in dir and fails the test
 // unless it exits 0.
-func devShoal(t *testing.T, addr string, args ...string) string {
+func devShoal(t *testing.T, dir, addr string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(testutil.Binary(t), append([]string{"--addr", addr}, args...)...)
+	cmd.Env = append(os.Environ(), devEnv(dir)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -36,7 +37,7 @@ func devShoal(t *testing.T, addr string, args ...string) string {
 func TestDevRestartKeepsClusters(t *testing.T) {
 	dir := t.TempDir()
 	addr := testutil.FreeAddr(t)
-	c := api.NewClient([]string{addr}, "")
+	c := devClient(t, dir, addr)
 	ctx := context.Background()
 	waitClusterHealthy := func(name string, members []string) *api.Cluster {
 		var cl *api.Cluster
@@ -54,18 +55,18 @@ func TestDevRestartKeepsClusters(t *testing.T) {
 
 	dev := startDev(t, dir, addr, "--agent-cpu", "1000", "--agent-memory", "1024")
 	waitPool(t, c, 3, func([]*api.Node) (bool, string) { return true, "" })
-	devShoal(t, addr, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
+	devShoal(t, dir, addr, "cluster", "create", "c1", "--nodes", "3", "--zones", "3")
 	before := waitClusterHealthy("c1", nil)
 	data := randomBytes(7, 3<<20)
 	local := filepath.Join(t.TempDir(), "data.bin")
 	if err := os.WriteFile(local, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	devShoal(t, addr, "fs", "put", local, "/clusters/c1/data.bin")
+	devShoal(t, dir, addr, "fs", "put", local, "/clusters/c1/data.bin")
 	job := writeFile(t, "job.yaml", fmt.Sprintf(sleepJob, 3, "0"))
-	devShoal(t, addr, "job", "run", "--wait", job)
+	devShoal(t, dir, addr, "job", "run", "--wait", job)
 	var nodesBefore []*api.Node
-	if err := json.Unmarshal([]byte(devShoal(t, addr, "node", "list", "-o", "json")), &nodesBefore); err != nil {
+	if err := json.Unmarshal([]byte(devShoal(t, dir, addr, "node", "list", "-o", "json")), &nodesBefore); err != nil {
 		t.Fatal(err)
 	}
 
@@ -97,11 +98,11 @@ func TestDevRestartKeepsClusters(t *testing.T) {
 		}
 	}
 	got := filepath.Join(t.TempDir(), "got.bin")
-	devShoal(t, addr, "fs", "get", "/clusters/c1/data.bin", got)
+	devShoal(t, dir, addr, "fs", "get", "/clusters/c1/data.bin", got)
 	b, err := os.ReadFile(got)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, "file after the restart", b, data)
-	devShoal(t, addr, "job", "run", "--wait", job)
+	devShoal(t, dir, addr, "job", "run", "--wait", job)
 }

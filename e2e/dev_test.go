@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/devmode"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // devProc is a running `shoal dev`.
@@ -48,6 +49,25 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// devClient makes the TLS files that `shoal dev` in dir will use (it
+// reuses files it finds) and returns an API client of its server at addr
+// presenting the client certificate. Call it before startDev.
+func devClient(t *testing.T, dir, addr string) *api.Client {
+	t.Helper()
+	set, err := tlsfiles.MakeSet(filepath.Join(dir, "tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testutil.NewClient([]string{addr}, "", testutil.Identity(t, set, tlsfiles.RoleClient))
+}
+
+// devEnv is the environment of a CLI that talks to the `shoal dev` in dir.
+func devEnv(dir string) []string {
+	set := tlsfiles.Set{Dir: filepath.Join(dir, "tls")}
+	f := set.Files(tlsfiles.RoleClient)
+	return []string{"SHOAL_CACERT=" + f.CACert, "SHOAL_CLIENT_CERT=" + f.Cert, "SHOAL_CLIENT_KEY=" + f.Key}
 }
 
 // startDev starts `shoal dev` with args in dir, serving on addr; it is
@@ -153,12 +173,12 @@ func TestDevMode(t *testing.T) {
 	dir := t.TempDir()
 	addr := testutil.FreeAddr(t)
 	args := []string{"--agents", "2", "--zones", "2", "--pool-min", "1", "--agent-cpu", "1000", "--agent-memory", "1024"}
+	c := devClient(t, dir, addr)
 	dev := startDev(t, dir, addr, args...)
-	c := api.NewClient([]string{addr}, "")
-	env := []string{"SHOAL_ADDR=http://" + addr}
+	env := []string{"SHOAL_ADDR=https://" + addr}
 
 	waitPool(t, c, 2, func(nodes []*api.Node) (bool, string) { return true, "" })
-	if !strings.Contains(dev.out.String(), "http://"+addr) {
+	if !strings.Contains(dev.out.String(), "https://"+addr) {
 		t.Errorf("shoal dev output %q does not print the API address", dev.out.String())
 	}
 	rec := readAgentsRecord(t, dir)

@@ -253,7 +253,7 @@ func startStalledPut(t *testing.T, in *testutil.Installation, data []byte, args 
 	path := args[len(args)-1]
 	argv := append([]string{"fs", "put", "--chunk-size", "64KiB"}, args[:len(args)-1]...)
 	cmd := exec.Command(in.Bin, append(argv, "-", path)...)
-	cmd.Env = append(os.Environ(), "SHOAL_ADDR="+in.Addrs(), "SHOAL_TOKEN="+in.Opts.Token)
+	cmd.Env = append(append(os.Environ(), in.CLIEnv()...), "SHOAL_ADDR="+in.Addrs(), "SHOAL_TOKEN="+in.Opts.Token)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // fsStatusJSON reads `shoal fs status -o json`.
@@ -119,7 +119,7 @@ func TestDFSSpreadMoveBack(t *testing.T) {
 	if out := mustShoal(t, in, "fs", "status"); !strings.Contains(out, "mis-placed chunks") {
 		t.Errorf("fs status lacks the mis-placed line:\n%s", out)
 	}
-	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
+	resp, err := in.HTTPClient(tlsfiles.RoleServer).Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

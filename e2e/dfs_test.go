@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // TestDFSPutGetStat round-trips a multi-chunk file through the CLI and
@@ -211,7 +213,8 @@ func TestDFSBadInput(t *testing.T) {
 	const declared = 1000000
 	rawPut := func(t *testing.T, path string) net.Conn {
 		t.Helper()
-		conn, err := net.Dial("tcp", in.Servers[0].HTTPAddr)
+		conf := testutil.Identity(t, *in.TLS, tlsfiles.RoleClient).ClientConfig(tlsfiles.RoleServer)
+		conn, err := tls.Dial("tcp", in.Servers[0].HTTPAddr, conf)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,7 +230,7 @@ func TestDFSBadInput(t *testing.T) {
 	shortUpload := func(t *testing.T, path string) {
 		t.Helper()
 		conn := rawPut(t, path)
-		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		if err := conn.(*tls.Conn).CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -522,7 +525,7 @@ func TestDFSZoneLoss(t *testing.T) {
 		checkSame(t, p+" after repair", download(t, in, p), data)
 	}
 	// /metrics tells the same story as fs status.
-	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
+	resp, err := in.HTTPClient(tlsfiles.RoleServer).Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func TestJobSurvivesAgentKill(t *testing.T) {
 	id := submit(t, in, fmt.Sprintf(sleepJob, 6, "4"))
 	victim := runningNode(t, in, id)
 	in.Agent(victim).Kill9()
-	waitNoTaskProcesses(t, victim)
+	waitNoTaskProcesses(t, in, victim)
 
 	job := waitJobState(t, in, id, api.JobComplete, 60*time.Second)
 	if !hasEvent(job.Events, "task-lost", "node "+victim+" down") {
@@ -87,7 +87,7 @@ func TestJobSurvivesLeaderKill(t *testing.T) {
 	waitJobState(t, in, id2, api.JobComplete, 30*time.Second)
 
 	in.Servers[old].Restart(t)
-	c := api.NewClient([]string{in.Servers[old].HTTPAddr}, "")
+	c := in.NewClient([]string{in.Servers[old].HTTPAddr}, "")
 	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
 		j, _, err := c.Job(context.Background(), id2, nil)
 		if err != nil {
@@ -133,7 +133,7 @@ func TestClusterRefillAndDelete(t *testing.T) {
 	if job.Counts.Cancelled != 3 {
 		t.Errorf("counts after delete %+v, want 3 cancelled", job.Counts)
 	}
-	waitNoTaskProcesses(t, node)
+	waitNoTaskProcesses(t, in, node)
 	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
 		_, err := os.Stat(dir)
 		return os.IsNotExist(err), "task data still at " + dir
@@ -157,7 +157,7 @@ func TestAgentRestartRecovers(t *testing.T) {
 	victim := runningNode(t, in, id)
 	agent := in.Agent(victim)
 	agent.Kill9()
-	waitNoTaskProcesses(t, victim)
+	waitNoTaskProcesses(t, in, victim)
 	agent.Restart(t)
 
 	job := waitJobState(t, in, id, api.JobComplete, 60*time.Second)
@@ -179,7 +179,7 @@ func TestDrainMovesTasks(t *testing.T) {
 	node := runningNode(t, in, id)
 	mustShoal(t, in, "node", "drain", node, "--deadline", "1s")
 	waitRunningElsewhere(t, in, id, node, 20*time.Second)
-	waitNoTaskProcesses(t, node)
+	waitNoTaskProcesses(t, in, node)
 	n, _ := in.Client.Node(context.Background(), node)
 	if n.State != api.NodeDraining || n.Cluster != "" {
 		t.Errorf("drained node: %s in %q, want draining outside any cluster", n.State, n.Cluster)
@@ -202,7 +202,7 @@ func TestAgentStopHandsTasksBack(t *testing.T) {
 	id := submit(t, in, fmt.Sprintf(sleepJob, 2, "300"))
 	victim := runningNode(t, in, id)
 	in.Agent(victim).Stop()
-	waitNoTaskProcesses(t, victim)
+	waitNoTaskProcesses(t, in, victim)
 	job := waitRunningElsewhere(t, in, id, victim, 10*time.Second)
 	if !hasEvent(job.Events, "task-lost", "agent shut down") {
 		t.Errorf("events %v: want tasks lost because the agent shut down", job.Events)

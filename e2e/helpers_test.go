@@ -115,11 +115,17 @@ func runningNode(t *testing.T, in *testutil.Installation, id string) string {
 }
 
 // taskProcesses lists the pids of processes whose environment names the
-// node: the tasks an agent started there.
-func taskProcesses(node string) []int {
+// node: the tasks an agent of in started there. Other installations on the
+// machine (other tests, other worktrees) have nodes of the same names:
+// with TLS, a task's SHOAL_CACERT, a file of in's own, tells them apart.
+func taskProcesses(in *testutil.Installation, node string) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	marker := []byte("SHOAL_NODE=" + node + "\x00")
+	var ca []byte
+	if in.TLS != nil {
+		ca = []byte("SHOAL_CACERT=" + in.TLS.CACert() + "\x00")
+	}
 	for _, e := range entries {
 		var pid int
 		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
@@ -129,18 +135,18 @@ func taskProcesses(node string) []int {
 		if err != nil {
 			continue
 		}
-		if strings.Contains(string(env)+"\x00", string(marker)) {
+		if strings.Contains(string(env)+"\x00", string(marker)) && strings.Contains(string(env)+"\x00", string(ca)) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// waitNoTaskProcesses waits until no task process of the node is left.
-func waitNoTaskProcesses(t *testing.T, node string) {
+// waitNoTaskProcesses waits until no task process of in's node is left.
+func waitNoTaskProcesses(t *testing.T, in *testutil.Installation, node string) {
 	t.Helper()
 	testutil.WaitFor(t, 15*time.Second, func() (bool, string) {
-		p := taskProcesses(node)
+		p := taskProcesses(in, node)
 		return len(p) == 0, fmt.Sprintf("task processes of %s still alive: %v", node, p)
 	})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // TestLargeJobViews submits a 100,000-task job to a cluster with room for
@@ -78,14 +79,14 @@ groups:
 
 	// The same over HTTP.
 	base := "http://" + in.Servers[0].HTTPAddr + "/v1/jobs/" + id
-	code, body := httpGet(t, base+"/tasks?state=running")
+	code, body := httpGet(t, in.HTTPClient(tlsfiles.RoleServer), base+"/tasks?state=running")
 	if err := json.Unmarshal([]byte(body), &page); code != http.StatusOK || err != nil {
 		t.Fatalf("GET tasks?state=running: %d %v\n%s", code, err, body)
 	}
 	if page.Total != 1 || len(page.Tasks) != 1 || page.Tasks[0].Node != "node-1" {
 		t.Errorf("running page over HTTP: got %+v, want one task on node-1", page)
 	}
-	code, body = httpGet(t, base+"/tasks")
+	code, body = httpGet(t, in.HTTPClient(tlsfiles.RoleServer), base+"/tasks")
 	if err := json.Unmarshal([]byte(body), &page); code != http.StatusOK || err != nil {
 		t.Fatalf("GET tasks: %d %v", code, err)
 	}
@@ -102,7 +103,7 @@ groups:
 		{"offset=-3", "offset: -3 is negative"},
 		{"group=nope", `group: job ` + id + ` has no group \"nope\"`},
 	} {
-		code, body := httpGet(t, base+"/tasks?"+tt.query)
+		code, body := httpGet(t, in.HTTPClient(tlsfiles.RoleServer), base+"/tasks?"+tt.query)
 		if code != http.StatusBadRequest || !strings.Contains(body, api.CodeInvalid) || !strings.Contains(body, tt.want) {
 			t.Errorf("GET tasks?%s: got %d %s, want 400 containing %s", tt.query, code, body, tt.want)
 		}
@@ -123,9 +124,9 @@ groups:
 	}
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
+func httpGet(t *testing.T, hc *http.Client, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	resp, err := hc.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ groups:
 	// Cancel stops running tasks on their nodes.
 	id = submit(t, in, "name: long\ncluster: c1\ngroups:\n  - name: s\n    count: 2\n    command: [\"/bin/sleep\", \"300\"]\n")
 	node := runningNode(t, in, id)
-	if len(taskProcesses(node)) == 0 {
+	if len(taskProcesses(in, node)) == 0 {
 		t.Fatalf("no task process found on %s", node)
 	}
 	mustShoal(t, in, "job", "cancel", id)
@@ -168,7 +168,7 @@ groups:
 		}
 	}
 	for _, n := range []string{"node-1", "node-2"} {
-		waitNoTaskProcesses(t, n)
+		waitNoTaskProcesses(t, in, n)
 	}
 }
 

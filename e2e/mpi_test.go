@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/mpi"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // These tests run real Open MPI jobs through spawned shoal processes:
@@ -205,7 +206,7 @@ func peerCert(t *testing.T, in *testutil.Installation, node string) (*clusterpki
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := in.Client.NodeCertificate(context.Background(), node, &api.NodeCertificateRequest{CSR: string(csr)})
+	nc, err := in.AgentClient().NodeCertificate(context.Background(), node, &api.NodeCertificateRequest{CSR: string(csr)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +289,7 @@ resources: {cpu: 100, memory: 64}
 	}
 
 	// A caller with no secret at the agent's local API.
-	_, err = mpi.PostLaunch(context.Background(), http.DefaultClient, "http://"+byName[gang[0]].Addr+"/v1/local/launch", nil,
+	_, err = mpi.PostLaunch(context.Background(), in.HTTPClient(tlsfiles.RoleAgent), "http://"+byName[gang[0]].Addr+"/v1/local/launch", nil,
 		mpi.LaunchRequest{Host: gang[1], Command: []string{"touch", marker}})
 	if ae, ok := err.(*api.Error); !ok || ae.Status != http.StatusForbidden {
 		t.Errorf("local launch without a secret: got %v, want 403", err)

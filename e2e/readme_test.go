@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
@@ -155,8 +154,8 @@ func TestReadme(t *testing.T) {
 		}
 	}
 	addr := testutil.FreeAddr(t)
+	c := devClient(t, filepath.Join(work, ".shoal-dev"), addr)
 	dev := startDev(t, filepath.Join(work, ".shoal-dev"), addr)
-	c := api.NewClient([]string{addr}, "")
 	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
 		p, _, err := c.Pool(context.Background(), nil)
 		if err != nil {
@@ -170,11 +169,12 @@ func TestReadme(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.Dir = work
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SHOAL_TOKEN=") && !strings.HasPrefix(kv, "SHOAL_ADDR=") {
+		if !strings.HasPrefix(kv, "SHOAL_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "SHOAL_ADDR=http://"+addr)
+	// The CLI finds the CA and client certificate in ./.shoal-dev/tls.
+	cmd.Env = append(cmd.Env, "SHOAL_ADDR=https://"+addr)
 	var out syncBuf
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {

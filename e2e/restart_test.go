@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // TestServerRestartKeepsState kills -9 the only server while a job runs and
@@ -77,7 +77,7 @@ groups:
 		t.Errorf("pool after shrink: %d idle, want 2", pool.Idle)
 	}
 
-	resp, err := http.Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
+	resp, err := in.HTTPClient(tlsfiles.RoleServer).Get("http://" + in.Servers[0].HTTPAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

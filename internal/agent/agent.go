@@ -28,6 +28,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/sandbox"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // Config configures an agent.
@@ -45,7 +46,10 @@ type Config struct {
 	MemoryMB      int64 // 0 detects
 	Labels        map[string]string
 	Token         string
-	Logger        *slog.Logger
+	// TLS is the agent's TLS identity, with an agent certificate; nil
+	// serves and dials plain HTTP (shoal agent --insecure). See tls.go.
+	TLS    *tlsfiles.Identity
+	Logger *slog.Logger
 	// Driver runs tasks; nil means the exec driver.
 	Driver sandbox.Driver
 	// StopGrace is how long a stopped task gets between SIGTERM and SIGKILL.
@@ -159,6 +163,10 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: a data directory is required (--data-dir)")
 	}
+	if cfg.TLS != nil && cfg.TLS.Role() != tlsfiles.RoleAgent {
+		return nil, fmt.Errorf("agent: the certificate is not an agent's (it must name %s; make one with 'shoal tls cert create --agent')",
+			tlsfiles.RoleName(tlsfiles.RoleAgent))
+	}
 	if cfg.ChunkReportInterval <= 0 {
 		cfg.ChunkReportInterval = 30 * time.Second
 	}
@@ -183,6 +191,10 @@ func New(cfg Config) (*Agent, error) {
 	a.chunks, a.chunkClient = chunks, &chunkstore.Client{}
 	a.local = a.listenLocal()
 	a.client = api.NewClient(cfg.Servers, cfg.Token)
+	if cfg.TLS != nil {
+		a.chunkClient.HTTP = cfg.TLS.HTTPClient(tlsfiles.RoleAgent)
+		a.client = api.NewTLSClient(cfg.Servers, cfg.Token, cfg.TLS.ClientConfig(tlsfiles.RoleServer))
+	}
 	a.driver = cfg.Driver
 	if a.driver == nil {
 		d, err := sandbox.NewExec(a.log, cgroupParent(cfg.Name, cfg.DataDir))
@@ -198,6 +210,10 @@ func New(cfg Config) (*Agent, error) {
 	a.ln = ln
 	if a.cfg.AdvertiseAddr == "" {
 		a.cfg.AdvertiseAddr = ln.Addr().String()
+	}
+	if err := a.serveTLS(); err != nil {
+		ln.Close()
+		return nil, err
 	}
 	if err := a.listenPeer(); err != nil {
 		ln.Close()

@@ -23,7 +23,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/local/launch", a.handleLocalLaunch)
 	mux.HandleFunc("POST /v1/local/checkpoint", a.handleCheckpointCommit)
 	chunks := a.chunks.Handler(chunkstore.HandlerOptions{OnCorrupt: a.reportCorrupt,
-		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log})
+		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log, Client: a.chunkClient.HTTP})
 	mux.Handle("/v1/chunks", chunks)
 	mux.Handle("/v1/chunks/", chunks)
 	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {

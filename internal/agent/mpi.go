@@ -238,7 +238,7 @@ func (a *Agent) taskAgentAddr(t *api.Task) string {
 	if e := a.endpointAddr(t.Cluster); e != "" {
 		return e
 	}
-	return "http://" + a.localAddr()
+	return a.scheme() + "://" + a.localAddr()
 }
 
 // localAddr is the agent's HTTP address as its tasks reach it.

@@ -367,7 +367,7 @@ func (a *Agent) apiProxy() http.Handler {
 func (a *Agent) serverURL() string {
 	s := a.cfg.Servers[0]
 	if !strings.Contains(s, "://") {
-		s = "http://" + s
+		s = a.scheme() + "://" + s
 	}
 	return s
 }

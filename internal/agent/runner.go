@@ -430,6 +430,7 @@ func (a *Agent) taskEnvMap(t *api.Task, work string) map[string]string {
 		"SHOAL_JOB_ID": t.JobID, "SHOAL_TASK_INDEX": strconv.Itoa(t.Index), "SHOAL_TASK_COUNT": strconv.Itoa(t.Count),
 		"SHOAL_ATTEMPT": strconv.Itoa(t.Attempt), "SHOAL_CLUSTER": t.Cluster, "SHOAL_NODE": a.cfg.Name,
 		"SHOAL_GROUP": t.Group, "SHOAL_TASK_ID": t.ID, "SHOAL_ZONE": a.cfg.Zone,
+		"SHOAL_CACERT": a.caCertFile(),
 	} {
 		env[k] = v
 	}

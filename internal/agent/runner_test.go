@@ -34,6 +34,7 @@ func TestTaskEnv(t *testing.T) {
 		"SHOAL_GROUP":      "workers",
 		"SHOAL_TASK_ID":    "train-7/workers/2",
 		"SHOAL_ZONE":       "z1",
+		"SHOAL_CACERT":     "", // an agent without TLS
 	}
 	withShoal := func(m map[string]string) map[string]string {
 		for k, v := range shoal {

@@ -65,7 +65,7 @@ nothing on success unless -v.`,
 			if len(missing) > 0 {
 				return fmt.Errorf("%s not set: 'shoal checkpoint commit' runs inside a rank of an MPI job started by Shoal, which sets them", strings.Join(missing, " and "))
 			}
-			resp, err := postCommit(cmd.Context(), addr, secret, api.CheckpointCommit{Epoch: epoch, Rank: rank})
+			resp, err := postCommit(cmd.Context(), g.tls.agentHTTP(), addr, secret, api.CheckpointCommit{Epoch: epoch, Rank: rank})
 			if err != nil {
 				return fmt.Errorf("committing epoch %d of rank %d: %w", epoch, rank, err)
 			}
@@ -106,7 +106,7 @@ func commitRank(flagSet bool, flag int) (int, error) {
 }
 
 // postCommit sends a commit to the agent at addr and returns its answer.
-func postCommit(ctx context.Context, addr, secret string, cc api.CheckpointCommit) (*api.CheckpointCommitResponse, error) {
+func postCommit(ctx context.Context, client *http.Client, addr, secret string, cc api.CheckpointCommit) (*api.CheckpointCommitResponse, error) {
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
 	}
@@ -119,7 +119,7 @@ func postCommit(ctx context.Context, addr, secret string, cc api.CheckpointCommi
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(api.RunSecretHeader, secret)
-	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the node's agent at %s: %w", addr, err)
 	}

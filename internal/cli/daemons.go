@@ -10,6 +10,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/agent"
 	"github.com/shoal-dev/shoal/internal/server"
 	"github.com/shoal-dev/shoal/internal/state"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 	"github.com/spf13/cobra"
 )
 
@@ -18,12 +19,14 @@ func serverCmd(g *globals) *cobra.Command {
 		cfg      server.Config
 		join     string
 		logLevel string
+		tlsOpts  daemonTLS
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a control-plane server (one of 1, 3 or 5)",
 		Example: `  shoal server --name s1 --data-dir /var/lib/shoal/s1 --http-addr 10.0.0.1:7460 \
-      --raft-addr 10.0.0.1:7461 --bootstrap-expect 3 --join 10.0.0.2:7460,10.0.0.3:7460`,
+      --raft-addr 10.0.0.1:7461 --bootstrap-expect 3 --join 10.0.0.2:7460,10.0.0.3:7460 \
+      --ca-cert shoal-ca.pem --cert shoal-server-s1.pem --key shoal-server-s1-key.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(g.stderr, logLevel)
@@ -41,6 +44,9 @@ func serverCmd(g *globals) *cobra.Command {
 			}
 			cfg.Logger = log
 			cfg.Token = g.token
+			if cfg.TLS, err = tlsOpts.load(log, tlsfiles.RoleServer); err != nil {
+				return err
+			}
 			if cfg.Token == "" {
 				log.Warn("no operator token (--token or SHOAL_TOKEN): any caller without a token may do anything; cluster tokens are still confined to their cluster")
 			}
@@ -72,6 +78,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.PoolMinPerZone, "pool-min-per-zone", 0, "ready idle nodes every zone should hold; 'shoal pool status' shows how many to add where (0: no wish)")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	tlsOpts.addFlags(cmd, tlsfiles.RoleServer)
 	return cmd
 }
 
@@ -82,12 +89,14 @@ func agentCmd(g *globals) *cobra.Command {
 		labels   []string
 		logLevel string
 		repairMB int64
+		tlsOpts  daemonTLS
 	)
 	cmd := &cobra.Command{
-		Use:     "agent",
-		Short:   "Run a node agent that joins the pool",
-		Example: `  shoal agent --name n1 --zone a --data-dir /var/lib/shoal/n1 --servers 10.0.0.1:7460,10.0.0.2:7460`,
-		Args:    cobra.NoArgs,
+		Use:   "agent",
+		Short: "Run a node agent that joins the pool",
+		Example: `  shoal agent --name n1 --zone a --data-dir /var/lib/shoal/n1 --servers 10.0.0.1:7460,10.0.0.2:7460 \
+      --ca-cert shoal-ca.pem --cert shoal-agent-n1.pem --key shoal-agent-n1-key.pem`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(g.stderr, logLevel)
 			if err != nil {
@@ -107,6 +116,9 @@ func agentCmd(g *globals) *cobra.Command {
 			}
 			cfg.Logger = log
 			cfg.Token = g.token
+			if cfg.TLS, err = tlsOpts.load(log, tlsfiles.RoleAgent); err != nil {
+				return err
+			}
 			if repairMB < 0 {
 				return fmt.Errorf("--repair-rate: %d is negative", repairMB)
 			}
@@ -141,6 +153,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.ChunkReportInterval, "chunk-report-interval", 30*time.Second, "how often to report the DFS chunk inventory")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	tlsOpts.addFlags(cmd, tlsfiles.RoleAgent)
 	return cmd
 }
 

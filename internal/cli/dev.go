@@ -27,6 +27,11 @@ with the same --dir starts the agents that ran when it stopped (same names,
 zones and data directories), not fresh ones; agents that died before it
 stopped stay dead. New agents continue the numbering (node-N).
 
+TLS: every link uses TLS. The first start makes a CA and server, agent and
+client certificates in DIR/tls (reused later); the CLI run in the directory
+that holds --dir's default (.shoal-dev) finds them itself, and the export line
+printed at start tells another shell where they are. --insecure runs without.
+
 'shoal dev kill NODE' kills one agent of this installation, and nothing else.`,
 		Example: `  shoal dev                          # 3 agents in 3 zones, data in .shoal-dev/
   shoal dev kill node-1              # kill -9 one of its agents`,
@@ -53,6 +58,7 @@ stopped stay dead. New agents continue the numbering (node-N).
 	f.Int64Var(&cfg.AgentMemory, "agent-memory", 0, "memory MiB each agent offers (default: detected)")
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 0, "server heartbeat TTL (default: the server's)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "run every process without TLS (plain HTTP and Raft)")
 	cmd.AddCommand(devKillCmd(g))
 	return cmd
 }

@@ -232,7 +232,11 @@ func planPutTree(src, dst string) ([]putStep, error) {
 // newDFSClient returns the client that moves file data between this
 // machine and the data nodes, asking cl for metadata. Replica failures it
 // works around are not worth a user's attention: it logs nowhere.
-func newDFSClient(cl *api.Client) *dfs.Client { return dfs.NewClient(cl, nil) }
+func newDFSClient(g *globals, cl *api.Client) *dfs.Client {
+	dc := dfs.NewClient(cl, nil)
+	dc.Chunks = g.tls.chunkClient(cl)
+	return dc
+}
 
 // dataViaServers reports whether file data must go through the servers'
 // streaming endpoints instead of straight to the data nodes: so inside a
@@ -265,7 +269,7 @@ func putFile(ctx context.Context, g *globals, cl *api.Client, s putStep, stdin i
 	if dataViaServers() {
 		_, err = cl.FSUpload(ctx, s.remote, r, size, opts)
 	} else {
-		_, err = newDFSClient(cl).Upload(ctx, s.remote, r, size, opts)
+		_, err = newDFSClient(g, cl).Upload(ctx, s.remote, r, size, opts)
 	}
 	endTransferBar(bar, err)
 	if err != nil {
@@ -380,7 +384,7 @@ type downloader struct {
 
 func newDownloader(g *globals, verbose bool) *downloader {
 	cl := g.client()
-	return &downloader{g: g, cl: cl, dc: newDFSClient(cl), verbose: verbose}
+	return &downloader{g: g, cl: cl, dc: newDFSClient(g, cl), verbose: verbose}
 }
 
 // tree downloads the directory dir into the local directory target,

@@ -79,7 +79,7 @@ could not be run).`,
 				fmt.Fprintln(g.stderr, "usage: shoal mpi rsh HOST COMMAND...")
 				return exitError{code: 255}
 			}
-			status, err := mpi.RSH(cmd.Context(), os.Getenv("SHOAL_AGENT_ADDR"), os.Getenv("SHOAL_RUN_SECRET"),
+			status, err := mpi.RSH(cmd.Context(), g.tls.agentHTTP(), os.Getenv("SHOAL_AGENT_ADDR"), os.Getenv("SHOAL_RUN_SECRET"),
 				args[0], args[1:], g.stdout, g.stderr)
 			if err != nil {
 				fmt.Fprintln(g.stderr, err)

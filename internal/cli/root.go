@@ -16,23 +16,28 @@ import (
 	"text/tabwriter"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 	"github.com/spf13/cobra"
 )
 
 // DefaultAddr is where the CLI looks for a server when neither --addr nor
 // SHOAL_ADDR is set.
-const DefaultAddr = "http://127.0.0.1:7460"
+const DefaultAddr = "https://127.0.0.1:7460"
 
 // globals are the flags every client command shares.
 type globals struct {
 	addr   string
 	token  string
+	tls    clientTLS
 	output string
 	stdout io.Writer
 	stderr io.Writer
 }
 
 func (g *globals) client() *api.Client {
+	if g.tls.id != nil {
+		return api.NewTLSClient(strings.Split(g.addr, ","), g.token, g.tls.id.ClientConfig(tlsfiles.RoleServer))
+	}
 	return api.NewClient(strings.Split(g.addr, ","), g.token)
 }
 
@@ -86,6 +91,7 @@ Start a whole installation on this machine with 'shoal dev', then try
 	}
 	root.PersistentFlags().StringVar(&g.addr, "addr", addr, "server API address (env SHOAL_ADDR)")
 	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token: the operator token or a cluster's token (env SHOAL_TOKEN); 'shoal server' requires callers to present it, and agents present it")
+	g.tls.addFlags(root)
 	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g), versionCmd(g), mpiCmd(g))
 	root.AddCommand(checkpointCmd(g), tlsCmd(g))
 	return root

@@ -20,7 +20,8 @@ func tlsCmd(g *globals) *cobra.Command {
 		Long: `Make the files of an installation's TLS: a CA (shoal tls ca create) and, signed by
 it, certificates for servers, agents and clients (shoal tls cert create). Keys
 are written readable by their owner only, and existing files are never
-overwritten. The processes do not load them yet.`}
+overwritten. Servers and agents load them with --ca-cert, --cert and --key;
+the CLI with --ca-cert, --client-cert and --client-key.`}
 	var dir, name string
 	var days int
 	ca := &cobra.Command{

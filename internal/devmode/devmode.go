@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // Config configures a dev installation.
@@ -44,9 +45,13 @@ type Config struct {
 	HeartbeatTTL time.Duration
 	// Token is the operator token the server requires and every child
 	// presents (passed in SHOAL_TOKEN); empty runs an open installation.
-	Token  string
-	Logger *slog.Logger
-	Stdout io.Writer
+	Token string
+	// Insecure runs every process without TLS. Otherwise the
+	// installation's CA and certificates are made in DIR/tls on the first
+	// start (see [tlsfiles.MakeSet]) and reused on later ones.
+	Insecure bool
+	Logger   *slog.Logger
+	Stdout   io.Writer
 	// Binary is the shoal executable; default: this process's.
 	Binary string
 	// Clock returns the current time; nil means time.Now.
@@ -75,6 +80,8 @@ type installation struct {
 	dir    string
 	client *api.Client
 	server *child
+	// tls is the installation's files; nil with Insecure.
+	tls *tlsfiles.Set
 	// wake is signalled when an agent exits, so that the pool provider
 	// looks again without waiting for the nodes to change.
 	wake chan struct{}
@@ -149,8 +156,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	in := &installation{cfg: cfg, log: cfg.Logger, now: cfg.Clock, dir: dir, rec: rec,
-		agents: map[string]*child{}, wake: make(chan struct{}, 1),
-		client: api.NewClient([]string{cfg.Addr}, cfg.Token)}
+		agents: map[string]*child{}, wake: make(chan struct{}, 1)}
+	if err := in.setupTLS(); err != nil {
+		return err
+	}
 	defer in.stopAll()
 
 	raftAddr, err := freeAddr()
@@ -163,6 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.HeartbeatTTL > 0 {
 		args = append(args, "--heartbeat-ttl", cfg.HeartbeatTTL.String())
 	}
+	args = append(args, in.tlsArgs(tlsfiles.RoleServer)...)
 	in.server, err = in.start("server", false, args)
 	if err != nil {
 		return err
@@ -228,8 +238,8 @@ func (in *installation) printStarted(restored []AgentRecord) {
 		access = "Access: callers must present the operator token (SHOAL_TOKEN) or a cluster's token."
 	}
 	fmt.Fprintf(cfg.Stdout, `
-  API:  http://%s
-  Try:  export SHOAL_ADDR=http://%s
+  API:  %s
+  Try:  %s
         shoal node list
         shoal cluster create c1 --nodes 3 --zones %d
         shoal dev kill node-1 --dir %s    # kill -9 one of these agents
@@ -237,7 +247,7 @@ func (in *installation) printStarted(restored []AgentRecord) {
 
 The pool provider keeps %d ready idle node(s) in every zone (--pool-min); the
 agents it starts are logged with their pids. Press Ctrl-C to stop everything.
-`, cfg.Addr, cfg.Addr, min(len(zones), 3), in.dir, access, cfg.PoolMin)
+`, in.apiURL(), in.exportLine(), min(len(zones), 3), in.dir, access, cfg.PoolMin)
 }
 
 // start launches the binary with args, its output in logs/<name>.log;
@@ -284,6 +294,7 @@ func (in *installation) startAgent(name, zone string) error {
 	if in.cfg.AgentMemory > 0 {
 		args = append(args, "--memory", strconv.FormatInt(in.cfg.AgentMemory, 10))
 	}
+	args = append(args, in.tlsArgs(tlsfiles.RoleAgent)...)
 	// Recorded before it starts, so that its exit, however soon, finds
 	// its record; a failed start leaves it exited.
 	in.mu.Lock()

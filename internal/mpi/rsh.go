@@ -51,9 +51,9 @@ func PostLaunch(ctx context.Context, client *http.Client, url string, header htt
 // calls: it asks the agent at agentAddr (SHOAL_AGENT_ADDR) to run command
 // on host in the same job, for the run whose secret is given
 // (SHOAL_RUN_SECRET), copies the command's output to stdout and stderr and
-// returns its exit status. Like ssh, it returns an error (the caller
+// returns its exit status, reaching the agent through client. Like ssh, it returns an error (the caller
 // prints it and exits 255) when the command could not be run.
-func RSH(ctx context.Context, agentAddr, secret, host string, command []string, stdout, stderr io.Writer) (int, error) {
+func RSH(ctx context.Context, client *http.Client, agentAddr, secret, host string, command []string, stdout, stderr io.Writer) (int, error) {
 	if agentAddr == "" || secret == "" {
 		return -1, fmt.Errorf("mpi rsh: SHOAL_AGENT_ADDR and SHOAL_RUN_SECRET must be set; it runs only inside a task of an mpi job")
 	}
@@ -65,7 +65,7 @@ func RSH(ctx context.Context, agentAddr, secret, host string, command []string, 
 	}
 	h := http.Header{}
 	h.Set(api.RunSecretHeader, secret)
-	body, err := PostLaunch(ctx, http.DefaultClient, strings.TrimSuffix(agentAddr, "/")+"/v1/local/launch", h,
+	body, err := PostLaunch(ctx, client, strings.TrimSuffix(agentAddr, "/")+"/v1/local/launch", h,
 		LaunchRequest{Host: host, Command: command})
 	if err != nil {
 		return -1, fmt.Errorf("mpi rsh: %s: %w", host, err)

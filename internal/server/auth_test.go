@@ -42,7 +42,7 @@ func newAuthFixture(t *testing.T) *authFixture {
 	g := testutil.StartServers(t, 3, withToken)
 	f := &authFixture{g: g, leader: g.Leader(t)}
 	f.follower = (f.leader + 1) % 3
-	f.op = api.NewClient([]string{g.HTTPAddr(f.leader)}, operatorToken)
+	f.op = g.NewClient([]string{g.HTTPAddr(f.leader)}, operatorToken)
 	addReadyNode(t, f.op, "n1", "z1", 1000, 1024)
 	addReadyNode(t, f.op, "n2", "z2", 1000, 1024)
 	var err error
@@ -82,8 +82,9 @@ func (f *authFixture) submit(t *testing.T, c *api.Client, cluster string) string
 	return resp.ID
 }
 
-// call sends one raw request with the given Authorization header value.
-func call(t *testing.T, addr, method, path, auth, body string) (int, string) {
+// call sends one raw request with the given Authorization header value
+// through hc.
+func call(t *testing.T, hc *http.Client, addr, method, path, auth, body string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(reqCtx(t), method, "http://"+addr+path, strings.NewReader(body))
 	if err != nil {
@@ -92,7 +93,7 @@ func call(t *testing.T, addr, method, path, auth, body string) (int, string) {
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestAuthentication(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, body := call(t, addr, "GET", "/v1/nodes", tt.auth, "")
+			status, body := call(t, f.g.HTTPClient(), addr, "GET", "/v1/nodes", tt.auth, "")
 			if status != tt.wantStatus || !strings.Contains(body, tt.wantInBody) {
 				t.Errorf("GET /v1/nodes with %q: got %d %s, want %d containing %q", tt.auth, status, body, tt.wantStatus, tt.wantInBody)
 			}
@@ -175,7 +176,7 @@ func TestClusterTokenConfinement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, body := call(t, addr, tt.method, tt.path, c1, tt.body)
+			status, body := call(t, f.g.HTTPClient(), addr, tt.method, tt.path, c1, tt.body)
 			if status != tt.wantStatus || !strings.Contains(body, tt.wantInBody) {
 				t.Errorf("%s %s: got %d %s, want %d containing %q", tt.method, tt.path, status, body, tt.wantStatus, tt.wantInBody)
 			}
@@ -200,7 +201,7 @@ func TestClusterTokenConfinement(t *testing.T) {
 	}
 
 	// Lists are filtered to the cluster.
-	tc := api.NewClient([]string{addr}, f.c1.Token)
+	tc := f.g.NewClient([]string{addr}, f.c1.Token)
 	cs, _, err := tc.Clusters(ctx, nil)
 	if err != nil || len(cs) != 1 || cs[0].Name != "c1" {
 		t.Errorf("Clusters with c1's token: %v, %v; want only c1", cs, err)
@@ -234,10 +235,10 @@ func TestClusterTokenRotation(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		addr := f.g.HTTPAddr(i)
 		testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
-			status, body := call(t, addr, "GET", "/v1/clusters/c1", "Bearer "+rotated.Token, "")
+			status, body := call(t, f.g.HTTPClient(), addr, "GET", "/v1/clusters/c1", "Bearer "+rotated.Token, "")
 			return status == 200, body
 		})
-		if status, body := call(t, addr, "GET", "/v1/clusters/c1", "Bearer "+old, ""); status != 401 {
+		if status, body := call(t, f.g.HTTPClient(), addr, "GET", "/v1/clusters/c1", "Bearer "+old, ""); status != 401 {
 			t.Errorf("server %d, old token after rotation: got %d %s, want 401", i, status, body)
 		}
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/state"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // Blocking queries wait at most this long.
@@ -31,6 +33,14 @@ func (s *Server) setupHTTP() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("server: listening on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	if s.cfg.TLS != nil {
+		conf, err := s.cfg.TLS.ServerConfig("")
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("server: %w", err)
+		}
+		ln = tls.NewListener(ln, conf)
 	}
 	s.httpLn = ln
 	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second,
@@ -101,7 +111,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.recoverPanics(s.authenticate(mux))
+	return s.recoverPanics(s.requireAgentCert(s.authenticate(mux)))
 }
 
 // recoverPanics turns a handler panic into a 500 so that no request can
@@ -177,7 +187,7 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string, canR
 	retry := false
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(&url.URL{Scheme: "http", Host: addr})
+			pr.SetURL(&url.URL{Scheme: s.scheme(), Host: addr})
 			pr.Out.Header.Set(forwardedHeader, s.cfg.Name)
 		},
 		ModifyResponse: func(resp *http.Response) error {
@@ -196,6 +206,7 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string, canR
 			writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "forwarding to the leader failed: "+err.Error())
 		},
 		FlushInterval: -1,
+		Transport:     s.peerTransport(tlsfiles.RoleServer),
 	}
 	p.ServeHTTP(w, r)
 	return !retry

@@ -79,7 +79,7 @@ func (s *Server) discover() {
 				continue
 			}
 			var peers []api.ServerInfo
-			c := api.NewClient([]string{addr}, s.cfg.Token)
+			c := s.serverClient([]string{addr})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_, err := c.Do(ctx, "GET", "/v1/status/self", me, nil, &peers)
 			var leader string
@@ -147,7 +147,7 @@ func (s *Server) discoveryCallers() []api.ServerInfo {
 func (s *Server) joinExisting() bool {
 	req := &api.JoinRequest{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr()}
 	for _, addr := range s.cfg.Join {
-		c := api.NewClient([]string{addr}, s.cfg.Token)
+		c := s.serverClient([]string{addr})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := c.Do(ctx, "POST", "/v1/status/join", nil, req, nil)
 		cancel()
@@ -209,7 +209,7 @@ func (s *Server) registerSelf() {
 		if addr == "" {
 			continue
 		}
-		c := api.NewClient([]string{addr}, s.cfg.Token)
+		c := s.serverClient([]string{addr})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		c.Do(ctx, "POST", "/v1/status/register", nil, req, nil)
 		cancel()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/state"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // handleLogs streams a task's output from the agent of the node that ran
@@ -66,10 +67,11 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	// as the task writes it.
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL = &url.URL{Scheme: "http", Host: n.Addr, Path: "/v1/agent/logs", RawQuery: v.Encode()}
+			pr.Out.URL = &url.URL{Scheme: s.scheme(), Host: n.Addr, Path: "/v1/agent/logs", RawQuery: v.Encode()}
 			pr.Out.Host = n.Addr
 		},
 		FlushInterval: -1,
+		Transport:     s.peerTransport(tlsfiles.RoleAgent),
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable,
 				fmt.Sprintf("node %s (state %s), which ran task %s/%d, cannot be reached: %v", n.Name, n.State, group, index, err))

@@ -29,6 +29,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/state"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // DefaultRejoinGrace is how long a node that stopped in an orderly way
@@ -81,7 +82,10 @@ type Config struct {
 	// and servers present it to each other. Empty means an open
 	// installation, where a caller without a token is an operator; a
 	// cluster's token is confined to its cluster either way.
-	Token  string
+	Token string
+	// TLS is the server's TLS identity, with a server certificate; nil
+	// serves plain HTTP and Raft (shoal server --insecure). See tls.go.
+	TLS    *tlsfiles.Identity
 	Logger *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
@@ -117,6 +121,9 @@ type Server struct {
 	self        *api.Client
 	chunkClient *chunkstore.Client
 	replMgr     atomic.Pointer[replication.Manager]
+	// toServers and toAgents carry requests to other servers (forwarding)
+	// and to agents (logs, chunks) over TLS; nil without TLS (see tls.go).
+	toServers, toAgents http.RoundTripper
 
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
@@ -168,6 +175,10 @@ func New(cfg Config) (*Server, error) {
 	if err := api.ValidateName("name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if cfg.TLS != nil && cfg.TLS.Role() != tlsfiles.RoleServer {
+		return nil, fmt.Errorf("server: the certificate is not a server's (it must name %s; make one with 'shoal tls cert create --server')",
+			tlsfiles.RoleName(tlsfiles.RoleServer))
+	}
 	if cfg.BootstrapExpect < 0 || cfg.BootstrapExpect > 7 {
 		return nil, fmt.Errorf("server: bootstrap-expect must be between 0 and 7, got %d", cfg.BootstrapExpect)
 	}
@@ -183,6 +194,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.fsm = fsm.New(s.store, s.log)
 	s.metrics = newMetrics(s)
+	if cfg.TLS != nil {
+		s.toServers = cfg.TLS.HTTPClient(tlsfiles.RoleServer).Transport
+		s.toAgents = cfg.TLS.HTTPClient(tlsfiles.RoleAgent).Transport
+	}
 	if err := s.setupRaft(); err != nil {
 		s.closeRaft()
 		return nil, err
@@ -191,8 +206,11 @@ func New(cfg Config) (*Server, error) {
 		s.closeRaft()
 		return nil, err
 	}
-	s.self = api.NewClient([]string{s.HTTPAddr()}, cfg.Token)
+	s.self = s.serverClient([]string{s.HTTPAddr()})
 	s.chunkClient = &chunkstore.Client{}
+	if s.toAgents != nil {
+		s.chunkClient.HTTP = &http.Client{Transport: s.toAgents}
+	}
 	s.wg.Add(2)
 	go s.monitorLeadership()
 	go s.joinOrBootstrap()
@@ -252,8 +270,15 @@ func (s *Server) setupRaft() error {
 	if addr.IP == nil || addr.IP.IsUnspecified() {
 		return fmt.Errorf("server: raft address %q cannot be reached by other servers; set --advertise-raft", advertise)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger)
-	if err != nil {
+	var trans *raft.NetworkTransport
+	if s.cfg.TLS != nil {
+		layer, err := newRaftTLSLayer(s.cfg.RaftAddr, addr, s.cfg.TLS, s.log)
+		if err != nil {
+			return fmt.Errorf("server: listening for raft on %s: %w", s.cfg.RaftAddr, err)
+		}
+		trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: layer, MaxPool: 5, Timeout: 5 * time.Second, Logger: conf.Logger})
+	} else if trans, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, addr, 5, 5*time.Second, conf.Logger); err != nil {
 		return fmt.Errorf("server: listening for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.trans = trans

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/server"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // InProcGroup is a Raft group of Shoal servers running inside the test
@@ -25,17 +26,21 @@ type InProcGroup struct {
 	servers []*server.Server // nil while killed
 	clients []*api.Client
 	logs    *syncBuffer
+	tls     tlsfiles.Set
 }
 
 // StartServers starts n servers that form one Raft group with
 // BootstrapExpect n, each told to join all the others, and waits until
-// they have a leader. configure, if given, may change each server's
+// they have a leader. They use TLS, with a CA made for the test
+// ([InProcGroup.TLSFiles]). configure, if given, may change each server's
 // configuration before it starts (for example its Join list or
-// HeartbeatTTL); i is the server's position in the group. The servers are
-// shut down when the test ends, and their logs are printed if it failed.
+// HeartbeatTTL, or TLS set to nil for plain HTTP); i is the server's
+// position in the group. The servers are shut down when the test ends, and
+// their logs are printed if it failed.
 func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config)) *InProcGroup {
 	t.Helper()
-	g := &InProcGroup{t: t, logs: &syncBuffer{limit: 8 << 20}}
+	g := &InProcGroup{t: t, logs: &syncBuffer{limit: 8 << 20}, tls: TLSFiles(t)}
+	serverID := Identity(t, g.tls, tlsfiles.RoleServer)
 	dir := t.TempDir()
 	httpAddrs := make([]string, n)
 	for i := range httpAddrs {
@@ -49,6 +54,7 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 			HTTPAddr:        httpAddrs[i],
 			RaftAddr:        FreeAddr(t),
 			BootstrapExpect: n,
+			TLS:             serverID,
 			Logger:          slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		}
 		for j, a := range httpAddrs {
@@ -60,7 +66,7 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 			fn(i, &cfg)
 		}
 		g.cfgs = append(g.cfgs, cfg)
-		g.clients = append(g.clients, api.NewClient([]string{cfg.HTTPAddr}, cfg.Token))
+		g.clients = append(g.clients, g.NewClient([]string{cfg.HTTPAddr}, cfg.Token))
 	}
 	// Registered first so that it runs after the shutdown below.
 	t.Cleanup(func() {
@@ -102,8 +108,24 @@ func (g *InProcGroup) Config(i int) server.Config { return g.cfgs[i] }
 func (g *InProcGroup) HTTPAddr(i int) string { return g.cfgs[i].HTTPAddr }
 
 // Client returns an API client that talks to server i only, so that a
-// test controls which server receives each request.
+// test controls which server receives each request. With TLS it presents
+// an agent certificate, since tests play agents through it.
 func (g *InProcGroup) Client(i int) *api.Client { return g.clients[i] }
+
+// NewClient returns an API client of the servers at addrs as
+// [InProcGroup.Client] makes them.
+func (g *InProcGroup) NewClient(addrs []string, token string) *api.Client {
+	if g.tlsOff() {
+		return api.NewClient(addrs, token)
+	}
+	return NewClient(addrs, token, Identity(g.t, g.tls, tlsfiles.RoleAgent))
+}
+
+// tlsOff reports whether configure turned TLS off.
+func (g *InProcGroup) tlsOff() bool { return len(g.cfgs) > 0 && g.cfgs[0].TLS == nil }
+
+// TLSFiles returns the files of the group's CA and certificates.
+func (g *InProcGroup) TLSFiles() tlsfiles.Set { return g.tls }
 
 // Running lists the positions of the servers not killed.
 func (g *InProcGroup) Running() []int {

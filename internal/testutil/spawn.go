@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 var (
@@ -196,6 +197,9 @@ type Options struct {
 	// round-robin, each listening on its host's address.
 	ServerIP   string
 	AgentHosts []TestHost
+	// Insecure runs the installation without TLS (--insecure). Otherwise
+	// every link uses TLS with a CA made for the test (Installation.TLS).
+	Insecure bool
 }
 
 // Installation is a set of spawned servers and agents.
@@ -206,7 +210,10 @@ type Installation struct {
 	Servers []*ServerProc
 	Agents  []*Proc
 	Client  *api.Client
-	t       testing.TB
+	// TLS holds the installation's CA and certificates; nil when
+	// Opts.Insecure.
+	TLS *tlsfiles.Set
+	t   testing.TB
 }
 
 // StartInstallation spawns servers and agents and waits until a leader
@@ -227,6 +234,10 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 	}
 	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
 	t.Cleanup(func() { unmountUnder(in.Dir) }) // after the agents are killed
+	if !opts.Insecure {
+		set := TLSFiles(t)
+		in.TLS = &set
+	}
 	var httpAddrs []string
 	for i := 0; i < opts.Servers; i++ {
 		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: freeAddrOn(t, opts.ServerIP), RaftAddr: freeAddrOn(t, opts.ServerIP)})
@@ -250,9 +261,10 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 			args = append(args, "--heartbeat-ttl", opts.HeartbeatTTL.String())
 		}
 		args = append(args, opts.ServerArgs...)
+		args = append(args, in.tlsArgs(tlsfiles.RoleServer)...)
 		s.Proc = startProc(t, in.Bin, name, in.Dir, args, in.tokenEnv())
 	}
-	in.Client = api.NewClient(httpAddrs, opts.Token)
+	in.Client = in.NewClient(httpAddrs, opts.Token)
 	t.Cleanup(func() {
 		if t.Failed() {
 			in.dumpLogs()
@@ -278,6 +290,7 @@ func (in *Installation) AddAgent(zone string) *Proc {
 		"--servers", strings.Join(addrs, ","), "--cpu", strconv.FormatInt(in.Opts.AgentCPU, 10),
 		"--memory", strconv.FormatInt(in.Opts.AgentMemory, 10), "--log-level", "debug"}
 	args = append(args, in.Opts.AgentArgs...)
+	args = append(args, in.tlsArgs(tlsfiles.RoleAgent)...)
 	bin := in.Bin
 	if hosts := in.Opts.AgentHosts; len(hosts) > 0 {
 		h := hosts[len(in.Agents)%len(hosts)]
@@ -338,7 +351,7 @@ func (in *Installation) Leader() int {
 			if !s.Running() {
 				continue
 			}
-			c := api.NewClient([]string{s.HTTPAddr}, in.Opts.Token)
+			c := in.NewClient([]string{s.HTTPAddr}, in.Opts.Token)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			l, err := c.Leader(ctx)
 			cancel()
@@ -367,7 +380,35 @@ func (in *Installation) Shoal(args ...string) (string, string, int) {
 // none at all).
 func (in *Installation) ShoalAs(token string, args ...string) (string, string, int) {
 	in.t.Helper()
-	return RunCLI(in.t, in.Bin, []string{"SHOAL_TOKEN=" + token, "SHOAL_ADDR=" + in.Addrs()}, args...)
+	return RunCLI(in.t, in.Bin, append(in.CLIEnv(), "SHOAL_TOKEN="+token, "SHOAL_ADDR="+in.Addrs()), args...)
+}
+
+// CLIEnv is the environment that makes the shoal CLI trust the
+// installation and present its client certificate (none when insecure).
+func (in *Installation) CLIEnv() []string {
+	if in.TLS == nil {
+		return nil
+	}
+	f := in.TLS.Files(tlsfiles.RoleClient)
+	return []string{"SHOAL_CACERT=" + f.CACert, "SHOAL_CLIENT_CERT=" + f.Cert, "SHOAL_CLIENT_KEY=" + f.Key}
+}
+
+// NewClient returns an API client of the servers at addrs that presents
+// the installation's client certificate (plain HTTP when insecure).
+func (in *Installation) NewClient(addrs []string, token string) *api.Client {
+	if in.TLS == nil {
+		return api.NewClient(addrs, token)
+	}
+	return NewClient(addrs, token, Identity(in.t, *in.TLS, tlsfiles.RoleClient))
+}
+
+// tlsArgs are the TLS flags of a server or agent (role r).
+func (in *Installation) tlsArgs(r tlsfiles.Role) []string {
+	if in.TLS == nil {
+		return []string{"--insecure"}
+	}
+	f := in.TLS.Files(r)
+	return []string{"--ca-cert", f.CACert, "--cert", f.Cert, "--key", f.Key}
 }
 
 // Addrs returns the HTTP addresses of the running servers, comma-separated

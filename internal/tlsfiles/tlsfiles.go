@@ -8,8 +8,10 @@
 // holder of the installation's CA. Keys are ECDSA P-256 in PKCS#8 PEM; CA
 // certificates last 10 years by default, others 1 year.
 //
-// Processes do not load these files yet: issue 10 wires TLS into the API,
-// Raft and the agents next.
+// [Load] reads a process's files into an [Identity], which makes the
+// *tls.Config of its listeners and of its connections to peers (TLS 1.3,
+// peers checked by role); [MakeSet] makes a whole installation's files in
+// one directory, as `shoal dev` and the tests use them.
 package tlsfiles
 
 import (
