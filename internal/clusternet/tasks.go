@@ -3,6 +3,7 @@ package clusternet
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -278,8 +279,16 @@ func waitCarrier(h *netlink.Handle, hostVeth string) error {
 		if err != nil {
 			return fmt.Errorf("clusternet: eth0: %w", err)
 		}
-		state, _ := os.ReadFile("/sys/class/net/" + hostVeth + "/brport/state")
-		if eth.Attrs().OperState == netlink.OperUp && strings.TrimSpace(string(state)) == "3" { // BR_STATE_FORWARDING
+		state, err := os.ReadFile("/sys/class/net/" + hostVeth + "/brport/state")
+		forwarding := strings.TrimSpace(string(state)) == "3" // BR_STATE_FORWARDING
+		if errors.Is(err, fs.ErrNotExist) {
+			// /sys belongs to another network namespace (the agent was
+			// started with nsenter --net): the host side being up is the
+			// best sign there is.
+			host, err := netlink.LinkByName(hostVeth)
+			forwarding = err == nil && host.Attrs().OperState == netlink.OperUp
+		}
+		if eth.Attrs().OperState == netlink.OperUp && forwarding {
 			return nil
 		}
 		if time.Now().After(deadline) {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/shoal-dev/shoal/internal/clusternet"
 )
 
 var (
@@ -91,6 +93,25 @@ func NetHosts(t testing.TB, n int) *TestHosts {
 		run("-n", x.NS, "link", "set", "lo", "up")
 	}
 	return h
+}
+
+// sweepNetworks removes the cluster networks of the installation's
+// agents, killed with -9 at the end of the test: their bridges, overlay
+// devices, task namespaces and firewall tables would otherwise stay on
+// the host and clash with the next test's, which get the same subnets.
+// (A real node's next agent sweeps what the last one left.)
+func (in *Installation) sweepNetworks() {
+	if os.Geteuid() != 0 {
+		return
+	}
+	for _, a := range in.Agents {
+		m, err := clusternet.New(clusternet.Config{Node: a.Name, StateDir: filepath.Join(in.Dir, a.Name, "net"), PoolSize: -1})
+		if err != nil {
+			continue
+		}
+		m.Sweep()
+		m.Close()
+	}
 }
 
 // unmountUnder detaches every mount below dir: the network namespace

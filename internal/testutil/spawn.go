@@ -233,7 +233,10 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 		opts.AgentMemory = 2048
 	}
 	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
-	t.Cleanup(func() { unmountUnder(in.Dir) }) // after the agents are killed
+	t.Cleanup(func() { // after the agents are killed
+		in.sweepNetworks()
+		unmountUnder(in.Dir)
+	})
 	if !opts.Insecure {
 		set := TLSFiles(t)
 		in.TLS = &set
