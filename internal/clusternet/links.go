@@ -28,7 +28,7 @@ const defaultMTU = 1500 - vxlanOverhead
 // underlay device holding the overlay address, less the VXLAN overhead.
 // Loopback (dev mode) and unknown devices give [defaultMTU].
 func overlayMTU(local netip.Addr) int {
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		return defaultMTU
 	}
@@ -255,7 +255,7 @@ func probeLinks(nm names) error {
 
 // removeLinks deletes the node's bridge, VXLAN device and host-side veths.
 func (m *Manager) removeLinks() error {
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		return fmt.Errorf("clusternet: list links: %w", err)
 	}
@@ -301,4 +301,16 @@ func isNotFound(err error) bool {
 // ipNet converts p to the form netlink wants.
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// listLinks lists the host's links. A dump the kernel interrupted (links
+// came or went meanwhile, as they do while other tasks start) is taken
+// again.
+func listLinks() ([]netlink.Link, error) {
+	for tries := 1; ; tries++ {
+		links, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || tries == 10 {
+			return links, err
+		}
+	}
 }
