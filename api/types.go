@@ -456,11 +456,11 @@ type TaskUpdate struct {
 	RunID    uint64    `json:"run_id"`
 	State    string    `json:"state"` // running, complete, failed, lost
 	ExitCode int       `json:"exit_code"`
-	// Addr is the run's address on its cluster's network (with running).
-	Addr string `json:"addr,omitempty"`
 	Message  string    `json:"message,omitempty"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Addr is the run's address on its cluster's network (with running).
+	Addr string `json:"addr,omitempty"`
 }
 
 // TaskUpdates is a batch of reports from one node.

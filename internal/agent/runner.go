@@ -1,11 +1,11 @@
 package agent
 
 import (
-	"net/netip"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
