@@ -117,7 +117,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 		// Its own files, through the endpoint; not another cluster's.
 		"echo mine | shoal fs put - /clusters/c1/mine.txt && shoal fs cat /clusters/c1/mine.txt | sed 's/^/read=/'",
 		"shoal fs cat /clusters/c2/secret.txt; echo c2read=$?",
-		"$PROBE tcp " + c1addr + ":9000 " + c2addr + ":9000 " + c2gw + ":7471",
+		"$PROBE tcp " + c1addr + ":9000 " + c2addr + ":9000 " + c2gw + ":7472",
 		// By name, through the node's resolver: "<job>-<index>".
 		"getent hosts " + l1 + "-0 | sed 's/^/name=/'",
 		"$PROBE tcp " + l1 + "-0:9000",
@@ -134,7 +134,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	mustLine(t, out, "tcp "+c2addr+":9000 refused")
 	mustLine(t, out, "name="+c1addr)
 	mustLine(t, out, "tcp "+l1+"-0:9000 ok")
-	mustLine(t, out, "tcp "+c2gw+":7471 refused")
+	mustLine(t, out, "tcp "+c2gw+":7472 refused")
 	if !regexp.MustCompile(`get http://\S+/v1/clusters/c1 200 `).MatchString(out) {
 		t.Errorf("the endpoint did not answer for the task's own cluster:\n%s", out)
 	}

@@ -38,7 +38,7 @@ const (
 )
 
 // DefaultEndpointPort is the TCP port of a node's endpoint on its gateway.
-const DefaultEndpointPort = 7471
+const DefaultEndpointPort = 7472
 
 // taskNet is the agent's side of its tasks' networks.
 type taskNet struct {
