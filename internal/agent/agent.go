@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/sandbox"
@@ -79,6 +80,10 @@ type Agent struct {
 
 	chunks      *chunkstore.Store
 	chunkClient *chunkstore.Client
+	// caps checks the capabilities of chunk and log requests with the
+	// servers' keys (capabilities.go); metrics counts its refusals.
+	caps    *capability.Verifier
+	metrics *agentMetrics
 	// local is the short-circuit socket (shortcircuit.go); nil when there
 	// is none.
 	local *localSocket
@@ -157,7 +162,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, stopping: map[runKey]*run{}, lostRuns: map[runKey]bool{},
-		credsWake: make(chan struct{}, 1)}
+		credsWake: make(chan struct{}, 1), caps: capability.NewVerifier(time.Now), metrics: newAgentMetrics()}
 	if err := a.linkShoal(); err != nil {
 		return nil, err
 	}
@@ -341,6 +346,7 @@ func (a *Agent) watchLoop() {
 			index, since = 0, 0
 			continue
 		}
+		a.setCapabilityKeys(work.CapabilityKeys)
 		if a.reconcile(work) {
 			index, since = idx, idx
 		} else {
