@@ -59,7 +59,7 @@ func TestDataPortCapabilities(t *testing.T) {
 	}
 	type attempt struct {
 		name, method, token string
-		want               int
+		want                int
 	}
 	var attempts []attempt
 	for _, m := range []struct {
@@ -204,4 +204,3 @@ func refusedOn(t *testing.T, addr string) int {
 	}
 	return total
 }
-
