@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -199,7 +200,16 @@ func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	rd := dfs.NewReader(r.Context(), s.chunkClient, fi, dfs.ReadOptions{}, s.log)
+	s.grantReads(r, fi)
+	refresh := func(context.Context) (*api.FileInfo, error) {
+		fi, err := s.store.Snapshot().FSFile(nil, p)
+		if err != nil {
+			return nil, err
+		}
+		s.grantReads(r, fi)
+		return fi, nil
+	}
+	rd := dfs.NewReader(r.Context(), s.chunkClient, fi, dfs.ReadOptions{Refresh: refresh}, s.log)
 	defer rd.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(fi.Size, 10))
