@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/rand"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -25,29 +26,33 @@ const capabilityKeyID = "1"
 // that the key is derived from its seed once.
 type capIssuer struct {
 	mu     sync.Mutex
-	index  uint64 // CreateIndex of the issuer was made from
+	index  uint64 // CreateIndex of the key issuer was made from
 	issuer *capability.Issuer
 }
 
 // ensureCapabilityKey proposes the servers' capability signing key when
 // the state has none: the leader draws its seed from Config.Rand and the
 // Raft entry carries it, so that every server signs with the same key.
-// Only the first key proposed is kept (see state.SetCapabilityKey).
-func (s *Server) ensureCapabilityKey() {
-	if len(s.store.Snapshot().CapabilityKeys(nil)) > 0 {
-		return
+// Only the first key proposed is kept (see state.SetCapabilityKey). It
+// tries every second until the key exists or stop is closed.
+func (s *Server) ensureCapabilityKey(stop chan struct{}) {
+	for len(s.store.Snapshot().CapabilityKeys(nil)) == 0 {
+		seed := make([]byte, 32)
+		_, err := io.ReadFull(s.rand, seed)
+		if err == nil {
+			req := &state.CapabilityKeyRequest{Key: state.CapabilityKey{ID: capabilityKeyID, Seed: seed}}
+			if _, _, err = s.apply(fsm.CapabilityKey, req); err == nil {
+				s.log.Info("made the capability signing key")
+				return
+			}
+		}
+		s.log.Warn("making the capability key failed; data nodes refuse chunk requests until it exists", "err", err)
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
 	}
-	seed := make([]byte, 32)
-	if _, err := s.rand.Read(seed); err != nil {
-		s.log.Error("drawing the capability key; data nodes refuse chunk requests until a leader makes one", "err", err)
-		return
-	}
-	req := &state.CapabilityKeyRequest{Key: state.CapabilityKey{ID: capabilityKeyID, Seed: seed}}
-	if _, _, err := s.apply(fsm.CapabilityKey, req); err != nil {
-		s.log.Error("storing the capability key; the next leader tries again", "err", err)
-		return
-	}
-	s.log.Info("made the capability signing key")
 }
 
 // issuer returns an issuer signing with the state's newest capability key,
@@ -95,14 +100,9 @@ func (s *Server) capabilityKeys(keys []*state.CapabilityKey) []string {
 	return out
 }
 
-// grantReads gives each chunk of a stat's answer a read capability for
-// the caller. The path checks before it decided that the caller may read
-// the file.
-func (s *Server) grantReads(r *http.Request, v any) any {
-	fi, ok := v.(*api.FileInfo)
-	if !ok || fi == nil {
-		return v
-	}
+// grantReads gives each chunk of fi, a file the path checks allowed the
+// caller to read, a read capability for that caller.
+func (s *Server) grantReads(r *http.Request, fi *api.FileInfo) *api.FileInfo {
 	cluster := principalOf(r).cluster
 	for i := range fi.Chunks {
 		fi.Chunks[i].Capability = s.capability(capability.OpRead, fi.Chunks[i].ID, cluster)

@@ -50,12 +50,12 @@ func (s *Server) monitorLeadership() {
 				s.log.Warn("leader barrier", "err", err)
 			}
 			s.heartbeats.reset(s.now())
-			s.ensureCapabilityKey()
 			repl := replication.New(replication.Config{Store: s.store, Apply: s.apply, Chunks: s.chunkClient,
 				Log: s.log.With("component", "replication"), Now: s.now, OpenLease: s.cfg.OpenFileLease,
 				Capability: func(op capability.Op, chunk string) string { return s.capability(op, chunk, "") }})
 			s.replMgr.Store(repl)
-			wg.Add(3)
+			wg.Add(4)
+			go func(stop chan struct{}) { defer wg.Done(); s.ensureCapabilityKey(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.nodeHealthLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.schedulerLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); repl.Run(stop) }(stop)
