@@ -222,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(); err != nil {
 		return err
 	}
+	a.fetchCapabilityKeys()
 	a.recoverRuns()
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.chunkReportLoop() }()

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"context"
 	"crypto/ed25519"
 	"errors"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -63,6 +65,20 @@ func (a *Agent) setCapabilityKeys(encoded []string) {
 		a.caps.SetKeys(keys)
 		a.log.Info("capability keys updated", "keys", len(keys))
 	}
+}
+
+// fetchCapabilityKeys reads the servers' capability keys once, before the
+// node reports ready, so that its data port does not refuse the first
+// chunks sent to it; the watch loop keeps them current after.
+func (a *Agent) fetchCapabilityKeys() {
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	work, _, err := a.client.NodeWork(ctx, a.cfg.Name, 0, nil)
+	if err != nil {
+		a.log.Warn("reading the capability keys failed; the data port refuses chunk requests until the work watch brings them", "err", err)
+		return
+	}
+	a.setCapabilityKeys(work.CapabilityKeys)
 }
 
 // authorize checks that r carries a capability for op on target (a chunk
