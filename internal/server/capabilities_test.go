@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -74,10 +75,12 @@ func TestCapabilities(t *testing.T) {
 	if _, err := c1.FSClose(reqCtx(t), &api.FileClose{Path: path, FileID: fi.FileID, Size: 1}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := c1.FSStat(reqCtx(t), path)
-	if err != nil || len(st.Chunks) != 1 {
-		t.Fatalf("FSStat = %+v, %v", st, err)
-	}
+	// The follower may not have applied the close yet.
+	var st *api.FileInfo
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		st, err = c1.FSStat(reqCtx(t), path)
+		return err == nil && len(st.Chunks) == 1, fmt.Sprintf("FSStat = %+v, %v", st, err)
+	})
 	if _, err := v.Verify(st.Chunks[0].Capability, capability.OpRead, alloc.ID); err != nil {
 		t.Errorf("stat's read capability: %v", err)
 	}
