@@ -69,7 +69,15 @@ type ChunkInfo struct {
 	Length   int64     `json:"length"`
 	CRC      uint32    `json:"crc32c"`
 	Replicas []Replica `json:"replicas"`
+	// Capability lets the caller read the chunk from its replicas (sent
+	// as [CapabilityHeader]); stat fills it, for a short while only.
+	Capability string `json:"capability,omitempty"`
 }
+
+// CapabilityHeader carries a capability, a server's signed, short-lived
+// grant of one operation on one chunk (or one task's logs), to a data
+// node; data nodes refuse chunk and log requests without a valid one.
+const CapabilityHeader = "X-Shoal-Capability"
 
 // Replica is one copy of a chunk on a data node.
 type Replica struct {
@@ -115,6 +123,12 @@ type ChunkAllocate struct {
 type ChunkAllocation struct {
 	ID       string    `json:"id"`
 	Replicas []Replica `json:"replicas"`
+	// Capability lets the writer send the chunk to its replicas, or have
+	// a replacement replica copy it ([CapabilityHeader]); ReadCapability
+	// lets a replacement pull it from a replica that has it
+	// ([ReplicateRequest].SourceCapability).
+	Capability     string `json:"capability,omitempty"`
+	ReadCapability string `json:"read_capability,omitempty"`
 }
 
 // ChunkCommit appends a written chunk to an open file. Replicas lists the
@@ -217,6 +231,9 @@ type ReplicateRequest struct {
 	Source string `json:"source"` // data address of the node to copy from
 	Length int64  `json:"length"`
 	CRC    uint32 `json:"crc32c"`
+	// SourceCapability is a read capability for the chunk, which the
+	// node presents to the source.
+	SourceCapability string `json:"source_capability,omitempty"`
 }
 
 // FSStatus summarises the file system for metrics and `shoal fs status`.

@@ -416,6 +416,10 @@ type NodeWork struct {
 	// it to the cluster's tasks (SHOAL_TOKEN) so that they act as the
 	// cluster, not as an operator.
 	ClusterToken string `json:"cluster_token,omitempty"`
+	// CapabilityKeys are the public keys (ed25519, base64url) that sign
+	// the servers' capabilities; the agent checks the capabilities sent to
+	// its chunk and log endpoints with the latest it received.
+	CapabilityKeys []string `json:"capability_keys,omitempty"`
 	// Network is the node's part of its cluster's private network; nil
 	// when the node is in no cluster (or its cluster has no network).
 	Network *NodeNetwork `json:"network,omitempty"`

@@ -3,16 +3,20 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
 // These tests check the cluster networks: each task in a network
@@ -157,6 +161,15 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	if got := taskLog(t, in, l2); strings.Contains(got, "-from") {
 		t.Errorf("a c2 task heard from a c1 task:\n%s", got)
 	}
+	// The refusals were counted on the nodes' /metrics.
+	hc := in.HTTPClient(tlsfiles.RoleAgent)
+	refused := 0
+	for _, a := range in.Agents {
+		refused += metricSum(t, hc, nodeOf(t, in, a.Name).Addr, "shoal_agent_refused_packets_total")
+	}
+	if refused == 0 {
+		t.Error("no node counted a refused packet")
+	}
 
 	// Deleting the clusters removes their networks from every node.
 	for _, c := range []string{"c1", "c2"} {
@@ -271,4 +284,23 @@ func TestClusterNetworkAcrossHosts(t *testing.T) {
 	if prober := addrRE.FindStringSubmatch(out); prober == nil || prober[1] == peer {
 		t.Errorf("prober and listener share an address or the prober has none:\n%s", out)
 	}
+}
+
+// metricSum sums the samples of metric name on the agent at addr.
+func metricSum(t *testing.T, hc *http.Client, addr, name string) int {
+	t.Helper()
+	resp, err := hc.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("agent metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	total := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && (f[0] == name || strings.HasPrefix(f[0], name+"{")) {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			total += int(v)
+		}
+	}
+	return total
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/clusterpki"
 	"github.com/shoal-dev/shoal/internal/sandbox"
@@ -96,6 +97,10 @@ type Agent struct {
 
 	chunks      *chunkstore.Store
 	chunkClient *chunkstore.Client
+	// caps checks the capabilities of chunk and log requests with the
+	// servers' keys (capabilities.go); metrics counts its refusals.
+	caps    *capability.Verifier
+	metrics *agentMetrics
 	// local is the short-circuit socket (shortcircuit.go); nil when there
 	// is none.
 	local *localSocket
@@ -180,7 +185,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: creating %s: %w", allocRoot(cfg.DataDir), err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), runs: map[runKey]*run{}, stopping: map[runKey]*run{}, lostRuns: map[runKey]bool{},
-		credsWake: make(chan struct{}, 1)}
+		credsWake: make(chan struct{}, 1), caps: capability.NewVerifier(time.Now), metrics: newAgentMetrics()}
 	if err := a.linkShoal(); err != nil {
 		return nil, err
 	}
@@ -252,6 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.register(); err != nil {
 		return err
 	}
+	a.fetchCapabilityKeys()
 	a.recoverRuns()
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.chunkReportLoop() }()
@@ -377,6 +383,7 @@ func (a *Agent) watchLoop() {
 			index, since = 0, 0
 			continue
 		}
+		a.setCapabilityKeys(work.CapabilityKeys)
 		if a.reconcile(work) {
 			index, since = idx, idx
 		} else {

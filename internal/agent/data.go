@@ -129,7 +129,9 @@ func (a *Agent) linkLocal(fi *api.FileInfo, local string) bool {
 }
 
 func (a *Agent) copyInput(ctx context.Context, fi *api.FileInfo, local string) error {
-	rd := dfs.NewReader(ctx, a.chunkClient, fi, dfs.ReadOptions{Node: a.cfg.Name, Zone: a.cfg.Zone}, a.log)
+	path := fi.Path
+	refresh := func(ctx context.Context) (*api.FileInfo, error) { return a.client.FSStat(ctx, path) }
+	rd := dfs.NewReader(ctx, a.chunkClient, fi, dfs.ReadOptions{Node: a.cfg.Name, Zone: a.cfg.Zone, Refresh: refresh}, a.log)
 	defer rd.Close()
 	f, err := os.Create(local)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 )
 
@@ -23,9 +24,10 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/local/launch", a.handleLocalLaunch)
 	mux.HandleFunc("POST /v1/local/checkpoint", a.handleCheckpointCommit)
 	chunks := a.chunks.Handler(chunkstore.HandlerOptions{OnCorrupt: a.reportCorrupt,
-		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log, Client: a.chunkClient.HTTP})
+		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log, Client: a.chunkClient.HTTP, Authorize: a.authorize})
 	mux.Handle("/v1/chunks", chunks)
 	mux.Handle("/v1/chunks/", chunks)
+	mux.Handle("GET /metrics", a.metrics.handler())
 	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"node": a.cfg.Name, "isolated": a.driver.Isolated()})
 	})
@@ -47,9 +49,16 @@ func logError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // handleLogs serves one run's stdout or stderr; with follow=true it keeps
-// streaming until the run has ended and everything is sent.
+// streaming until the run has ended and everything is sent. The request
+// needs a logs capability for the task, which the servers give to callers
+// allowed to see its job.
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if err := a.authorize(r, capability.OpLogs, q.Get("task")); err != nil {
+		status, code := capabilityStatus(err)
+		logError(w, status, code, err.Error())
+		return
+	}
 	parts := strings.Split(q.Get("task"), "/")
 	runID, err := strconv.ParseUint(q.Get("run"), 10, 64)
 	stream := q.Get("stream")

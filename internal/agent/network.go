@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/clusternet"
 	"github.com/shoal-dev/shoal/internal/taskdns"
@@ -114,6 +115,16 @@ func (a *Agent) openNetwork() error {
 		return fmt.Errorf("clearing the networks an earlier agent left: %w", err)
 	}
 	a.net.mgr, a.net.overlay = mgr, overlay
+	a.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "shoal_agent_refused_packets_total",
+		Help: "Packets from or to this node's tasks that its firewall dropped: to other clusters, servers, agents, or outside the cluster's egress."},
+		func() float64 {
+			n, err := mgr.Refused()
+			if err != nil {
+				return 0
+			}
+			return float64(n)
+		}))
 	return nil
 }
 

@@ -51,8 +51,10 @@ func (c *Client) httpClient() *http.Client {
 
 // Put sends a chunk of length bytes (-1: unknown, sent chunked) to the
 // data node at addr and returns it as stored there, which is once it is on
-// the node's disk. Put does not close r.
-func (c *Client) Put(ctx context.Context, addr, id string, r io.Reader, length int64) (api.StoredChunk, error) {
+// the node's disk. Put does not close r. capToken is a write capability
+// for the chunk (see api.CapabilityHeader), as are those of the other
+// methods for their operations; "" sends none.
+func (c *Client) Put(ctx context.Context, addr, id, capToken string, r io.Reader, length int64) (api.StoredChunk, error) {
 	u, err := c.url(addr, id, "")
 	if err != nil {
 		return api.StoredChunk{}, err
@@ -70,6 +72,7 @@ func (c *Client) Put(ctx context.Context, addr, id string, r io.Reader, length i
 	}
 	req.ContentLength = length
 	req.Header.Set("Content-Type", "application/octet-stream")
+	setCapability(req, capToken)
 	var sc api.StoredChunk
 	if err := c.do(req, &sc); err != nil {
 		return api.StoredChunk{}, err
@@ -85,8 +88,8 @@ func (c *Client) Put(ctx context.Context, addr, id string, r io.Reader, length i
 // corruption mid-stream cuts the connection, so a read error, never wrong
 // bytes, tells of it; when offset is 0 the body is also checked against
 // the chunk's CRC at its end (an error wrapping [ErrCorrupt] on mismatch).
-func (c *Client) Get(ctx context.Context, addr, id string, offset int64) (io.ReadCloser, error) {
-	resp, err := c.get(ctx, addr, id, offset)
+func (c *Client) Get(ctx context.Context, addr, id, capToken string, offset int64) (io.ReadCloser, error) {
+	resp, err := c.get(ctx, addr, id, capToken, offset)
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +107,8 @@ func (c *Client) Get(ctx context.Context, addr, id string, offset int64) (io.Rea
 // (Length is -1 if it announced none). A reader that checks each chunk
 // end to end itself, as package dfs does, uses it to checksum every byte
 // once.
-func (c *Client) Fetch(ctx context.Context, addr, id string, offset int64) (io.ReadCloser, api.StoredChunk, error) {
-	resp, err := c.get(ctx, addr, id, offset)
+func (c *Client) Fetch(ctx context.Context, addr, id, capToken string, offset int64) (io.ReadCloser, api.StoredChunk, error) {
+	resp, err := c.get(ctx, addr, id, capToken, offset)
 	if err != nil {
 		return nil, api.StoredChunk{}, err
 	}
@@ -119,7 +122,7 @@ func (c *Client) Fetch(ctx context.Context, addr, id string, offset int64) (io.R
 }
 
 // get sends a chunk GET and returns the response if it is a 200.
-func (c *Client) get(ctx context.Context, addr, id string, offset int64) (*http.Response, error) {
+func (c *Client) get(ctx context.Context, addr, id, capToken string, offset int64) (*http.Response, error) {
 	u, err := c.url(addr, id, "")
 	if err != nil {
 		return nil, err
@@ -131,6 +134,7 @@ func (c *Client) get(ctx context.Context, addr, id string, offset int64) (*http.
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: %w", err)
 	}
+	setCapability(req, capToken)
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: GET chunk %s from %s: %w", id, addr, err)
@@ -160,8 +164,9 @@ func (r *crcReader) Read(p []byte) (int, error) {
 }
 
 // Replicate asks the data node at addr to copy a chunk from req.Source and
-// returns it as stored there.
-func (c *Client) Replicate(ctx context.Context, addr, id string, rr api.ReplicateRequest) (api.StoredChunk, error) {
+// returns it as stored there. capToken is a write capability for the
+// chunk; rr.SourceCapability, a read capability, is for the source.
+func (c *Client) Replicate(ctx context.Context, addr, id, capToken string, rr api.ReplicateRequest) (api.StoredChunk, error) {
 	u, err := c.url(addr, id, "/replicate")
 	if err != nil {
 		return api.StoredChunk{}, err
@@ -175,6 +180,7 @@ func (c *Client) Replicate(ctx context.Context, addr, id string, rr api.Replicat
 		return api.StoredChunk{}, fmt.Errorf("chunkstore: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	setCapability(req, capToken)
 	var sc api.StoredChunk
 	if err := c.do(req, &sc); err != nil {
 		return api.StoredChunk{}, err
@@ -183,8 +189,8 @@ func (c *Client) Replicate(ctx context.Context, addr, id string, rr api.Replicat
 }
 
 // Delete deletes a chunk from the data node at addr; a missing chunk is
-// not an error.
-func (c *Client) Delete(ctx context.Context, addr, id string) error {
+// not an error. capToken is a delete capability for the chunk.
+func (c *Client) Delete(ctx context.Context, addr, id, capToken string) error {
 	u, err := c.url(addr, id, "")
 	if err != nil {
 		return err
@@ -193,7 +199,15 @@ func (c *Client) Delete(ctx context.Context, addr, id string) error {
 	if err != nil {
 		return fmt.Errorf("chunkstore: %w", err)
 	}
+	setCapability(req, capToken)
 	return c.do(req, nil)
+}
+
+// setCapability puts capToken, if any, in req's capability header.
+func setCapability(req *http.Request, capToken string) {
+	if capToken != "" {
+		req.Header.Set(api.CapabilityHeader, capToken)
+	}
 }
 
 func (c *Client) url(addr, id, suffix string) (string, error) {

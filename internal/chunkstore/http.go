@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 )
 
 // CodeCorrupt is the error code of a read or verify that found the
@@ -49,6 +50,13 @@ type HandlerOptions struct {
 	// Log receives errors that cannot be answered to a client; nil means
 	// the store's logger.
 	Log *slog.Logger
+	// Authorize decides whether a request may perform op on a chunk,
+	// normally by checking the capability it carries in
+	// api.CapabilityHeader; it is asked before anything is read or
+	// changed. A refusal wrapping [capability.ErrMissing] answers 401,
+	// any other error 403. Nil allows everything (tests, and stores
+	// reached only by trusted callers).
+	Authorize func(r *http.Request, op capability.Op, chunk string) error
 }
 
 type handler struct {
@@ -68,7 +76,10 @@ type handler struct {
 //	GET    /v1/chunks                  list the chunks ([]api.StoredChunk)
 //	GET    /v1/chunks/{id}/verify      read and check the whole chunk
 //
-// Writes answer only once the chunk is synced to disk. Errors are
+// With [HandlerOptions].Authorize set, a PUT and a replicate need a write
+// capability for the chunk, a GET and a verify a read capability, and a
+// DELETE a delete capability; the list is not checked (ids alone grant
+// nothing). Writes answer only once the chunk is synced to disk. Errors are
 // api.ErrorBody JSON. A GET that finds corruption before sending anything
 // answers 422 [CodeCorrupt]; one that finds it mid-stream aborts the
 // connection, so a reader sees an error rather than wrong bytes.
@@ -84,13 +95,28 @@ func (s *Store) Handler(opt HandlerOptions) http.Handler {
 		h.throttle = newThrottle(opt.ReplicateRate, time.Now)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /v1/chunks/{id}", h.put)
-	mux.HandleFunc("GET /v1/chunks/{id}", h.get)
-	mux.HandleFunc("DELETE /v1/chunks/{id}", h.delete)
-	mux.HandleFunc("POST /v1/chunks/{id}/replicate", h.replicate)
-	mux.HandleFunc("GET /v1/chunks/{id}/verify", h.verify)
+	mux.HandleFunc("PUT /v1/chunks/{id}", h.authorized(capability.OpWrite, h.put))
+	mux.HandleFunc("GET /v1/chunks/{id}", h.authorized(capability.OpRead, h.get))
+	mux.HandleFunc("DELETE /v1/chunks/{id}", h.authorized(capability.OpDelete, h.delete))
+	mux.HandleFunc("POST /v1/chunks/{id}/replicate", h.authorized(capability.OpWrite, h.replicate))
+	mux.HandleFunc("GET /v1/chunks/{id}/verify", h.authorized(capability.OpRead, h.verify))
 	mux.HandleFunc("GET /v1/chunks", h.list)
 	return mux
+}
+
+// authorized serves next only if HandlerOptions.Authorize allows op on
+// the request's chunk.
+func (h *handler) authorized(op capability.Op, next http.HandlerFunc) http.HandlerFunc {
+	if h.opt.Authorize == nil {
+		return next
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h.opt.Authorize(r, op, r.PathValue("id")); err != nil {
+			h.fail(w, err)
+			return
+		}
+		next(w, r)
+	}
 }
 
 func (h *handler) put(w http.ResponseWriter, r *http.Request) {
@@ -211,6 +237,9 @@ func (h *handler) pull(r *http.Request, id, src string, req api.ReplicateRequest
 	if err != nil {
 		return api.StoredChunk{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if req.SourceCapability != "" {
+		greq.Header.Set(api.CapabilityHeader, req.SourceCapability)
+	}
 	resp, err := h.client.Do(greq)
 	if err != nil {
 		return api.StoredChunk{}, fmt.Errorf("%w: %w", errSource, err)
@@ -274,6 +303,8 @@ func errorStatus(err error) (int, string) {
 		status int
 		code   string
 	}{
+		{capability.ErrMissing, http.StatusUnauthorized, api.CodeUnauthorized},
+		{capability.ErrRefused, http.StatusForbidden, api.CodeForbidden},
 		{errSource, http.StatusBadGateway, api.CodeUnavailable},
 		{ErrMismatch, http.StatusBadGateway, api.CodeConflict},
 		{ErrInvalidID, http.StatusBadRequest, api.CodeInvalid},

@@ -84,7 +84,7 @@ func TestHTTPRoundTrip(t *testing.T) {
 		id := fmt.Sprintf("c%d", tt.length)
 		t.Run(id, func(t *testing.T) {
 			data := content(uint64(tt.length), tt.length)
-			sc, err := c.Put(ctx, tt.addr, id, bytes.NewReader(data), tt.send)
+			sc, err := c.Put(ctx, tt.addr, id, "", bytes.NewReader(data), tt.send)
 			if err != nil {
 				t.Fatalf("Put: %v", err)
 			}
@@ -95,7 +95,7 @@ func TestHTTPRoundTrip(t *testing.T) {
 				if off > int64(tt.length) {
 					continue
 				}
-				r, err := c.Get(ctx, tt.addr, id, off)
+				r, err := c.Get(ctx, tt.addr, id, "", off)
 				if err != nil {
 					t.Fatalf("Get(%d): %v", off, err)
 				}
@@ -120,13 +120,13 @@ func TestHTTPRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(want, list); diff != "" || len(list) != 4 {
 		t.Errorf("GET /v1/chunks (-want +got):\n%s", diff)
 	}
-	if err := c.Delete(ctx, n.addr, "c1"); err != nil {
+	if err := c.Delete(ctx, n.addr, "c1", ""); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	if err := c.Delete(ctx, n.addr, "c1"); err != nil {
+	if err := c.Delete(ctx, n.addr, "c1", ""); err != nil {
 		t.Errorf("Delete of a missing chunk: %v", err)
 	}
-	_, err = c.Get(ctx, n.addr, "c1", 0)
+	_, err = c.Get(ctx, n.addr, "c1", "", 0)
 	wantAPIError(t, err, http.StatusNotFound, api.CodeNotFound)
 }
 
@@ -175,17 +175,17 @@ func TestHTTPCorrupt(t *testing.T) {
 		n := newNode(t, HandlerOptions{})
 		mustPut(t, n.s, "c", small)
 		flipByte(t, n.s.Path("c"), 2*bs)
-		_, err := c.Get(ctx, n.addr, "c", 0)
+		_, err := c.Get(ctx, n.addr, "c", "", 0)
 		wantAPIError(t, err, http.StatusUnprocessableEntity, CodeCorrupt)
 		n.wantCorruptReport(t, "c")
-		_, err = c.Get(ctx, n.addr, "c", 0)
+		_, err = c.Get(ctx, n.addr, "c", "", 0)
 		wantAPIError(t, err, http.StatusNotFound, api.CodeNotFound)
 	})
 	t.Run("found mid-stream", func(t *testing.T) {
 		n := newNode(t, HandlerOptions{})
 		mustPut(t, n.s, "c", large)
 		flipByte(t, n.s.Path("c"), int64(len(large))-10)
-		r, err := c.Get(ctx, n.addr, "c", 0)
+		r, err := c.Get(ctx, n.addr, "c", "", 0)
 		if err != nil {
 			t.Fatalf("Get: %v", err)
 		}
@@ -302,10 +302,10 @@ func TestHTTPInvalidIDs(t *testing.T) {
 	var c Client
 	ctx := context.Background()
 	for _, id := range []string{"", "../x", "a/b", long} {
-		if _, err := c.Put(ctx, n.addr, id, strings.NewReader("x"), 1); !errors.Is(err, ErrInvalidID) {
+		if _, err := c.Put(ctx, n.addr, id, "", strings.NewReader("x"), 1); !errors.Is(err, ErrInvalidID) {
 			t.Errorf("Client.Put(%q) = %v, want %v", id, err, ErrInvalidID)
 		}
-		if _, err := c.Get(ctx, n.addr, id, 0); !errors.Is(err, ErrInvalidID) {
+		if _, err := c.Get(ctx, n.addr, id, "", 0); !errors.Is(err, ErrInvalidID) {
 			t.Errorf("Client.Get(%q) = %v, want %v", id, err, ErrInvalidID)
 		}
 	}
@@ -358,7 +358,7 @@ func TestHTTPReplicate(t *testing.T) {
 			}
 			req := tt.req(sc)
 			req.Source = tt.source(src)
-			got, err := c.Replicate(ctx, dst.addr, "c", req)
+			got, err := c.Replicate(ctx, dst.addr, "c", "", req)
 			if tt.status != 0 {
 				wantAPIError(t, err, tt.status, tt.code)
 				if list, _ := dst.s.List(); len(list) != 0 {
@@ -392,13 +392,13 @@ func TestHTTPReplicateKeepsGoodCopy(t *testing.T) {
 	data := content(1, 2*bs)
 	sc := mustPut(t, src.s, "c", data)
 	mustPut(t, dst.s, "c", data)
-	_, err := c.Replicate(ctx, dst.addr, "c", api.ReplicateRequest{Source: src.addr, CRC: sc.CRC + 1})
+	_, err := c.Replicate(ctx, dst.addr, "c", "", api.ReplicateRequest{Source: src.addr, CRC: sc.CRC + 1})
 	wantAPIError(t, err, http.StatusBadGateway, api.CodeConflict)
 	if got, err := dst.s.Stat("c"); err != nil || got != sc {
 		t.Errorf("Stat after failed replication = %+v, %v; want %+v", got, err, sc)
 	}
 	src.srv.Close()
-	got, err := c.Replicate(ctx, dst.addr, "c", api.ReplicateRequest{Source: src.addr, Length: sc.Length, CRC: sc.CRC})
+	got, err := c.Replicate(ctx, dst.addr, "c", "", api.ReplicateRequest{Source: src.addr, Length: sc.Length, CRC: sc.CRC})
 	if err != nil || got != sc {
 		t.Errorf("Replicate of a chunk already there = %+v, %v; want %+v", got, err, sc)
 	}
@@ -414,7 +414,7 @@ func TestClientGetChecksWholeCRC(t *testing.T) {
 	}))
 	defer srv.Close()
 	var c Client
-	r, err := c.Get(context.Background(), srv.URL, "c", 0)
+	r, err := c.Get(context.Background(), srv.URL, "c", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,8 @@ import (
 )
 
 // TestImports keeps the package usable by the agent: it may import only
-// the standard library and package api, never server-side packages.
+// the standard library, package api and package capability (itself
+// standard library only), never server-side packages.
 func TestImports(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {
@@ -19,8 +20,9 @@ func TestImports(t *testing.T) {
 	}
 	for _, d := range deps {
 		std := !strings.Contains(strings.Split(d, "/")[0], ".")
-		if !std && d != "github.com/shoal-dev/shoal/api" && d != "github.com/shoal-dev/shoal/internal/chunkstore" {
-			t.Errorf("chunkstore imports %s (directly or not); only the standard library and api are allowed", d)
+		if !std && d != "github.com/shoal-dev/shoal/api" && d != "github.com/shoal-dev/shoal/internal/chunkstore" &&
+			d != "github.com/shoal-dev/shoal/internal/capability" {
+			t.Errorf("chunkstore imports %s (directly or not); only the standard library, api and capability are allowed", d)
 		}
 	}
 }

@@ -72,6 +72,7 @@ func serverCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatTTL, "heartbeat-ttl", 2*time.Second, "declare a node down this long after its last heartbeat")
 	f.DurationVar(&cfg.RejoinGrace, "rejoin-grace", server.DefaultRejoinGrace, "keep a node whose agent stopped in an orderly way in its cluster, with its data, this long (negative: replace it at once)")
 	f.DurationVar(&cfg.OpenFileLease, "open-file-lease", api.DefaultOpenFileLease, "delete a DFS file left open this long after its writer last renewed it")
+	f.DurationVar(&cfg.CapabilityTTL, "capability-ttl", server.DefaultCapabilityTTL, "how long the capabilities this server hands out (to read, write or delete a DFS chunk on a data node, or read a task's logs) stay valid")
 	f.StringVar(&cfg.ClusterNetworks, "cluster-networks", state.DefaultClusterNetworks, "IPv4 network (CIDR) the clusters' private subnets are taken from")
 	f.IntVar(&cfg.ClusterSubnetBits, "cluster-subnet-bits", state.DefaultClusterSubnetBits, "prefix length of each cluster's subnet")
 	f.IntVar(&cfg.NodeSubnetBits, "node-subnet-bits", state.DefaultNodeSubnetBits, "prefix length of each member node's block of its cluster's subnet (its tasks' addresses)")

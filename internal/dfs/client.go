@@ -102,5 +102,8 @@ func (c *Client) Reader(ctx context.Context, fi *api.FileInfo) (io.ReadCloser, e
 	case fi.State != api.FileClosed:
 		return nil, fmt.Errorf("%w: %s", ErrNotDone, fi.Path)
 	}
-	return NewReader(ctx, c.chunks(), fi, ReadOptions{Node: c.Node, Zone: c.Zone, NoLocalSockets: c.NoLocalSockets}, c.log()), nil
+	path := fi.Path
+	refresh := func(ctx context.Context) (*api.FileInfo, error) { return c.NS.FSStat(ctx, path) }
+	return NewReader(ctx, c.chunks(), fi, ReadOptions{Node: c.Node, Zone: c.Zone, NoLocalSockets: c.NoLocalSockets,
+		Refresh: refresh}, c.log()), nil
 }

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -28,6 +29,10 @@ type ReadOptions struct {
 	// NoLocalSockets reads every replica over HTTP, even one whose data
 	// node runs on this host (no short-circuit reads).
 	NoLocalSockets bool
+	// Refresh describes the file again, with fresh capabilities, when a
+	// data node refuses a chunk's capability (it expired during a long
+	// read); nil never refreshes.
+	Refresh func(ctx context.Context) (*api.FileInfo, error)
 }
 
 // A reader holds at most readAhead*(fetchQueue+localAhead+2)+1 read
@@ -101,13 +106,17 @@ type chunkFetch struct {
 	c   *api.ChunkInfo
 	out chan *buffer
 	err error
+	// capToken is the read capability sent to data nodes: c's, until a
+	// refresh replaces it.
+	capToken string
 }
 
 // next returns the next buffer of the file, starting fetches as needed.
 func (r *reader) next() (*buffer, error) {
 	for r.err == nil {
 		for len(r.fetches) < readAhead && r.started < len(r.fi.Chunks) {
-			f := &chunkFetch{c: &r.fi.Chunks[r.started], out: make(chan *buffer, fetchQueue)}
+			c := &r.fi.Chunks[r.started]
+			f := &chunkFetch{c: c, out: make(chan *buffer, fetchQueue), capToken: c.Capability}
 			r.started++
 			r.fetches = append(r.fetches, f)
 			r.wg.Add(1)
@@ -173,9 +182,15 @@ func (r *reader) fetch(f *chunkFetch) {
 	c := f.c
 	var st fetchState
 	var fails []string
-	done := false
+	done, refreshed := false, false
 	for _, cand := range r.order(c) {
 		err := r.fromReplica(f, cand, &st)
+		if refusedCapability(err) && !refreshed && r.ctx.Err() == nil {
+			refreshed = true
+			if r.refresh(f) {
+				err = r.fromReplica(f, cand, &st)
+			}
+		}
 		if err == nil {
 			done = true
 			break
@@ -194,6 +209,33 @@ func (r *reader) fetch(f *chunkFetch) {
 	case st.crc != c.CRC:
 		f.err = fmt.Errorf("dfs: %s: chunk %s failed its end-to-end checksum", r.fi.Path, c.ID)
 	}
+}
+
+// refusedCapability reports whether a data node refused a request's
+// capability.
+func refusedCapability(err error) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden)
+}
+
+// refresh asks ReadOptions.Refresh for a new capability for f's chunk and
+// reports whether it got one.
+func (r *reader) refresh(f *chunkFetch) bool {
+	if r.o.Refresh == nil {
+		return false
+	}
+	fi, err := r.o.Refresh(r.ctx)
+	if err != nil {
+		r.log.Warn("a data node refused a chunk's capability and describing the file again failed", "chunk", f.c.ID, "err", err)
+		return false
+	}
+	for _, c := range fi.Chunks {
+		if c.ID == f.c.ID && c.Capability != "" {
+			f.capToken = c.Capability
+			return true
+		}
+	}
+	return false
 }
 
 // candidate is a replica to read from; local says its data node's socket
@@ -380,7 +422,7 @@ func (r *reader) readHTTP(f *chunkFetch, rep api.Replica, st *fetchState) error 
 	defer stop()
 	idle := time.AfterFunc(r.o.IdleTimeout, stop)
 	defer idle.Stop()
-	body, sc, err := r.cc.Fetch(ctx, rep.Addr, c.ID, st.off)
+	body, sc, err := r.cc.Fetch(ctx, rep.Addr, c.ID, f.capToken, st.off)
 	if err != nil {
 		return err
 	}

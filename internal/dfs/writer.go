@@ -316,7 +316,7 @@ func (w *Writer) stream(ctx context.Context, fi *api.FileInfo, first *buffer, fi
 		p := &replicaPut{rep: rep, done: make(chan struct{}),
 			body: newChunkBody()}
 		cw.puts = append(cw.puts, p)
-		go w.put(pctx, alloc.ID, p)
+		go w.put(pctx, alloc.ID, alloc.Capability, p)
 	}
 	var readErr error
 	for b, berr := first, firstErr; ; {
@@ -446,8 +446,8 @@ type replicaPut struct {
 // put uploads p's body to its replica. Once the upload returned, the
 // buffers still sent to it are released as they come, so that the writer
 // never blocks on a failed replica.
-func (w *Writer) put(ctx context.Context, id string, p *replicaPut) {
-	p.res, p.err = w.Chunks.Put(ctx, p.rep.Addr, id, p.body, -1)
+func (w *Writer) put(ctx context.Context, id, capToken string, p *replicaPut) {
+	p.res, p.err = w.Chunks.Put(ctx, p.rep.Addr, id, capToken, p.body, -1)
 	close(p.body.stop)
 	close(p.done)
 	for b := range p.body.bufs {
@@ -518,7 +518,8 @@ func (w *Writer) replace(ctx context.Context, fi *api.FileInfo, id string, ok, f
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := w.Chunks.Replicate(ctx, rep.Addr, id, api.ReplicateRequest{Source: src.Addr, Length: length, CRC: crc})
+			_, err := w.Chunks.Replicate(ctx, rep.Addr, id, alloc.Capability,
+				api.ReplicateRequest{Source: src.Addr, Length: length, CRC: crc, SourceCapability: alloc.ReadCapability})
 			if err != nil {
 				w.Log.Warn("replacement replica failed", "chunk", id, "node", rep.Node, "err", err)
 				return

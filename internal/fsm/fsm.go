@@ -48,6 +48,7 @@ const (
 	FSRenew
 	ClusterCA
 	CheckpointReport
+	CapabilityKey
 )
 
 var typeNames = map[MessageType]string{
@@ -59,6 +60,7 @@ var typeNames = map[MessageType]string{
 	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
 	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
 	ClusterToken: "cluster-token", FSRenew: "fs-renew", ClusterCA: "cluster-ca", CheckpointReport: "checkpoint-report",
+	CapabilityKey: "capability-key",
 }
 
 func (t MessageType) String() string {
@@ -196,6 +198,9 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	CheckpointReport: decode(func(s *state.Store, i uint64, r *state.CheckpointReportRequest) Result {
 		return errOnly(s.ReportCheckpoint(i, r))
+	}),
+	CapabilityKey: decode(func(s *state.Store, i uint64, r *state.CapabilityKeyRequest) Result {
+		return errOnly(s.SetCapabilityKey(i, r))
 	}),
 	ClusterToken: decode(func(s *state.Store, i uint64, r *state.ClusterTokenRequest) Result {
 		c, err := s.SetClusterToken(i, r)

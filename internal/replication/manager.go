@@ -26,6 +26,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/state"
@@ -55,6 +56,19 @@ type Config struct {
 	// renewed it or committed a chunk before it is deleted as abandoned by a
 	// writer that died (default api.DefaultOpenFileLease).
 	OpenLease time.Duration
+	// Capability returns a capability for op on a chunk, which the
+	// manager sends to data nodes: a write one to the target of a copy,
+	// a read one for the target to present to the source, a delete one
+	// to drop garbage. Nil sends none (data nodes that check refuse).
+	Capability func(op capability.Op, chunk string) string
+}
+
+// capability returns Config.Capability's capability for op on chunk.
+func (m *Manager) capability(op capability.Op, chunk string) string {
+	if m.cfg.Capability == nil {
+		return ""
+	}
+	return m.cfg.Capability(op, chunk)
 }
 
 // Manager repairs under-replicated chunks and deletes garbage. Run it on
@@ -341,7 +355,9 @@ func (m *Manager) start(ctx context.Context, wg *sync.WaitGroup, p copyPlan) {
 			m.mu.Unlock()
 		}()
 		log := m.cfg.Log.With("chunk", c.ID, "from", src.Name, "to", dst.Name, "kind", p.kind.String())
-		if _, err := m.cfg.Chunks.Replicate(ctx, dst.Addr, c.ID, api.ReplicateRequest{Source: src.Addr, Length: c.Length, CRC: c.CRC}); err != nil {
+		req := api.ReplicateRequest{Source: src.Addr, Length: c.Length, CRC: c.CRC,
+			SourceCapability: m.capability(capability.OpRead, c.ID)}
+		if _, err := m.cfg.Chunks.Replicate(ctx, dst.Addr, c.ID, m.capability(capability.OpWrite, c.ID), req); err != nil {
 			if ctx.Err() == nil {
 				log.Warn("chunk copy failed", "err", err)
 			}
@@ -468,7 +484,7 @@ func (m *Manager) collectGarbage(ctx context.Context, snap *state.Snapshot) {
 				defer func() { <-sem; wg.Done() }()
 				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				defer cancel()
-				if err := m.cfg.Chunks.Delete(dctx, n.Addr, id); err != nil {
+				if err := m.cfg.Chunks.Delete(dctx, n.Addr, id, m.capability(capability.OpDelete, id)); err != nil {
 					m.cfg.Log.Debug("deleting a garbage chunk failed; the node drops it when it reports", "chunk", id, "node", name, "err", err)
 				}
 			}()

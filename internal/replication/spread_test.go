@@ -81,7 +81,7 @@ func (s *spread) writeChunk(path string, fileID uint64, data []byte, on ...strin
 		if _, err := s.stores[n].Stat(a.ID); err == nil {
 			continue
 		}
-		if _, err := s.chunks.Put(context.Background(), s.addrs[n], a.ID, bytes.NewReader(data), int64(len(data))); err != nil {
+		if _, err := s.chunks.Put(context.Background(), s.addrs[n], a.ID, "", bytes.NewReader(data), int64(len(data))); err != nil {
 			s.t.Fatalf("storing chunk %s on %s: %v", a.ID, n, err)
 		}
 	}
@@ -333,7 +333,7 @@ func TestMoveBackOpenFile(t *testing.T) {
 	var on []string
 	for _, r := range pending.Replicas {
 		on = append(on, r.Node)
-		if _, err := s.chunks.Put(context.Background(), s.addrs[r.Node], pending.ID, strings.NewReader("second"), 6); err != nil {
+		if _, err := s.chunks.Put(context.Background(), s.addrs[r.Node], pending.ID, "", strings.NewReader("second"), 6); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -42,6 +42,7 @@ func (s *Server) authenticate(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := bearerToken(r)
 		if !ok {
+			s.metrics.refused.WithLabelValues("token", "malformed").Inc()
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, `the Authorization header must be "Bearer TOKEN"`)
 			return
 		}
@@ -49,12 +50,14 @@ func (s *Server) authenticate(h http.Handler) http.Handler {
 		switch {
 		case token == "" && s.cfg.Token == "":
 		case token == "":
+			s.metrics.refused.WithLabelValues("token", "missing").Inc()
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "this installation requires a token: pass --token or set SHOAL_TOKEN")
 			return
 		case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.Token)) == 1:
 		default:
 			c := s.store.Snapshot().ClusterByToken(token)
 			if c == nil {
+				s.metrics.refused.WithLabelValues("token", "unknown").Inc()
 				writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "the token is not valid here: it is neither the operator token nor a cluster's token")
 				return
 			}

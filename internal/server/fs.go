@@ -1,7 +1,7 @@
 package server
 
 import (
-	"crypto/rand"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,9 +24,15 @@ import (
 // only paths inside its cluster's directory.
 func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http.HandlerFunc)) {
 	fsTables := []string{state.TableFS, state.TableChunks, state.TableNodes}
-	tenantRead("GET /v1/fs/stat", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
-		return snap.FSStat(ws, p)
-	}))
+	tenantRead("GET /v1/fs/stat", func(w http.ResponseWriter, r *http.Request) {
+		s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
+			fi, err := snap.FSStat(ws, p)
+			if err != nil {
+				return nil, err
+			}
+			return s.grantReads(r, fi), nil
+		})(w, r)
+	})
 	tenantRead("GET /v1/fs/list", s.pathQuery(fsTables, func(snap *state.Snapshot, ws memdb.WatchSet, p string) (any, error) {
 		return snap.FSList(ws, p)
 	}))
@@ -63,9 +69,7 @@ func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http
 	tenantWrite("POST /v1/fs/create", fsWrite(s, fsm.FSCreate, func(b api.FileCreate, now time.Time) any {
 		return &state.FSCreateRequest{Req: b, Now: now, LeaseSeconds: int(s.cfg.OpenFileLease / time.Second)}
 	}))
-	tenantWrite("POST /v1/fs/allocate", fsWrite(s, fsm.FSAllocate, func(b api.ChunkAllocate, now time.Time) any {
-		return &state.FSAllocateRequest{Req: b, Now: now, Nonce: rand.Text()}
-	}))
+	tenantWrite("POST /v1/fs/allocate", s.handleAllocate)
 	tenantWrite("POST /v1/fs/commit", fsWrite(s, fsm.FSCommit, func(b api.ChunkCommit, now time.Time) any {
 		return &state.FSCommitRequest{Req: b, Now: now}
 	}))
@@ -196,7 +200,16 @@ func (s *Server) handleDownload(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	rd := dfs.NewReader(r.Context(), s.chunkClient, fi, dfs.ReadOptions{}, s.log)
+	s.grantReads(r, fi)
+	refresh := func(context.Context) (*api.FileInfo, error) {
+		fi, err := s.store.Snapshot().FSFile(nil, p)
+		if err != nil {
+			return nil, err
+		}
+		s.grantReads(r, fi)
+		return fi, nil
+	}
+	rd := dfs.NewReader(r.Context(), s.chunkClient, fi, dfs.ReadOptions{Refresh: refresh}, s.log)
 	defer rd.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(fi.Size, 10))

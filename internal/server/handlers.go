@@ -149,12 +149,13 @@ func (s *Server) handleNodeWork(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, api.CodeInvalid, "since: not a non-negative integer")
 		return
 	}
-	s.query(w, r, []string{state.TableNodes, state.TableTasks, state.TableClusters}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
+	s.query(w, r, []string{state.TableNodes, state.TableTasks, state.TableClusters, state.TableCapabilityKeys}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		n := snap.Node(ws, name)
 		if n == nil {
 			return nil, fmt.Errorf("%w: no node named %q", state.ErrNotFound, name)
 		}
-		work := &api.NodeWork{Node: n, Runs: []api.RunRef{}, Tasks: []*api.Task{}}
+		work := &api.NodeWork{Node: n, Runs: []api.RunRef{}, Tasks: []*api.Task{},
+			CapabilityKeys: s.capabilityKeys(snap.CapabilityKeys(ws))}
 		if c := snap.Cluster(ws, n.Cluster); c != nil && n.Cluster != "" {
 			work.ClusterToken = c.Token
 			work.Network = nodeNetwork(snap, ws, n)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/scheduler"
@@ -50,9 +51,11 @@ func (s *Server) monitorLeadership() {
 			}
 			s.heartbeats.reset(s.now())
 			repl := replication.New(replication.Config{Store: s.store, Apply: s.apply, Chunks: s.chunkClient,
-				Log: s.log.With("component", "replication"), Now: s.now, OpenLease: s.cfg.OpenFileLease})
+				Log: s.log.With("component", "replication"), Now: s.now, OpenLease: s.cfg.OpenFileLease,
+				Capability: func(op capability.Op, chunk string) string { return s.capability(op, chunk, "") }})
 			s.replMgr.Store(repl)
-			wg.Add(3)
+			wg.Add(4)
+			go func(stop chan struct{}) { defer wg.Done(); s.ensureCapabilityKey(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.nodeHealthLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.schedulerLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); repl.Run(stop) }(stop)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
@@ -69,6 +70,11 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL = &url.URL{Scheme: s.scheme(), Host: n.Addr, Path: "/v1/agent/logs", RawQuery: v.Encode()}
 			pr.Out.Host = n.Addr
+			// The agent needs a capability for this task's logs, which
+			// the caller, allowed to see the job, gets from us; the
+			// caller's own token stays here.
+			pr.Out.Header.Del("Authorization")
+			pr.Out.Header.Set(api.CapabilityHeader, s.capability(capability.OpLogs, t.ID, principalOf(r).cluster))
 		},
 		FlushInterval: -1,
 		Transport:     s.peerTransport(tlsfiles.RoleAgent),

@@ -18,6 +18,8 @@ type metrics struct {
 	placements   prometheus.Counter
 	heartbeats   prometheus.Counter
 	isLeader     prometheus.Gauge
+	// refused counts requests refused for their token, by reason.
+	refused *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -35,8 +37,12 @@ func newMetrics(s *Server) *metrics {
 			Name: "shoal_heartbeats_total", Help: "Node heartbeats received by this server as leader."}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "shoal_raft_leader", Help: "1 if this server leads the Raft group."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_server_refused_total",
+			Help: "API requests this server refused (401) for their token: malformed header, token required, unknown token."},
+			[]string{"what", "reason"}),
 	}
-	m.reg.MustRegister(m.applyLatency, m.schedLatency, m.placements, m.heartbeats, m.isLeader,
+	m.reg.MustRegister(m.applyLatency, m.schedLatency, m.placements, m.heartbeats, m.isLeader, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{s: s})
 	return m

@@ -89,8 +89,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
-	// Rand is the source of the clusters' keys; nil means crypto/rand.
+	// Rand is the source of the clusters' keys and of the capability
+	// signing key; nil means crypto/rand.
 	Rand io.Reader
+	// CapabilityTTL is how long the capabilities this server issues stay
+	// valid (default DefaultCapabilityTTL).
+	CapabilityTTL time.Duration
 }
 
 // ErrNotLeader is returned by writes attempted on a server that lost
@@ -124,6 +128,8 @@ type Server struct {
 	// toServers and toAgents carry requests to other servers (forwarding)
 	// and to agents (logs, chunks) over TLS; nil without TLS (see tls.go).
 	toServers, toAgents http.RoundTripper
+	// caps signs capabilities with the state's key (capabilities.go).
+	caps capIssuer
 
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
@@ -153,6 +159,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.OpenFileLease < time.Second {
 		return nil, fmt.Errorf("server: the open file lease must be at least 1s, got %s", cfg.OpenFileLease)
+	}
+	if cfg.CapabilityTTL <= 0 {
+		cfg.CapabilityTTL = DefaultCapabilityTTL
 	}
 	if cfg.RejoinGrace == 0 {
 		cfg.RejoinGrace = DefaultRejoinGrace

@@ -22,7 +22,8 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	enc := json.NewEncoder(bw)
 	for _, table := range []string{tableIndex, tableNodes, tableClusters, tableJobs, tableTasks, tableServers,
-		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage, tableCheckpoints, tableClusterCAs, tableClusterNets} {
+		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage, tableCheckpoints, tableClusterCAs, tableClusterNets,
+		tableCapKeys} {
 		it, err := s.txn.Get(table, "id")
 		if err != nil {
 			return err
@@ -83,6 +84,8 @@ func Restore(r io.Reader) (*Store, error) {
 			obj = &ClusterCA{}
 		case tableClusterNets:
 			obj = &clusterNet{}
+		case tableCapKeys:
+			obj = &CapabilityKey{}
 		default:
 			return nil, fmt.Errorf("state: snapshot has unknown table %q", rec.Table)
 		}

@@ -138,6 +138,12 @@ func schema() *memdb.DBSchema {
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
 			},
 		},
+		tableCapKeys: {
+			Name: tableCapKeys,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+			},
+		},
 		tableFSGarbage: {
 			Name: tableFSGarbage,
 			Indexes: map[string]*memdb.IndexSchema{
