@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -126,6 +128,9 @@ func TestClusterNetworkIsolation(t *testing.T) {
 		"getent hosts " + l1 + "-0 | sed 's/^/name=/'",
 		"$PROBE tcp " + l1 + "-0:9000",
 		"$PROBE udp " + c1addr + ":9000 " + c2addr + ":9000",
+		// Root in its namespace, it claims an address of c2's subnet, so
+		// that c2's task is on-link: its ARP requests reach only c1's L2.
+		"ip addr add " + spoofed(c2addr) + " dev eth0 && $PROBE tcp " + c2addr + ":9001 | sed 's/^/spoofed /'",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c1",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c2",
 	}, "; "))
@@ -136,6 +141,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	}
 	mustLine(t, out, "tcp "+c1addr+":9000 ok")
 	mustLine(t, out, "tcp "+c2addr+":9000 refused")
+	mustLine(t, out, "spoofed tcp "+c2addr+":9001 refused")
 	mustLine(t, out, "name="+c1addr)
 	mustLine(t, out, "tcp "+l1+"-0:9000 ok")
 	mustLine(t, out, "tcp "+c2gw+":7472 refused")
@@ -176,6 +182,19 @@ func TestClusterNetworkIsolation(t *testing.T) {
 		mustShoal(t, in, "cluster", "delete", c)
 	}
 	waitNoNetworkLeft(t, in)
+	for _, a := range in.Agents {
+		if left, _ := os.ReadDir(filepath.Join(in.Dir, a.Name, "net", "netns")); len(left) > 0 {
+			t.Errorf("%s kept %d network namespaces after its cluster was deleted", a.Name, len(left))
+		}
+	}
+}
+
+// spoofed is an address of the /18 of addr (c2's subnet) with the prefix
+// length, for a task of another cluster to put on its interface.
+func spoofed(addr string) string {
+	a := netip.MustParseAddr(addr).As4()
+	a[3] = 250
+	return netip.AddrFrom4(a).String() + "/18"
 }
 
 // waitNoNetworkLeft waits until no interface of the installation's nodes
