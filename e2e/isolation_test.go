@@ -130,7 +130,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 		"$PROBE udp " + c1addr + ":9000 " + c2addr + ":9000",
 		// Root in its namespace, it claims an address of c2's subnet, so
 		// that c2's task is on-link: its ARP requests reach only c1's L2.
-		"ip addr add " + spoofed(c2addr) + " dev eth0 && $PROBE tcp " + c2addr + ":9001 | sed 's/^/spoofed /'",
+		"ip addr add " + spoofed(c2addr) + " dev eth0 && $PROBE tcp " + c2addr + ":9000 | sed 's/^/spoofed /'",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c1",
 		"$PROBE get $SHOAL_ADDR/v1/clusters/c2",
 	}, "; "))
@@ -141,7 +141,7 @@ func TestClusterNetworkIsolation(t *testing.T) {
 	}
 	mustLine(t, out, "tcp "+c1addr+":9000 ok")
 	mustLine(t, out, "tcp "+c2addr+":9000 refused")
-	mustLine(t, out, "spoofed tcp "+c2addr+":9001 refused")
+	mustLine(t, out, "spoofed tcp "+c2addr+":9000 refused")
 	mustLine(t, out, "name="+c1addr)
 	mustLine(t, out, "tcp "+l1+"-0:9000 ok")
 	mustLine(t, out, "tcp "+c2gw+":7472 refused")
