@@ -74,6 +74,9 @@ func (a *Agent) setupNetwork() error {
 	if port == 0 {
 		port = DefaultEndpointPort
 	}
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("agent: --endpoint-port %d: want a TCP port, 1 to 65535", port)
+	}
 	a.net = &taskNet{port: uint16(port)}
 	if mode == TaskNetworkOff {
 		return nil
