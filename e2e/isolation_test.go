@@ -105,7 +105,7 @@ func requireRoot(t *testing.T) {
 // and reach the API through their node's endpoint, as their cluster.
 func TestClusterNetworkIsolation(t *testing.T) {
 	requireRoot(t)
-	in := testutil.StartInstallation(t, testutil.Options{Agents: 3})
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 3, AgentArgs: []string{"--task-network", "on"}})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
 	mustShoal(t, in, "cluster", "create", "c2", "--nodes", "1")
 
@@ -278,7 +278,8 @@ func TestClusterNetworkAcrossHosts(t *testing.T) {
 		}
 	}()
 
-	in := testutil.StartInstallation(t, testutil.Options{Agents: 2, ServerIP: hosts.BridgeIP, AgentHosts: hosts.Hosts})
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 2, ServerIP: hosts.BridgeIP, AgentHosts: hosts.Hosts,
+		AgentArgs: []string{"--task-network", "on"}})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2", "--egress", "198.51.100.0/24")
 
 	_, peer := startListener(t, in, "c1", "l1")

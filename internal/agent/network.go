@@ -338,15 +338,18 @@ func (n *taskNet) stopEndpoint() {
 	}
 }
 
-// closeNetwork stops the endpoint and the manager at shutdown. The
-// network itself stays: the node is still a member, and the next agent
-// sweeps it.
+// closeNetwork tears the node's network down at shutdown, once its runs
+// have stopped: nothing of it must outlive the agent on the host (the
+// next agent applies it again if the node is still a member).
 func (a *Agent) closeNetwork() {
 	if n := a.net; n != nil && n.mgr != nil {
 		n.mu.Lock()
 		n.stopEndpoint()
 		if n.retry != nil {
 			n.retry.Stop()
+		}
+		if err := n.mgr.Remove(); err != nil {
+			a.log.Warn("removing the node's cluster network at shutdown", "err", err)
 		}
 		n.mu.Unlock()
 		n.mgr.Close()

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/clusternet"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
@@ -271,6 +272,11 @@ func (in *installation) start(name string, agent bool, args []string) (*child, e
 	go func() {
 		err := cmd.Wait()
 		logf.Close()
+		if agent && os.Geteuid() == 0 {
+			// A killed agent's network would clash with the next node
+			// given its block on this same host.
+			clusternet.SweepNode(name, filepath.Join(in.dir, "agents", name, "net"), nil)
+		}
 		close(c.done)
 		in.exited(c, err)
 	}()

@@ -95,22 +95,14 @@ func NetHosts(t testing.TB, n int) *TestHosts {
 	return h
 }
 
-// sweepNetworks removes the cluster networks of the installation's
-// agents, killed with -9 at the end of the test: their bridges, overlay
-// devices, task namespaces and firewall tables would otherwise stay on
-// the host and clash with the next test's, which get the same subnets.
-// (A real node's next agent sweeps what the last one left.)
-func (in *Installation) sweepNetworks() {
-	if os.Geteuid() != 0 {
-		return
-	}
-	for _, a := range in.Agents {
-		m, err := clusternet.New(clusternet.Config{Node: a.Name, StateDir: filepath.Join(in.Dir, a.Name, "net"), PoolSize: -1})
-		if err != nil {
-			continue
-		}
-		m.Sweep()
-		m.Close()
+// sweepNetwork removes the cluster network an agent killed with -9 (or
+// stopped) left: its bridge, overlay device, task namespaces and firewall
+// table would otherwise stay on the host and clash with the next node
+// given the same block, here on the same host. (On a real host, the next
+// agent of the node sweeps what the last one left.)
+func sweepNetwork(node, dataDir string) {
+	if os.Geteuid() == 0 {
+		clusternet.SweepNode(node, filepath.Join(dataDir, "net"), nil)
 	}
 }
 

@@ -82,6 +82,8 @@ type Proc struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	// afterStop runs once the process, stopped by Kill9 or Stop, is gone.
+	afterStop func()
 }
 
 func startProc(t testing.TB, bin, name, logDir string, args, env []string) *Proc {
@@ -151,6 +153,9 @@ func (p *Proc) signal(sig syscall.Signal) {
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
 		<-done
+	}
+	if p.afterStop != nil {
+		p.afterStop()
 	}
 }
 
@@ -233,10 +238,7 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 		opts.AgentMemory = 2048
 	}
 	in := &Installation{Bin: Binary(t), Dir: t.TempDir(), Opts: opts, t: t}
-	t.Cleanup(func() { // after the agents are killed
-		in.sweepNetworks()
-		unmountUnder(in.Dir)
-	})
+	t.Cleanup(func() { unmountUnder(in.Dir) }) // after the agents are killed
 	if !opts.Insecure {
 		set := TLSFiles(t)
 		in.TLS = &set
@@ -304,6 +306,9 @@ func (in *Installation) AddAgent(zone string) *Proc {
 		bin = "nsenter"
 	}
 	p := startProc(in.t, bin, name, in.Dir, args, in.tokenEnv())
+	if len(in.Opts.AgentHosts) == 0 { // a test host's namespace goes with it
+		p.afterStop = func() { sweepNetwork(name, filepath.Join(in.Dir, name)) }
+	}
 	in.Agents = append(in.Agents, p)
 	return p
 }
