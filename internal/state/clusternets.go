@@ -43,6 +43,12 @@ type clusterNet struct {
 	// frees it when it leaves, all in the write that changes membership.
 	NodeBits int
 	Blocks   map[string]int
+	// Freed holds, for each block a node left, the Raft index of the
+	// write that freed it. A joining node gets a block never used, or the
+	// one freed longest ago: the node that left may still hold the
+	// block's gateway address on its host for a while (an agent not yet
+	// told, a dead agent whose host is the same, as in shoal dev).
+	Freed map[int]uint64
 }
 
 // VNI is the id of the cluster's overlay network (VXLAN): its subnet's
@@ -187,7 +193,12 @@ func (tx *writeTxn) setBlock(cluster, node string, join bool) error {
 	if c.Blocks == nil {
 		c.Blocks = map[string]int{}
 	}
+	c.Freed = maps.Clone(n.Freed)
+	if c.Freed == nil {
+		c.Freed = map[int]uint64{}
+	}
 	if !join {
+		c.Freed[c.Blocks[node]] = tx.index
 		delete(c.Blocks, node)
 		return tx.put(tableClusterNets, &c)
 	}
@@ -197,11 +208,16 @@ func (tx *writeTxn) setBlock(cluster, node string, join bool) error {
 	}
 	subnet := netip.MustParsePrefix(c.Subnet)
 	count := 1 << (c.NodeBits - subnet.Bits())
+	best := -1
 	for i := 0; i < count; i++ {
-		if !used[i] {
-			c.Blocks[node] = i
-			return tx.put(tableClusterNets, &c)
+		if !used[i] && (best < 0 || c.Freed[i] < c.Freed[best]) {
+			best = i
 		}
+	}
+	if best >= 0 {
+		c.Blocks[node] = best
+		delete(c.Freed, best)
+		return tx.put(tableClusterNets, &c)
 	}
 	return fmt.Errorf("%w: cluster %s's network %s has room for %d nodes of /%d each; give the servers a smaller --node-subnet-bits for new clusters",
 		ErrNoRoom, cluster, c.Subnet, count, c.NodeBits)
