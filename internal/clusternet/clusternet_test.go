@@ -222,8 +222,12 @@ func TestClusterNetwork(t *testing.T) {
 		if err := c.RemoveTask("job/2#c"); err != nil {
 			t.Fatalf("second RemoveTask: %v", err)
 		}
-		if _, err := os.Stat(tc.NetNS); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("netns file %s after RemoveTask: %v", tc.NetNS, err)
+		// The namespace is recycled: it waits in the ready pool.
+		c.mu.Lock()
+		recycled := slices.ContainsFunc(c.ready, func(r *taskNS) bool { return r.path == tc.NetNS })
+		c.mu.Unlock()
+		if !recycled {
+			t.Errorf("netns %s not in the ready pool after RemoveTask", tc.NetNS)
 		}
 	})
 
