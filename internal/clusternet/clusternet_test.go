@@ -405,3 +405,25 @@ func TestTaskNamespace(t *testing.T) {
 		t.Errorf("eth0 address %s, want %s", addr, want)
 	}
 }
+
+// TestNewAtOnce starts Managers of several nodes at once, as agents that
+// start together on one host do: their kernel probes must not collide.
+func TestNewAtOnce(t *testing.T) {
+	needRoot(t)
+	const nodes = 6
+	errc := make(chan error, nodes)
+	for i := range nodes {
+		go func() {
+			m, err := New(Config{Node: uniqueNode(t, "probe") + string(rune('a'+i)), StateDir: t.TempDir(), PoolSize: -1})
+			if err == nil {
+				err = m.Close()
+			}
+			errc <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+}
