@@ -130,7 +130,9 @@ func (m *Manager) RemoveTask(id string) error {
 				return nil
 			}
 			m.mu.Unlock()
-		} else {
+		} else if m.current(t) {
+			// (A namespace of a network torn down meanwhile is
+			// expected to fail.)
 			m.log.Warn("clusternet: task namespace not reusable", "netns", t.path, "err", err)
 		}
 	}
@@ -147,6 +149,13 @@ func (m *Manager) RemoveTask(id string) error {
 		m.poke()
 	}()
 	return err
+}
+
+// current reports whether t belongs to the network applied now.
+func (m *Manager) current(t *taskNS) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return t.gen == m.gen
 }
 
 // waitReaped waits until the background removals of task namespaces are
