@@ -99,7 +99,7 @@ func TestRecycle(t *testing.T) {
 	subnet := pickPrefix(t, clusterRange, 20)
 	block := subPrefix(subnet, 2, 24)
 	n := Network{
-		Cluster: "one", VNI: 4601, Subnet: subnet, Block: block,
+		Cluster: "one", VNI: 4611, Subnet: subnet, Block: block,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
 	}
 	if err := m.Apply(n); err != nil {
@@ -209,7 +209,7 @@ func TestRecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	n2 := n
-	n2.Cluster, n2.VNI = "two", 4602
+	n2.Cluster, n2.VNI = "two", 4612
 	if err := m.Apply(n2); err != nil {
 		t.Fatal(err)
 	}
