@@ -222,8 +222,12 @@ func TestClusterNetwork(t *testing.T) {
 		if err := c.RemoveTask("job/2#c"); err != nil {
 			t.Fatalf("second RemoveTask: %v", err)
 		}
-		if _, err := os.Stat(tc.NetNS); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("netns file %s after RemoveTask: %v", tc.NetNS, err)
+		// The namespace is recycled: it waits in the ready pool.
+		c.mu.Lock()
+		recycled := slices.ContainsFunc(c.ready, func(r *taskNS) bool { return r.path == tc.NetNS })
+		c.mu.Unlock()
+		if !recycled {
+			t.Errorf("netns %s not in the ready pool after RemoveTask", tc.NetNS)
 		}
 	})
 
@@ -399,5 +403,27 @@ func TestTaskNamespace(t *testing.T) {
 	}
 	if want := netip.PrefixFrom(nthAddr(blockA, 2), 20).String(); addr != want {
 		t.Errorf("eth0 address %s, want %s", addr, want)
+	}
+}
+
+// TestNewAtOnce starts Managers of several nodes at once, as agents that
+// start together on one host do: their kernel probes must not collide.
+func TestNewAtOnce(t *testing.T) {
+	needRoot(t)
+	const nodes = 6
+	errc := make(chan error, nodes)
+	for i := range nodes {
+		go func() {
+			m, err := New(Config{Node: uniqueNode(t, "probe") + string(rune('a'+i)), StateDir: t.TempDir(), PoolSize: -1})
+			if err == nil {
+				err = m.Close()
+			}
+			errc <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -223,31 +224,53 @@ func fdbFlood(ifindex int, peer netip.AddrPort, add bool) error {
 // probeLinks checks that the kernel can make the devices a cluster network
 // needs, by making one of each (not up, so no UDP port is taken) and
 // deleting them.
+//
+// The kernel refuses a second VXLAN device with the VNI and UDP port of an
+// existing one, even one that is down, so the probe's VNI and port derive
+// from the node's names, the process and a random number: agents that start
+// at once on one host, or a cluster network on the host, do not collide with
+// it. It tries once more, with other numbers, if one does.
 func probeLinks(nm names) error {
 	la := func(suffix string) netlink.LinkAttrs {
 		a := netlink.NewLinkAttrs()
 		a.Name = nm.probe[:len(nm.probe)-1] + suffix
 		return a
 	}
+	vxlan := func() netlink.Link {
+		h := fnv.New64a()
+		fmt.Fprintf(h, "%s/%d/%d", nm.probe, os.Getpid(), rand.Uint64())
+		x := h.Sum64()
+		vni := 1 + int(x%(1<<24-1))
+		port := 49152 + int((x>>32)%16384)
+		return &netlink.Vxlan{LinkAttrs: la("x"), VxlanId: vni, Port: port}
+	}
 	devs := []struct {
 		what string
-		link netlink.Link
+		link func() netlink.Link
 	}{
-		{"bridge", &netlink.Bridge{LinkAttrs: la("b")}},
-		{"VXLAN", &netlink.Vxlan{LinkAttrs: la("x"), VxlanId: 1}},
-		{"veth", &netlink.Veth{LinkAttrs: la("v"), PeerName: nm.probe[:len(nm.probe)-1] + "w"}},
+		{"bridge", func() netlink.Link { return &netlink.Bridge{LinkAttrs: la("b")} }},
+		{"VXLAN", vxlan},
+		{"veth", func() netlink.Link {
+			return &netlink.Veth{LinkAttrs: la("v"), PeerName: nm.probe[:len(nm.probe)-1] + "w"}
+		}},
 	}
 	var errs []error
 	for _, d := range devs {
-		if l, err := netlink.LinkByName(d.link.Attrs().Name); err == nil {
+		link := d.link()
+		if l, err := netlink.LinkByName(link.Attrs().Name); err == nil {
 			_ = netlink.LinkDel(l) // left by an earlier probe that died
 		}
-		if err := netlink.LinkAdd(d.link); err != nil {
+		err := netlink.LinkAdd(link)
+		if errors.Is(err, unix.EEXIST) {
+			link = d.link()
+			err = netlink.LinkAdd(link)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("clusternet: kernel cannot make a %s device: %w", d.what, err))
 			continue
 		}
-		if err := netlink.LinkDel(d.link); err != nil {
-			errs = append(errs, fmt.Errorf("clusternet: remove probe device %s: %w", d.link.Attrs().Name, err))
+		if err := netlink.LinkDel(link); err != nil {
+			errs = append(errs, fmt.Errorf("clusternet: remove probe device %s: %w", link.Attrs().Name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -28,6 +28,7 @@ type taskNS struct {
 	path string     // bind mount of the namespace
 	veth string     // host side of the veth pair, on the bridge
 	addr netip.Addr // eth0's address
+	mtu  int        // eth0's MTU
 	gen  uint64     // Manager.gen it was built for
 }
 
@@ -83,20 +84,57 @@ func (m *Manager) AddTask(id string) (TaskNet, error) {
 	return TaskNet{NetNS: t.path, Addr: t.addr}, nil
 }
 
-// RemoveTask destroys the network namespace of task id and frees its
-// address. Removing an unknown task is a no-op.
+// RemoveTask frees the network namespace of task id. Removing an unknown
+// task is a no-op.
 //
-// The namespace file is gone when RemoveTask returns; deleting the veth
-// pair takes the kernel tens of milliseconds (it waits for an RCU grace
-// period), so that happens in the background, and the address is free for
-// another task once it is done.
+// The namespace is recycled: after [Manager.scrub] puts back what the task
+// may have changed, it joins the ready pool, address and veth pair
+// included, and the next AddTask takes it with no kernel work. Building and
+// destroying a namespace costs milliseconds of CPU (netlink requests, the
+// kernel's conntrack walks when a device goes down, its deferred namespace
+// cleanup); recycling costs a few netlink dumps. Only namespaces beyond
+// [recycleCap] (or the pool size, if larger), namespaces of a network that
+// has since been replaced, and namespaces that cannot be scrubbed are
+// destroyed.
+//
+// Recycling assumes that no process of the task is left in the namespace:
+// the agent calls RemoveTask once the run's sandbox is gone, and the
+// sandbox runs a task in a PID namespace of its own, whose end kills every
+// process in it. A process that escaped would share the next task's
+// network.
+//
+// A destroyed namespace's file is gone when RemoveTask returns; deleting
+// the veth pair takes the kernel tens of milliseconds (it waits for an RCU
+// grace period), so that happens in the background, and the address is free
+// for another task once it is done.
 func (m *Manager) RemoveTask(id string) error {
 	m.mu.Lock()
 	t, ok := m.tasks[id]
 	delete(m.tasks, id)
+	var n Network
+	recycle := ok && m.cur != nil && t.gen == m.gen && len(m.ready) < m.keep()
+	if recycle {
+		n = m.cur.clone()
+	}
 	m.mu.Unlock()
 	if !ok {
 		return nil
+	}
+	if recycle {
+		err := m.scrub(t, &n)
+		if err == nil {
+			m.mu.Lock()
+			if t.gen == m.gen && len(m.ready) < m.keep() {
+				m.ready = append(m.ready, t)
+				m.mu.Unlock()
+				return nil
+			}
+			m.mu.Unlock()
+		} else if m.current(t) {
+			// (A namespace of a network torn down meanwhile is
+			// expected to fail.)
+			m.log.Warn("clusternet: task namespace not reusable", "netns", t.path, "err", err)
+		}
 	}
 	err := removeNSFile(t.path)
 	m.mu.Lock()
@@ -111,6 +149,13 @@ func (m *Manager) RemoveTask(id string) error {
 		m.poke()
 	}()
 	return err
+}
+
+// current reports whether t belongs to the network applied now.
+func (m *Manager) current(t *taskNS) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return t.gen == m.gen
 }
 
 // waitReaped waits until the background removals of task namespaces are
@@ -217,6 +262,7 @@ func (m *Manager) setupNS(t *taskNS, n *Network) error {
 		return fmt.Errorf("clusternet: bridge %s: %w", m.names.bridge, err)
 	}
 	mtu := br.Attrs().MTU
+	t.mtu = mtu
 	la := netlink.NewLinkAttrs()
 	la.Name, la.MTU, la.MasterIndex = t.veth, mtu, br.Attrs().Index
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerMTU: uint32(mtu), PeerNamespace: netlink.NsFd(ns)}
