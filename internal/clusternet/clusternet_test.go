@@ -19,7 +19,7 @@ var loop = netip.MustParseAddr("127.0.0.1")
 // networks.
 func hostAddrs(t *testing.T, subnet1, subnet2, egress netip.Prefix) []netip.Addr {
 	t.Helper()
-	addrs, err := netlink.AddrList(nil, unix.AF_INET)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, unix.AF_INET) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestTaskNamespace(t *testing.T) {
 	var mtu int
 	var addr string
 	err = inNS(tn.NetNS, func() error {
-		links, err := netlink.LinkList()
+		links, err := listLinks()
 		if err != nil {
 			return err
 		}
@@ -381,7 +381,7 @@ func TestTaskNamespace(t *testing.T) {
 			names = append(names, l.Attrs().Name)
 			if l.Attrs().Name == "eth0" {
 				mtu = l.Attrs().MTU
-				addrs, err := netlink.AddrList(l, unix.AF_INET)
+				addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, unix.AF_INET) })
 				if err != nil {
 					return err
 				}

@@ -76,7 +76,7 @@ func freeUDPPort(tb testing.TB) uint16 {
 func leftovers(tb testing.TB, m *Manager) []string {
 	tb.Helper()
 	var left []string
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		tb.Fatal(err)
 	}

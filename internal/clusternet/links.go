@@ -37,7 +37,7 @@ func overlayMTU(local netip.Addr) int {
 		if l.Attrs().Flags&net.FlagLoopback != 0 {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, unix.AF_INET)
+		addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, unix.AF_INET) })
 		if err != nil {
 			continue
 		}
@@ -81,7 +81,7 @@ func (m *Manager) ensureBridge(n *Network) (netlink.Link, error) {
 		return nil, fmt.Errorf("clusternet: bridge %s: %w", name, err)
 	}
 	want := netip.PrefixFrom(n.gateway(), n.Block.Bits())
-	addrs, err := netlink.AddrList(br, unix.AF_INET)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(br, unix.AF_INET) })
 	if err != nil {
 		return nil, fmt.Errorf("clusternet: bridge %s addresses: %w", name, err)
 	}
@@ -326,14 +326,16 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// listLinks lists the host's links. A dump the kernel interrupted (links
-// came or went meanwhile, as they do while other tasks start) is taken
-// again.
-func listLinks() ([]netlink.Link, error) {
+// listLinks lists the host's links.
+func listLinks() ([]netlink.Link, error) { return dump(netlink.LinkList) }
+
+// dump runs a netlink dump, again when the kernel interrupted it (links or
+// addresses came or went meanwhile, as they do while other tasks start).
+func dump[T any](list func() (T, error)) (T, error) {
 	for tries := 1; ; tries++ {
-		links, err := netlink.LinkList()
+		v, err := list()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) || tries == 10 {
-			return links, err
+			return v, err
 		}
 	}
 }

@@ -61,7 +61,7 @@ func (m *Manager) scrub(t *taskNS, n *Network) error {
 
 // scrubLinks puts back t's links, addresses and routes, through h.
 func scrubLinks(h *netlink.Handle, t *taskNS, n *Network) error {
-	links, err := h.LinkList()
+	links, err := dump(h.LinkList)
 	if err != nil {
 		return err
 	}
@@ -94,7 +94,7 @@ func scrubLinks(h *netlink.Handle, t *taskNS, n *Network) error {
 		}
 	}
 
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func scrubLinks(h *netlink.Handle, t *taskNS, n *Network) error {
 		}
 	}
 
-	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := dump(func() ([]netlink.Route, error) { return h.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ func readNS(t *testing.T, path string) nsState {
 	t.Helper()
 	var s nsState
 	err := inNS(path, func() error {
-		links, err := netlink.LinkList()
+		links, err := listLinks()
 		if err != nil {
 			return err
 		}
@@ -40,7 +40,7 @@ func readNS(t *testing.T, path string) nsState {
 				continue
 			}
 			s.mtu = l.Attrs().MTU
-			addrs, err := netlink.AddrList(l, unix.AF_INET)
+			addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, unix.AF_INET) })
 			if err != nil {
 				return err
 			}
@@ -51,7 +51,7 @@ func readNS(t *testing.T, path string) nsState {
 			s.addrs = strings.Join(as, " ")
 		}
 		s.links = strings.Join(names, " ")
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+		routes, err := dump(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 		if err != nil {
 			return err
 		}

@@ -34,7 +34,7 @@ func TestCapabilities(t *testing.T) {
 		}
 		return true, ""
 	})
-	follower := api.NewClient([]string{f.g.HTTPAddr(f.follower)}, operatorToken)
+	follower := f.g.NewClient([]string{f.g.HTTPAddr(f.follower)}, operatorToken)
 	work, _, err := follower.NodeWork(reqCtx(t), "n1", 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func TestCapabilities(t *testing.T) {
 	}
 	v := capability.NewVerifier(time.Now, pub)
 
-	c1 := api.NewClient([]string{f.g.HTTPAddr(f.follower)}, f.c1.Token)
+	c1 := f.g.NewClient([]string{f.g.HTTPAddr(f.follower)}, f.c1.Token)
 	const path = "/clusters/c1/data/f"
 	fi, err := c1.FSCreate(reqCtx(t), &api.FileCreate{Path: path, Replication: 1})
 	if err != nil {
