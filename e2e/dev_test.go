@@ -85,6 +85,7 @@ func startDev(t *testing.T, dir, addr string, args ...string) *devProc {
 	go func() { d.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
+		testutil.SweepDev(dir)
 		if t.Failed() {
 			t.Logf("shoal dev stdout:\n%s\nstderr:\n%s", d.out.String(), d.err.String())
 		}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/clusternet"
 )
@@ -126,4 +127,34 @@ func unmountUnder(dir string) {
 	for i := len(points) - 1; i >= 0; i-- {
 		syscall.Unmount(points[i], syscall.MNT_DETACH)
 	}
+}
+
+// SweepDev removes what the agents of the shoal dev installation in dir
+// left on the host once they are gone (a test killed shoal dev with -9,
+// and its agents died with it): their cluster networks and the mounts of
+// their network namespace files.
+func SweepDev(dir string) {
+	agents := filepath.Join(dir, "agents")
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && processesUnder(agents); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	entries, _ := os.ReadDir(agents)
+	for _, e := range entries {
+		if e.IsDir() {
+			sweepNetwork(e.Name(), filepath.Join(agents, e.Name()))
+		}
+	}
+	unmountUnder(dir)
+}
+
+// processesUnder reports whether a process's command line names a path
+// under dir.
+func processesUnder(dir string) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir+"/") {
+			return true
+		}
+	}
+	return false
 }
