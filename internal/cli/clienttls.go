@@ -82,7 +82,9 @@ func (c *clientTLS) agentHTTP() *http.Client {
 	if c.id == nil {
 		return &http.Client{Transport: &http.Transport{Proxy: nil}}
 	}
-	return c.id.HTTPClient(tlsfiles.RoleAgent)
+	// The agent's address names its scheme: https for its own port, http
+	// for its endpoint on a cluster network.
+	return c.id.HTTPClientAsIs(tlsfiles.RoleAgent)
 }
 
 // daemonTLS is the TLS of a server or an agent: its files, or --insecure.

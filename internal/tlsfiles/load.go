@@ -157,7 +157,20 @@ func (id *Identity) ClientConfig(peer Role) *tls.Config {
 // chunk transfers: connect 5 s, handshake 10 s, response headers 2 min, no
 // overall timeout (use the context).
 func (id *Identity) HTTPClient(peer Role) *http.Client {
-	return &http.Client{Transport: httpsTransport{&http.Transport{
+	return &http.Client{Transport: httpsTransport{id.transport(peer)}}
+}
+
+// HTTPClientAsIs is HTTPClient without the rewriting: an http:// URL stays
+// plain HTTP. For addresses that name their scheme, such as the endpoint
+// a node serves its tasks on their cluster network (plain HTTP: it never
+// leaves the machine).
+func (id *Identity) HTTPClientAsIs(peer Role) *http.Client {
+	return &http.Client{Transport: id.transport(peer)}
+}
+
+// transport is the TLS transport of HTTPClient.
+func (id *Identity) transport(peer Role) *http.Transport {
+	return &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:       id.ClientConfig(peer),
@@ -166,7 +179,7 @@ func (id *Identity) HTTPClient(peer Role) *http.Client {
 		ExpectContinueTimeout: time.Second,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
-	}}}
+	}
 }
 
 // httpsTransport sends http:// requests as https:// (see
