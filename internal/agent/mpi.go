@@ -440,7 +440,7 @@ func (a *Agent) relayToWrapper(w http.ResponseWriter, req *http.Request, r *run,
 	var conn net.Conn
 	for {
 		var err error
-		if conn, err = mpi.DialHost(ctx, r.secret, command); err == nil {
+		if conn, err = mpi.DialHost(ctx, r.netns, r.secret, command); err == nil {
 			break
 		}
 		select {

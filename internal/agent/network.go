@@ -300,7 +300,7 @@ func (a *Agent) attachRun(r *run) (netns string, err error) {
 	if err != nil {
 		return "", err
 	}
-	r.addr = tn.Addr
+	r.addr, r.netns = tn.Addr, tn.NetNS
 	go func() {
 		<-r.done
 		if err := a.net.mgr.RemoveTask(r.sandbox); err != nil {

@@ -40,9 +40,11 @@ type run struct {
 	// only, before the run is listed in Agent.runs, and never change.
 	secret  string
 	ckptDir string
-	// addr is the run's address on its cluster network; zero when it
-	// shares the host's network.
-	addr netip.Addr
+	// addr is the run's address on its cluster network and netns the
+	// path of its network namespace; zero when it shares the host's
+	// network.
+	addr  netip.Addr
+	netns string
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed to ask the run to stop
@@ -181,6 +183,9 @@ func (a *Agent) startRun(t *api.Task) error {
 		r.secret, secretErr = newRunSecret()
 		r.ckptDir = checkpointDir(a.cfg.DataDir, t)
 	}
+	// The run's network is set before the run is listed: like its
+	// secret, it never changes after.
+	netns, netErr := a.attachRun(r)
 	a.mu.Lock()
 	a.runs[r.key] = r
 	a.mu.Unlock()
@@ -204,9 +209,8 @@ func (a *Agent) startRun(t *api.Task) error {
 	if err := makeRunDir(r.dir, work); err != nil {
 		return fail("creating working directory", err)
 	}
-	netns, err := a.attachRun(r)
-	if err != nil {
-		return fail("giving the task its network", err)
+	if netErr != nil {
+		return fail("giving the task its network", netErr)
 	}
 	spec := &sandbox.Spec{ID: r.sandbox, Dir: work, Command: t.Command, Env: a.taskEnv(t, work),
 		Stdout: filepath.Join(r.dir, "stdout"), Stderr: filepath.Join(r.dir, "stderr"),

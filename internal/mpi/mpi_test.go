@@ -94,7 +94,7 @@ func startHost(t *testing.T) (secret string, logs *os.File) {
 	}()
 	t.Cleanup(func() { cancel(); <-done; logs.Close() })
 	waitFor(t, "the wrapper's socket", func() bool {
-		c, err := DialHost(context.Background(), secret, []string{"true"})
+		c, err := DialHost(context.Background(), "", secret, []string{"true"})
 		if err != nil {
 			return false
 		}
@@ -107,7 +107,7 @@ func startHost(t *testing.T) (secret string, logs *os.File) {
 
 func TestHostRunsCommandsWithTheSecret(t *testing.T) {
 	secret, logs := startHost(t)
-	conn, err := DialHost(context.Background(), secret, []string{"echo", "out;", "echo", "err", ">&2;", "exit", "3"})
+	conn, err := DialHost(context.Background(), "", secret, []string{"echo", "out;", "echo", "err", ">&2;", "exit", "3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestHostRunsCommandsWithTheSecret(t *testing.T) {
 func TestHostKillsCommandWhenRequesterDisconnects(t *testing.T) {
 	secret, _ := startHost(t)
 	// The shell prints its own pid and its background child's, and waits.
-	conn, err := DialHost(context.Background(), secret, []string{"sleep", "300", "&", "echo", "$$", "$!;", "wait"})
+	conn, err := DialHost(context.Background(), "", secret, []string{"sleep", "300", "&", "echo", "$$", "$!;", "wait"})
 	if err != nil {
 		t.Fatal(err)
 	}

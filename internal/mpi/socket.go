@@ -8,7 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The wrapper's socket is an abstract unix socket: it needs no file (the
@@ -58,9 +62,12 @@ const FramesContentType = "application/x-shoal-launch-frames"
 // sends it the request to run command. Read the answer with [Relay] or
 // [Follow]; closing the connection before the exit frame kills the
 // command.
-func DialHost(ctx context.Context, secret string, command []string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", SocketName(secret))
+//
+// netns is the path of the run's network namespace when it has one of its
+// own: an abstract socket belongs to the network namespace it was made
+// in, so the connection is made from there.
+func DialHost(ctx context.Context, netns, secret string, command []string) (net.Conn, error) {
+	conn, err := dialIn(ctx, netns, SocketName(secret))
 	if err != nil {
 		return nil, fmt.Errorf("mpi: the run's wrapper does not answer: %w", err)
 	}
@@ -75,6 +82,52 @@ func DialHost(ctx context.Context, secret string, command []string) (net.Conn, e
 		return nil, fmt.Errorf("mpi: sending the launch request to the run's wrapper: %w", err)
 	}
 	return conn, nil
+}
+
+// dialIn connects to the unix socket addr from the network namespace at
+// path (empty: this process's). The socket is made on a thread switched
+// into that namespace and back; a thread that cannot switch back stays
+// locked and ends with its goroutine, so no other code runs in the wrong
+// namespace.
+func dialIn(ctx context.Context, path, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if path == "" {
+		return d.DialContext(ctx, "unix", addr)
+	}
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{nil, err}
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{nil, fmt.Errorf("entering the run's network namespace: %w", err)}
+			return
+		}
+		conn, err := d.DialContext(ctx, "unix", addr)
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- result{conn, err}
+	}()
+	r := <-done
+	return r.conn, r.err
 }
 
 // readRequest reads a [SocketRequest] frame from r.
