@@ -280,12 +280,16 @@ resources: {cpu: 100, memory: 64}
 	}
 	log := launcherLog(t, in, other)
 	for _, want := range []string{
-		fmt.Sprintf("host %q is not a node of job %s's gang", gang[1], other), "own-agent-exit=255",
-		"no run on node " + gang[0] + " has the secret", "c1-agent-exit=255",
+		fmt.Sprintf("host %q is not a node of job %s's gang", gang[1], other), "own-agent-exit=255", "c1-agent-exit=255",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("intruder's log lacks %q:\n%s", want, log)
 		}
+	}
+	// On its cluster network the intruder cannot even reach the c1 agent;
+	// sharing the host's network, it reaches it and is refused.
+	if !strings.Contains(log, "no run on node "+gang[0]+" has the secret") && !strings.Contains(log, "connection refused") {
+		t.Errorf("intruder's log shows neither a refusal nor an unreachable agent:\n%s", log)
 	}
 
 	// A caller with no secret at the agent's local API.
