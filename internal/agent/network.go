@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -379,12 +378,7 @@ func (a *Agent) apiProxy() http.Handler {
 	}
 }
 
-// serverURL is the server the endpoint passes requests to: the first
-// configured one, as a URL.
-func (a *Agent) serverURL() string {
-	s := a.cfg.Servers[0]
-	if !strings.Contains(s, "://") {
-		s = a.scheme() + "://" + s
-	}
-	return s
-}
+// serverURL is the server the endpoint passes requests to: the one the
+// agent's own client uses, which moves on to the next server when one
+// stops answering the agent's heartbeats and watches.
+func (a *Agent) serverURL() string { return a.client.Addr() }
