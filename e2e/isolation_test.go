@@ -324,3 +324,30 @@ func metricSum(t *testing.T, hc *http.Client, addr, name string) int {
 	}
 	return total
 }
+
+// TestEndpointSurvivesServerKill: a task's calls through its node's
+// endpoint go on working after kill -9 of the server the node's agent
+// talks to (the first of its --servers), leader or not.
+func TestEndpointSurvivesServerKill(t *testing.T) {
+	requireRoot(t)
+	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 1, AgentArgs: []string{"--task-network", "on"}})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	id := submit(t, in, probeJob(t, "c1", "asker",
+		`while :; do if shoal job status $SHOAL_JOB_ID >/dev/null 2>err; then echo "ok $(date +%s%N)"; else echo "fail $(date +%s%N) $(cat err)"; fi; sleep 0.2; done`))
+	okSince := func(since time.Time) bool {
+		for _, l := range strings.Split(taskLog(t, in, id), "\n") {
+			var ns int64
+			if _, err := fmt.Sscanf(l, "ok %d", &ns); err == nil && time.Unix(0, ns).After(since) {
+				return true
+			}
+		}
+		return false
+	}
+	start := time.Now()
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) { return okSince(start), "no call through the endpoint succeeded yet: " + taskLog(t, in, id) })
+	in.Servers[0].Kill9()
+	killed := time.Now()
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return okSince(killed.Add(5 * time.Second)), "no call through the endpoint succeeded after the kill: " + taskLog(t, in, id)
+	})
+}
