@@ -344,7 +344,9 @@ func TestEndpointSurvivesServerKill(t *testing.T) {
 		return false
 	}
 	start := time.Now()
-	testutil.WaitFor(t, 30*time.Second, func() (bool, string) { return okSince(start), "no call through the endpoint succeeded yet: " + taskLog(t, in, id) })
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return okSince(start), "no call through the endpoint succeeded yet: " + taskLog(t, in, id)
+	})
 	in.Servers[0].Kill9()
 	killed := time.Now()
 	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
