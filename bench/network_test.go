@@ -441,33 +441,9 @@ func newAnonNS(b *testing.B) netns.NsHandle {
 	return r.h
 }
 
-// inNS runs fn on a thread switched into the network namespace h. Sockets
-// fn creates stay in that namespace.
+// inNS runs fn in the network namespace h (see clusternet.InNamespace).
 func inNS(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err) // the thread dies locked
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return clusternet.InNamespace(fmt.Sprintf("/proc/self/fd/%d", int(h)), fn)
 }
 
 // needRoot skips benchmarks that build kernel objects when not root.

@@ -4,14 +4,12 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -114,41 +112,8 @@ func checkGone(tb testing.TB, m *Manager) {
 	}
 }
 
-// inNS runs fn on a thread switched into the network namespace at path.
-// Sockets fn creates stay in that namespace.
-func inNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err) // the thread dies locked
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs fn in the network namespace at path (see InNamespace).
+func inNS(path string, fn func() error) error { return InNamespace(path, fn) }
 
 // listenTCP starts a TCP echo-free listener in the namespace at path (the
 // host's when path is empty) that accepts and closes connections, and

@@ -8,11 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"runtime"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/shoal-dev/shoal/internal/clusternet"
 )
 
 // The wrapper's socket is an abstract unix socket: it needs no file (the
@@ -85,49 +83,18 @@ func DialHost(ctx context.Context, netns, secret string, command []string) (net.
 }
 
 // dialIn connects to the unix socket addr from the network namespace at
-// path (empty: this process's). The socket is made on a thread switched
-// into that namespace and back; a thread that cannot switch back stays
-// locked and ends with its goroutine, so no other code runs in the wrong
-// namespace.
+// path (empty: this process's).
 func dialIn(ctx context.Context, path, addr string) (net.Conn, error) {
 	var d net.Dialer
 	if path == "" {
 		return d.DialContext(ctx, "unix", addr)
 	}
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{nil, err}
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{nil, fmt.Errorf("entering the run's network namespace: %w", err)}
-			return
-		}
-		conn, err := d.DialContext(ctx, "unix", addr)
-		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- result{conn, err}
-	}()
-	r := <-done
-	return r.conn, r.err
+	var conn net.Conn
+	err := clusternet.InNamespace(path, func() (err error) {
+		conn, err = d.DialContext(ctx, "unix", addr)
+		return err
+	})
+	return conn, err
 }
 
 // readRequest reads a [SocketRequest] frame from r.
