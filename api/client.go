@@ -33,6 +33,9 @@ const (
 	// CodeForbidden: a known token that may not do this, such as a
 	// cluster's token reaching outside its cluster (403).
 	CodeForbidden = "forbidden"
+	// CodeTooManyRequests: a limit such as a function's concurrency is
+	// used up; try again later (429).
+	CodeTooManyRequests = "too_many_requests"
 )
 
 // IndexHeader carries the state index a read reflects; pass it back as

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -10,24 +9,16 @@ import (
 	"strings"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/httpapi"
 )
 
-// A principal is who a request acts for: an operator, who may do anything,
-// or one cluster, whose token confines it to that cluster's nodes' work,
-// its jobs and its part of the file system (/clusters/NAME).
-type principal struct {
-	cluster string // empty for an operator
-}
+// principal is who a request acts for (see httpapi.Principal).
+type principal = httpapi.Principal
 
-func (p principal) operator() bool { return p.cluster == "" }
-
-// sees reports whether p may see what belongs to cluster.
-func (p principal) sees(cluster string) bool { return p.operator() || p.cluster == cluster }
-
-type principalKey struct{}
-
+// principalOf returns the request's principal; every route but the
+// Signed ones has one (authenticate sets it).
 func principalOf(r *http.Request) principal {
-	p, _ := r.Context().Value(principalKey{}).(principal)
+	p, _ := httpapi.PrincipalOf(r)
 	return p
 }
 
@@ -61,9 +52,9 @@ func (s *Server) authenticate(h http.Handler) http.Handler {
 				writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "the token is not valid here: it is neither the operator token nor a cluster's token")
 				return
 			}
-			p.cluster = c.Name
+			p.Cluster = c.Name
 		}
-		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		h.ServeHTTP(w, r.WithContext(httpapi.WithPrincipal(r.Context(), p)))
 	})
 }
 
@@ -84,9 +75,9 @@ func bearerToken(r *http.Request) (string, bool) {
 // operatorOnly refuses h to cluster tokens.
 func operatorOnly(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if p := principalOf(r); !p.operator() {
+		if p := principalOf(r); !p.Operator() {
 			writeError(w, http.StatusForbidden, api.CodeForbidden, fmt.Sprintf(
-				"the token of cluster %q may not use %s %s; it is for the cluster's jobs and files only", p.cluster, r.Method, r.URL.Path))
+				"the token of cluster %q may not use %s %s; it is for the cluster's jobs and files only", p.Cluster, r.Method, r.URL.Path))
 			return
 		}
 		h(w, r)
@@ -99,10 +90,10 @@ func operatorOnly(h http.HandlerFunc) http.HandlerFunc {
 // own 400, so that the error names the real problem.
 func allowPaths(w http.ResponseWriter, r *http.Request, paths ...string) bool {
 	p := principalOf(r)
-	if p.operator() {
+	if p.Operator() {
 		return true
 	}
-	root := api.ClusterRoot(p.cluster)
+	root := api.ClusterRoot(p.Cluster)
 	for _, path := range paths {
 		clean, err := api.CleanPath("path", path)
 		if err != nil {
@@ -110,7 +101,7 @@ func allowPaths(w http.ResponseWriter, r *http.Request, paths ...string) bool {
 		}
 		if !api.WithinDir(clean, root) {
 			writeError(w, http.StatusForbidden, api.CodeForbidden, fmt.Sprintf(
-				"%s is outside %s, the only part of the file system the token of cluster %q may use", clean, root, p.cluster))
+				"%s is outside %s, the only part of the file system the token of cluster %q may use", clean, root, p.Cluster))
 			return false
 		}
 	}
@@ -121,11 +112,11 @@ func allowPaths(w http.ResponseWriter, r *http.Request, paths ...string) bool {
 // otherwise.
 func allowCluster(w http.ResponseWriter, r *http.Request, cluster string) bool {
 	p := principalOf(r)
-	if p.sees(cluster) {
+	if p.Sees(cluster) {
 		return true
 	}
 	writeError(w, http.StatusForbidden, api.CodeForbidden, fmt.Sprintf(
-		"the token of cluster %q may not act on cluster %q", p.cluster, cluster))
+		"the token of cluster %q may not act on cluster %q", p.Cluster, cluster))
 	return false
 }
 

@@ -103,7 +103,7 @@ func (s *Server) capabilityKeys(keys []*state.CapabilityKey) []string {
 // grantReads gives each chunk of fi, a file the path checks allowed the
 // caller to read, a read capability for that caller.
 func (s *Server) grantReads(r *http.Request, fi *api.FileInfo) *api.FileInfo {
-	cluster := principalOf(r).cluster
+	cluster := principalOf(r).Cluster
 	for i := range fi.Chunks {
 		fi.Chunks[i].Capability = s.capability(capability.OpRead, fi.Chunks[i].ID, cluster)
 	}
@@ -124,7 +124,7 @@ func (s *Server) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a, ok := v.(*api.ChunkAllocation); ok && a != nil {
-		cluster := principalOf(r).cluster
+		cluster := principalOf(r).Cluster
 		a.Capability = s.capability(capability.OpWrite, a.ID, cluster)
 		a.ReadCapability = s.capability(capability.OpRead, a.ID, cluster)
 	}

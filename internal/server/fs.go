@@ -38,8 +38,8 @@ func (s *Server) fsRoutes(read, write, tenantRead, tenantWrite func(string, http
 	}))
 	tenantRead("GET /v1/fs/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		dir := r.URL.Query().Get("dir")
-		if p := principalOf(r); dir == "" && !p.operator() {
-			dir = api.ClusterRoot(p.cluster)
+		if p := principalOf(r); dir == "" && !p.Operator() {
+			dir = api.ClusterRoot(p.Cluster)
 		}
 		if dir != "" {
 			var err error

@@ -287,7 +287,7 @@ func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 		out := []*api.Cluster{}
 		p := principalOf(r)
 		for _, c := range snap.Clusters(ws) {
-			if p.sees(c.Name) {
+			if p.Sees(c.Name) {
 				out = append(out, clusterView(snap, ws, c, p))
 			}
 		}
@@ -302,7 +302,7 @@ func (s *Server) handleClusters(w http.ResponseWriter, r *http.Request) {
 // must not be able to read it there).
 func clusterView(snap *state.Snapshot, ws memdb.WatchSet, c *api.Cluster, p principal) *api.Cluster {
 	v := *c
-	if !p.operator() {
+	if !p.Operator() {
 		v.Token = ""
 	}
 	v.State, v.Problems = snap.ClusterHealth(ws, c)
@@ -314,7 +314,7 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	s.query(w, r, []string{state.TableClusters, state.TableNodes}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		c := snap.Cluster(ws, name)
-		if c == nil || !principalOf(r).sees(name) {
+		if c == nil || !principalOf(r).Sees(name) {
 			return nil, fmt.Errorf("%w: no cluster named %q", state.ErrNotFound, name)
 		}
 		return clusterView(snap, ws, c, principalOf(r)), nil
@@ -378,11 +378,11 @@ func (s *Server) handleClusterDelete(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	cluster := r.URL.Query().Get("cluster")
-	if p := principalOf(r); !p.operator() {
+	if p := principalOf(r); !p.Operator() {
 		if cluster != "" && !allowCluster(w, r, cluster) {
 			return
 		}
-		cluster = p.cluster
+		cluster = p.Cluster
 	}
 	s.query(w, r, []string{state.TableJobs}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Jobs(ws, cluster)
@@ -405,7 +405,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	// tasks without a write to the job's row.
 	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.JobSummary(ws, id, summaryEvents)
-		if j == nil || !principalOf(r).sees(j.Cluster) {
+		if j == nil || !principalOf(r).Sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
 		return j, nil
@@ -437,7 +437,7 @@ func (s *Server) handleJobTasks(w http.ResponseWriter, r *http.Request) {
 	}
 	s.query(w, r, []string{state.TableJobs, state.TableTasks}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
-		if j == nil || !principalOf(r).sees(j.Cluster) {
+		if j == nil || !principalOf(r).Sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
 		snap.WatchTables(ws, state.TableTasks)
@@ -466,7 +466,7 @@ func (s *Server) handleJobSubmit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleJobCancel(w http.ResponseWriter, r *http.Request) {
-	if j := s.store.Snapshot().Job(nil, r.PathValue("id")); j != nil && !principalOf(r).sees(j.Cluster) {
+	if j := s.store.Snapshot().Job(nil, r.PathValue("id")); j != nil && !principalOf(r).Sees(j.Cluster) {
 		writeErr(w, fmt.Errorf("%w: no job named %q", state.ErrNotFound, r.PathValue("id")))
 		return
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/httpapi"
 	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
@@ -102,6 +102,18 @@ func (s *Server) routes() http.Handler {
 	s.fsRoutes(read, write, tenantRead, tenantWrite)
 	s.mpiRoutes(read, write, tenantRead)
 
+	// Subsystems register their own routes; signed routes (AWS SigV4)
+	// skip bearer-token authentication when the request is signed.
+	signed := http.NewServeMux()
+	router := &httpapi.Router{Read: read, Write: write, TenantRead: tenantRead, TenantWrite: tenantWrite,
+		Signed: func(pattern string, h http.HandlerFunc) {
+			mux.HandleFunc(pattern, h)
+			signed.HandleFunc(pattern, h)
+		}}
+	for _, sub := range s.subsystems {
+		sub.Routes(router)
+	}
+
 	read("GET /metrics", s.metrics.handler().ServeHTTP)
 	if s.cfg.EnableDebug {
 		read("/debug/pprof/", pprof.Index)
@@ -111,7 +123,22 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.recoverPanics(s.requireAgentCert(s.authenticate(mux)))
+	authenticated := s.requireAgentCert(s.authenticate(mux))
+	return s.recoverPanics(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isSigV4(r) {
+			if _, pattern := signed.Handler(r); pattern != "" {
+				signed.ServeHTTP(w, r)
+				return
+			}
+		}
+		authenticated.ServeHTTP(w, r)
+	}))
+}
+
+// isSigV4 reports whether r is signed with AWS Signature Version 4 in its
+// Authorization header.
+func isSigV4(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ")
 }
 
 // recoverPanics turns a handler panic into a 500 so that no request can
@@ -212,83 +239,19 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, addr string, canR
 	return !retry
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
+	httpapi.WriteError(w, status, code, msg)
 }
 
-// writeErr maps an error to its HTTP status and stable code. This is the
-// only place where errors become wire errors.
-func writeErr(w http.ResponseWriter, err error) {
-	type mapping struct {
-		target error
-		status int
-		code   string
-	}
-	for _, m := range []mapping{
-		{state.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
-		{api.ErrInvalid, http.StatusBadRequest, api.CodeInvalid},
-		{state.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
-		{state.ErrConflict, http.StatusConflict, api.CodeConflict},
-		{state.ErrNoRoom, http.StatusConflict, api.CodeNoCapacity},
-		{ErrNotLeader, http.StatusServiceUnavailable, api.CodeNoLeader},
-	} {
-		if errors.Is(err, m.target) {
-			msg := strings.TrimPrefix(err.Error(), m.target.Error()+": ")
-			writeError(w, m.status, m.code, msg)
-			return
-		}
-	}
-	writeError(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
-}
+// writeErr maps an error to its HTTP status and stable code through the
+// one error table (package httpapi).
+func writeErr(w http.ResponseWriter, err error) { httpapi.WriteErr(w, err) }
 
-// decodeBody reads a JSON body strictly: at most api.MaxBodyBytes, no
-// unknown fields, nothing after the value.
+// decodeBody reads a JSON body strictly (see httpapi.DecodeBody).
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	body := http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil && dec.More() {
-		err = errors.New("unexpected data after the JSON value")
-	}
-	if err == nil {
-		if _, e := dec.Token(); e != io.EOF {
-			err = errors.New("unexpected data after the JSON value")
-		}
-	}
-	if err == nil {
-		return true
-	}
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", api.MaxBodyBytes))
-	case errors.Is(err, io.EOF):
-		writeError(w, http.StatusBadRequest, api.CodeInvalid, "request body is empty; a JSON object is required")
-	default:
-		writeError(w, http.StatusBadRequest, api.CodeInvalid, "invalid JSON body: "+jsonProblem(err))
-	}
-	return false
-}
-
-// jsonProblem words a decoding error for a user.
-func jsonProblem(err error) string {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		field := te.Field
-		if field == "" {
-			field = "(top level)"
-		}
-		return fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type, te.Value)
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
+	return httpapi.DecodeBody(w, r, v, api.MaxBodyBytes)
 }
 
 // query runs a read, blocking while the state index is not above ?index=.

@@ -59,6 +59,12 @@ func (s *Server) monitorLeadership() {
 			go func(stop chan struct{}) { defer wg.Done(); s.nodeHealthLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); s.schedulerLoop(stop) }(stop)
 			go func(stop chan struct{}) { defer wg.Done(); repl.Run(stop) }(stop)
+			for _, sub := range s.subsystems {
+				for _, loop := range sub.LeaderLoops() {
+					wg.Add(1)
+					go func(stop chan struct{}) { defer wg.Done(); loop(stop) }(stop)
+				}
+			}
 		case <-s.shutdown:
 			return
 		}

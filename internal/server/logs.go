@@ -20,7 +20,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	snap := s.store.Snapshot()
 	j := snap.Job(nil, id)
-	if j == nil || !principalOf(r).sees(j.Cluster) {
+	if j == nil || !principalOf(r).Sees(j.Cluster) {
 		writeErr(w, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id))
 		return
 	}
@@ -74,7 +74,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 			// the caller, allowed to see the job, gets from us; the
 			// caller's own token stays here.
 			pr.Out.Header.Del("Authorization")
-			pr.Out.Header.Set(api.CapabilityHeader, s.capability(capability.OpLogs, t.ID, principalOf(r).cluster))
+			pr.Out.Header.Set(api.CapabilityHeader, s.capability(capability.OpLogs, t.ID, principalOf(r).Cluster))
 		},
 		FlushInterval: -1,
 		Transport:     s.peerTransport(tlsfiles.RoleAgent),

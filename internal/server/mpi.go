@@ -98,7 +98,7 @@ func (s *Server) handleJobCheckpoints(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	s.query(w, r, []string{state.TableJobs, state.TableCheckpoints}, func(snap *state.Snapshot, ws memdb.WatchSet) (any, error) {
 		j := snap.Job(ws, id)
-		if j == nil || !principalOf(r).sees(j.Cluster) {
+		if j == nil || !principalOf(r).Sees(j.Cluster) {
 			return nil, fmt.Errorf("%w: no job named %q", state.ErrNotFound, id)
 		}
 		if j.Type != api.JobMPI {

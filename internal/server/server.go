@@ -27,6 +27,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/dfs"
 	"github.com/shoal-dev/shoal/internal/fsm"
+	"github.com/shoal-dev/shoal/internal/httpapi"
 	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
@@ -99,7 +100,7 @@ type Config struct {
 
 // ErrNotLeader is returned by writes attempted on a server that lost
 // leadership while applying them.
-var ErrNotLeader = errors.New("server: not the leader")
+var ErrNotLeader = httpapi.ErrNoLeader
 
 // Server is one control-plane server.
 type Server struct {
@@ -130,6 +131,10 @@ type Server struct {
 	toServers, toAgents http.RoundTripper
 	// caps signs capabilities with the state's key (capabilities.go).
 	caps capIssuer
+
+	// subsystems plug in their own routes and leader loops
+	// (subsystems.go).
+	subsystems []httpapi.Subsystem
 
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
@@ -211,7 +216,12 @@ func New(cfg Config) (*Server, error) {
 		s.closeRaft()
 		return nil, err
 	}
+	if err := s.setupSubsystems(); err != nil {
+		s.closeRaft()
+		return nil, err
+	}
 	if err := s.setupHTTP(); err != nil {
+		s.closeSubsystems()
 		s.closeRaft()
 		return nil, err
 	}
@@ -342,6 +352,7 @@ func (s *Server) Shutdown() error {
 			s.http.Close()
 		}
 		s.wg.Wait()
+		s.closeSubsystems()
 		s.closeRaft()
 	})
 	return nil
