@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil"
+)
+
+// flaky is a shell bootstrap that fails every invocation while FAIL=1 and
+// answers {"ok":true} otherwise.
+const flaky = `#!/bin/sh
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation"
+while :; do
+  id=$(curl -sS -D - -o event.json "$api/next" | tr -d '\r' | sed -n 's/^[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: //p')
+  echo "handling $id"
+  if [ "$FAIL" = 1 ]; then
+    curl -sS -o /dev/null -X POST -d '{"errorMessage":"failing on purpose","errorType":"Flaky"}' "$api/$id/error"
+  else
+    curl -sS -o /dev/null -X POST -d '{"ok":true}' "$api/$id/response"
+  fi
+done
+`
+
+// ranOK reports whether the logs hold a successful run of request id.
+func ranOK(t *testing.T, in *testutil.Installation, cluster, name, id string) (bool, string) {
+	recs, err := in.Client.FunctionLogs(context.Background(), cluster, name, time.Time{}, id)
+	if err != nil {
+		return false, err.Error()
+	}
+	var outcomes []string
+	for _, r := range recs {
+		if r.Outcome == "ok" {
+			return true, ""
+		}
+		outcomes = append(outcomes, r.Outcome)
+	}
+	return false, fmt.Sprintf("runs of %s: %v", id, outcomes)
+}
+
+// TestFunctionEventsAndDeadLetters: Event invocations are queued and run;
+// one that fails every attempt lands in the dead-letter queue with its
+// error and attempt count, and a redrive after a fixed version succeeds.
+func TestFunctionEventsAndDeadLetters(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 1})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	bundle := writeBytes(t, "flaky.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(flaky), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "flaky", "--cluster", "c1", "--zip", bundle, "--env", "FAIL=0")
+
+	r := invoke(t, in, "c1", "flaky", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(`{"n":1}`)})
+	if r.StatusCode != 202 || r.RequestID == "" {
+		t.Fatalf("Event: status %d, request id %q", r.StatusCode, r.RequestID)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "flaky", r.RequestID) })
+
+	mustShoal(t, in, "fn", "update", "flaky", "--env", "FAIL=1", "--retries", "2")
+	out := mustShoal(t, in, "fn", "invoke", "flaky", "--async", "--payload", `{"n":2}`)
+	var failing string
+	for _, f := range strings.Fields(out) {
+		if len(f) >= 32 {
+			failing = f
+		}
+	}
+	var dead []*api.DeadLetter
+	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
+		dead = nil
+		json.Unmarshal([]byte(mustShoal(t, in, "fn", "dlq", "list", "flaky", "-o", "json")), &dead)
+		return len(dead) == 1, fmt.Sprintf("%d dead letters", len(dead))
+	})
+	d := dead[0]
+	if d.Attempts != 3 || d.ErrorType != "Flaky" || !strings.Contains(d.ErrorMessage, "failing on purpose") || string(d.Payload) != `{"n":2}` {
+		t.Errorf("dead letter %+v, want 3 attempts of Flaky with the payload", d)
+	}
+	if failing != "" && d.ID != failing {
+		t.Errorf("dead letter id %s, want the request id %s printed by shoal fn invoke --async", d.ID, failing)
+	}
+	if show := mustShoal(t, in, "fn", "dlq", "show", "flaky", "--id", d.ID); !strings.Contains(show, "failing on purpose") {
+		t.Errorf("shoal fn dlq show: %s", show)
+	}
+
+	mustShoal(t, in, "fn", "update", "flaky", "--env", "FAIL=0")
+	mustShoal(t, in, "fn", "dlq", "redrive", "flaky")
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "flaky", d.ID) })
+	if out := mustShoal(t, in, "fn", "dlq", "list", "flaky", "-o", "json"); strings.Contains(out, d.ID) {
+		t.Errorf("the redriven dead letter is still listed: %s", out)
+	}
+}
+
+// TestFunctionEventsSurviveLeaderKill: Event invocations acknowledged
+// with 202 all run although the Raft leader is killed with kill -9 right
+// after (the queue is replicated over the three servers).
+func TestFunctionEventsSurviveLeaderKill(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 2})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
+	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", writeBytes(t, "hello.zip", testutil.HelloGoBundle(t)))
+	invokeHello(t, in, "c1", "hello", `{"name":"warm-up"}`)
+
+	var ids []string
+	for i := 0; i < 10; i++ {
+		r := invoke(t, in, "c1", "hello", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(fmt.Sprintf(`{"name":"e%d","sleep_ms":200}`, i))})
+		if r.StatusCode != 202 {
+			t.Fatalf("Event %d: status %d", i, r.StatusCode)
+		}
+		ids = append(ids, r.RequestID)
+	}
+	old := in.Leader()
+	in.Servers[old].Kill9()
+	for _, id := range ids {
+		testutil.WaitFor(t, 90*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "hello", id) })
+	}
+	in.Servers[old].Restart(t)
+}
