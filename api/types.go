@@ -531,15 +531,19 @@ type ServerInfo struct {
 	Name     string `json:"name"`
 	RaftAddr string `json:"raft_addr"`
 	HTTPAddr string `json:"http_addr"`
-	Leader   bool   `json:"leader,omitempty"`
-	Voter    bool   `json:"voter,omitempty"`
+	// QueueAddr is where the server's embedded queue (NATS) accepts
+	// routes from the other servers; empty when it takes none.
+	QueueAddr string `json:"queue_addr,omitempty"`
+	Leader    bool   `json:"leader,omitempty"`
+	Voter     bool   `json:"voter,omitempty"`
 }
 
 // JoinRequest asks the leader to add a server to the Raft group.
 type JoinRequest struct {
-	Name     string `json:"name"`
-	RaftAddr string `json:"raft_addr"`
-	HTTPAddr string `json:"http_addr"`
+	Name      string `json:"name"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr"`
+	QueueAddr string `json:"queue_addr,omitempty"`
 }
 
 // ErrorBody is the JSON shape of every error response.

@@ -77,6 +77,8 @@ func serverCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.ClusterSubnetBits, "cluster-subnet-bits", state.DefaultClusterSubnetBits, "prefix length of each cluster's subnet")
 	f.IntVar(&cfg.NodeSubnetBits, "node-subnet-bits", state.DefaultNodeSubnetBits, "prefix length of each member node's block of its cluster's subnet (its tasks' addresses)")
 	f.IntVar(&cfg.PoolMinPerZone, "pool-min-per-zone", 0, "ready idle nodes every zone should hold; 'shoal pool status' shows how many to add where (0: no wish)")
+	f.StringVar(&cfg.QueueAddr, "queue-addr", "", "address where the embedded queue of asynchronous invocations (NATS JetStream) accepts the other servers' routes (default: --raft-addr's host, its port + 1; a server alone opens none)")
+	f.StringVar(&cfg.QueueURL, "queue-url", "", "use this external NATS cluster (nats://host:port,...) for the queue of asynchronous invocations instead of the embedded one")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	tlsOpts.addFlags(cmd, tlsfiles.RoleServer)

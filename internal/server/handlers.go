@@ -67,7 +67,7 @@ func (s *Server) handleServers(w http.ResponseWriter, r *http.Request) {
 // discovering server introduces itself with ?name=&raft_addr=&http_addr=.
 func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request) {
 	if q := r.URL.Query(); q.Get("name") != "" {
-		s.noteCaller(api.ServerInfo{Name: q.Get("name"), RaftAddr: q.Get("raft_addr"), HTTPAddr: q.Get("http_addr")})
+		s.noteCaller(api.ServerInfo{Name: q.Get("name"), RaftAddr: q.Get("raft_addr"), HTTPAddr: q.Get("http_addr"), QueueAddr: q.Get("queue_addr")})
 	}
 	out := []api.ServerInfo{s.Info()}
 	seen := map[string]bool{s.cfg.Name: true}

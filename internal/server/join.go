@@ -58,7 +58,7 @@ func (s *Server) discover() {
 	// Servers asked introduce themselves, so that servers that all name
 	// only one other (s2 and s3 join s1, s1 joins none) still find each
 	// other through it.
-	me := url.Values{"name": {s.cfg.Name}, "raft_addr": {s.RaftAddr()}, "http_addr": {s.HTTPAddr()}}
+	me := url.Values{"name": {s.cfg.Name}, "raft_addr": {s.RaftAddr()}, "http_addr": {s.HTTPAddr()}, "queue_addr": {s.queueAddr}}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && !s.sleep(250*time.Millisecond) {
 			return
@@ -145,7 +145,7 @@ func (s *Server) discoveryCallers() []api.ServerInfo {
 // joinExisting asks the join addresses to add this server; it reports
 // success.
 func (s *Server) joinExisting() bool {
-	req := &api.JoinRequest{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr()}
+	req := &api.JoinRequest{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr(), QueueAddr: s.queueAddr}
 	for _, addr := range s.cfg.Join {
 		c := s.serverClient([]string{addr})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -183,7 +183,7 @@ func (s *Server) addVoter(req *api.JoinRequest) error {
 	if err := s.raft.AddVoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddr), 0, 10*time.Second).Error(); err != nil {
 		return fmt.Errorf("server: adding %s: %w", req.Name, err)
 	}
-	_, _, err := s.apply(fsm.ServerUpsert, &state.ServerUpsertRequest{Server: api.ServerInfo{Name: req.Name, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}})
+	_, _, err := s.apply(fsm.ServerUpsert, &state.ServerUpsertRequest{Server: api.ServerInfo{Name: req.Name, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr, QueueAddr: req.QueueAddr}})
 	return err
 }
 
@@ -196,7 +196,7 @@ func (s *Server) registerSelf() {
 			return
 		}
 		for _, sv := range s.store.Snapshot().Servers(nil) {
-			if sv.Name == me.Name && sv.RaftAddr == me.RaftAddr && sv.HTTPAddr == me.HTTPAddr {
+			if sv.Name == me.Name && sv.RaftAddr == me.RaftAddr && sv.HTTPAddr == me.HTTPAddr && sv.QueueAddr == me.QueueAddr {
 				return
 			}
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/dfs"
+	"github.com/shoal-dev/shoal/internal/fnqueue"
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/httpapi"
 	"github.com/shoal-dev/shoal/internal/replication"
@@ -96,6 +97,14 @@ type Config struct {
 	// CapabilityTTL is how long the capabilities this server issues stay
 	// valid (default DefaultCapabilityTTL).
 	CapabilityTTL time.Duration
+	// QueueAddr is where the embedded queue of asynchronous invocations
+	// (NATS JetStream, see queue.go) accepts routes from the other
+	// servers; default: the Raft address's host, port Raft's + 1. A
+	// server alone in its group opens none.
+	QueueAddr string
+	// QueueURL, when set, uses that external NATS cluster instead of the
+	// embedded queue.
+	QueueURL string
 }
 
 // ErrNotLeader is returned by writes attempted on a server that lost
@@ -131,6 +140,11 @@ type Server struct {
 	toServers, toAgents http.RoundTripper
 	// caps signs capabilities with the state's key (capabilities.go).
 	caps capIssuer
+
+	// queue is the async invocation queue once open (queue.go); queueAddr
+	// its advertised route address ("" when it takes none).
+	queue     atomic.Pointer[fnqueue.Queue]
+	queueAddr string
 
 	// subsystems plug in their own routes and leader loops
 	// (subsystems.go).
@@ -255,7 +269,7 @@ func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
 
 // Info describes this server.
 func (s *Server) Info() api.ServerInfo {
-	return api.ServerInfo{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr(), Leader: s.IsLeader()}
+	return api.ServerInfo{Name: s.cfg.Name, RaftAddr: s.RaftAddr(), HTTPAddr: s.HTTPAddr(), QueueAddr: s.queueAddr, Leader: s.IsLeader()}
 }
 
 func (s *Server) setupRaft() error {

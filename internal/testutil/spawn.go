@@ -180,6 +180,8 @@ func (p *Proc) Log() string {
 type ServerProc struct {
 	*Proc
 	HTTPAddr, RaftAddr string
+	// QueueAddr is where the server's embedded queue takes routes (groups of several).
+	QueueAddr string
 }
 
 // Options shape an installation.
@@ -245,7 +247,8 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 	}
 	var httpAddrs []string
 	for i := 0; i < opts.Servers; i++ {
-		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: freeAddrOn(t, opts.ServerIP), RaftAddr: freeAddrOn(t, opts.ServerIP)})
+		in.Servers = append(in.Servers, &ServerProc{HTTPAddr: freeAddrOn(t, opts.ServerIP), RaftAddr: freeAddrOn(t, opts.ServerIP),
+			QueueAddr: freeAddrOn(t, opts.ServerIP)})
 		httpAddrs = append(httpAddrs, in.Servers[i].HTTPAddr)
 	}
 	for i, s := range in.Servers {
@@ -260,7 +263,7 @@ func StartInstallation(t testing.TB, opts Options) *Installation {
 					others = append(others, a)
 				}
 			}
-			args = append(args, "--join", strings.Join(others, ","))
+			args = append(args, "--join", strings.Join(others, ","), "--queue-addr", s.QueueAddr)
 		}
 		if opts.HeartbeatTTL > 0 {
 			args = append(args, "--heartbeat-ttl", opts.HeartbeatTTL.String())
