@@ -53,6 +53,7 @@ func StartServers(t testing.TB, n int, configure ...func(i int, c *server.Config
 			DataDir:         filepath.Join(dir, name),
 			HTTPAddr:        httpAddrs[i],
 			RaftAddr:        FreeAddr(t),
+			QueueAddr:       FreeAddr(t),
 			BootstrapExpect: n,
 			TLS:             serverID,
 			Logger:          slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
