@@ -161,10 +161,11 @@ func reservedFunctionEnv(k string) bool {
 	return false
 }
 
-// FunctionDeploy is the body of PUT /v1/functions/{name}: a new version
-// of the function, made from Zip (a zip bundle holding an executable
-// "bootstrap" at its root) or, when Zip is empty on an update, from the
-// latest version's bundle with the new configuration.
+// FunctionDeploy is the body of PUT
+// /v1/clusters/{cluster}/functions/{name}: a new version of the function,
+// made from Zip (a zip bundle holding an executable "bootstrap" at its
+// root) or, when Zip is empty on an update, from the latest version's
+// bundle with the new configuration.
 type FunctionDeploy struct {
 	Cluster string `json:"cluster"`
 	// Zip is the bundle; JSON carries it in base64.
@@ -216,8 +217,9 @@ func (f *Function) Version(v int) *FunctionVersion {
 	return nil
 }
 
-// FunctionStatus is GET /v1/functions/{name}/status: the function with
-// what its cluster's agents report of its sandboxes and invocations.
+// FunctionStatus is GET /v1/clusters/{cluster}/functions/{name}/status:
+// the function with what its cluster's agents report of its sandboxes and
+// invocations.
 type FunctionStatus struct {
 	Function *Function `json:"function"`
 	// ProvisionedTarget is the number of sandboxes kept ready now (the
@@ -304,7 +306,8 @@ type DeadLetter struct {
 	Failed       time.Time `json:"failed"`
 }
 
-// Redrive is the body of POST /v1/functions/{name}/dlq/redrive: the dead
+// Redrive is the body of POST
+// /v1/clusters/{cluster}/functions/{name}/dlq/redrive: the dead
 // letters to submit again (all of them when IDs is empty).
 type Redrive struct {
 	IDs []string `json:"ids,omitempty"`
