@@ -177,15 +177,22 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	return idx, nil
 }
 
-// send issues a request and returns a 2xx response, or an error.
+// send issues a request with in as its JSON body (none when in is nil)
+// and returns a 2xx response, or an error.
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
-	var body []byte
-	if in != nil {
-		var err error
-		if body, err = json.Marshal(in); err != nil {
-			return nil, err
-		}
+	if in == nil {
+		return c.sendRaw(ctx, method, path, query, nil, nil)
 	}
+	body, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	return c.sendRaw(ctx, method, path, query, body, http.Header{"Content-Type": {"application/json"}})
+}
+
+// sendRaw is [Client.send] for a body sent as it is (nil: none), with
+// header added to the request.
+func (c *Client) sendRaw(ctx context.Context, method, path string, query url.Values, body []byte, header http.Header) (*http.Response, error) {
 	c.mu.Lock()
 	n := len(c.addrs)
 	c.mu.Unlock()
@@ -206,8 +213,8 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		if err != nil {
 			return nil, err
 		}
-		if in != nil {
-			req.Header.Set("Content-Type", "application/json")
+		for k, v := range header {
+			req.Header[k] = v
 		}
 		if c.Token != "" {
 			req.Header.Set("Authorization", "Bearer "+c.Token)

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"fmt"
 	"regexp"
 	"strconv"
 	"time"
@@ -106,9 +105,9 @@ func ValidateFunctionName(field, s string) error {
 	case s == "":
 		return invalid(field, "must not be empty")
 	case len(s) > MaxFunctionNameLen:
-		return invalid(field, fmt.Sprintf("%q is %d characters long; at most %d are allowed", s, len(s), MaxFunctionNameLen))
+		return invalid(field, "%q is %d characters long; at most %d are allowed", s, len(s), MaxFunctionNameLen)
 	case !functionName.MatchString(s):
-		return invalid(field, fmt.Sprintf("%q may contain only letters, digits, '-' and '_'", s))
+		return invalid(field, "%q may contain only letters, digits, '-' and '_'", s)
 	}
 	return nil
 }
@@ -116,35 +115,35 @@ func ValidateFunctionName(field, s string) error {
 // Validate checks c, naming the first problem.
 func (c FunctionConfig) Validate() error {
 	if c.MemoryMiB != 0 && (c.MemoryMiB < MinFunctionMemoryMiB || c.MemoryMiB > MaxFunctionMemoryMiB) {
-		return invalid("memory_mib", fmt.Sprintf("%d MiB is out of range: it must be between %d and %d", c.MemoryMiB, MinFunctionMemoryMiB, MaxFunctionMemoryMiB))
+		return invalid("memory_mib", "%d MiB is out of range: it must be between %d and %d", c.MemoryMiB, MinFunctionMemoryMiB, MaxFunctionMemoryMiB)
 	}
 	if t := c.Timeout.D(); t != 0 && (t < time.Second || t > MaxFunctionTimeout || t%time.Second != 0) {
-		return invalid("timeout", fmt.Sprintf("%s is out of range: it must be a whole number of seconds between 1s and %s", t, MaxFunctionTimeout))
+		return invalid("timeout", "%s is out of range: it must be a whole number of seconds between 1s and %s", t, MaxFunctionTimeout)
 	}
 	if c.Concurrency < 0 || c.Concurrency > MaxFunctionConcurrency {
-		return invalid("concurrency", fmt.Sprintf("%d is out of range: it must be between 1 and %d (0: the default, %d)", c.Concurrency, MaxFunctionConcurrency, DefaultFunctionConcurrency))
+		return invalid("concurrency", "%d is out of range: it must be between 1 and %d (0: the default, %d)", c.Concurrency, MaxFunctionConcurrency, DefaultFunctionConcurrency)
 	}
 	if c.Provisioned != "" && c.Provisioned != ProvisionedAuto {
 		n, err := strconv.Atoi(c.Provisioned)
 		if err != nil || n < 0 || n > MaxProvisioned {
-			return invalid("provisioned", fmt.Sprintf("%q must be a count between 0 and %d, or %q", c.Provisioned, MaxProvisioned, ProvisionedAuto))
+			return invalid("provisioned", "%q must be a count between 0 and %d, or %q", c.Provisioned, MaxProvisioned, ProvisionedAuto)
 		}
 	}
 	if c.Retries != nil && (*c.Retries < 0 || *c.Retries > MaxAsyncRetries) {
-		return invalid("retries", fmt.Sprintf("%d is out of range: it must be between 0 and %d", *c.Retries, MaxAsyncRetries))
+		return invalid("retries", "%d is out of range: it must be between 0 and %d", *c.Retries, MaxAsyncRetries)
 	}
 	size := 0
 	for k, v := range c.Env {
 		if !envName.MatchString(k) {
-			return invalid("env", fmt.Sprintf("%q is not a valid variable name", k))
+			return invalid("env", "%q is not a valid variable name", k)
 		}
 		if reservedFunctionEnv(k) {
-			return invalid("env", fmt.Sprintf("%s is set by Shoal for every function and may not be set", k))
+			return invalid("env", "%s is set by Shoal for every function and may not be set", k)
 		}
 		size += len(k) + len(v)
 	}
 	if size > MaxFunctionEnvBytes {
-		return invalid("env", fmt.Sprintf("the variables take %d bytes; at most %d are allowed", size, MaxFunctionEnvBytes))
+		return invalid("env", "the variables take %d bytes; at most %d are allowed", size, MaxFunctionEnvBytes)
 	}
 	return nil
 }
@@ -162,10 +161,11 @@ func reservedFunctionEnv(k string) bool {
 	return false
 }
 
-// FunctionDeploy is the body of PUT /v1/functions/{name}: a new version
-// of the function, made from Zip (a zip bundle holding an executable
-// "bootstrap" at its root) or, when Zip is empty on an update, from the
-// latest version's bundle with the new configuration.
+// FunctionDeploy is the body of PUT
+// /v1/clusters/{cluster}/functions/{name}: a new version of the function,
+// made from Zip (a zip bundle holding an executable "bootstrap" at its
+// root) or, when Zip is empty on an update, from the latest version's
+// bundle with the new configuration.
 type FunctionDeploy struct {
 	Cluster string `json:"cluster"`
 	// Zip is the bundle; JSON carries it in base64.
@@ -217,8 +217,9 @@ func (f *Function) Version(v int) *FunctionVersion {
 	return nil
 }
 
-// FunctionStatus is GET /v1/functions/{name}/status: the function with
-// what its cluster's agents report of its sandboxes and invocations.
+// FunctionStatus is GET /v1/clusters/{cluster}/functions/{name}/status:
+// the function with what its cluster's agents report of its sandboxes and
+// invocations.
 type FunctionStatus struct {
 	Function *Function `json:"function"`
 	// ProvisionedTarget is the number of sandboxes kept ready now (the
@@ -305,7 +306,8 @@ type DeadLetter struct {
 	Failed       time.Time `json:"failed"`
 }
 
-// Redrive is the body of POST /v1/functions/{name}/dlq/redrive: the dead
+// Redrive is the body of POST
+// /v1/clusters/{cluster}/functions/{name}/dlq/redrive: the dead
 // letters to submit again (all of them when IDs is empty).
 type Redrive struct {
 	IDs []string `json:"ids,omitempty"`

@@ -1,5 +1,6 @@
 // Package cli implements the shoal command line: the server, agent and dev
-// processes and the noun-verb client commands (node, pool, cluster, job, fs).
+// processes and the noun-verb client commands (node, pool, cluster, job, fs,
+// fn).
 package cli
 
 import (
@@ -93,7 +94,7 @@ Start a whole installation on this machine with 'shoal dev', then try
 	root.PersistentFlags().StringVar(&g.token, "token", os.Getenv("SHOAL_TOKEN"), "API token: the operator token or a cluster's token (env SHOAL_TOKEN); 'shoal server' requires callers to present it, and agents present it")
 	g.tls.addFlags(root)
 	root.AddCommand(serverCmd(g), agentCmd(g), devCmd(g), nodeCmd(g), poolCmd(g), clusterCmd(g), jobCmd(g), fsCmd(g), versionCmd(g), mpiCmd(g))
-	root.AddCommand(checkpointCmd(g), tlsCmd(g))
+	root.AddCommand(checkpointCmd(g), tlsCmd(g), fnCmd(g))
 	return root
 }
 

@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"archive/zip"
+	"bytes"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// zipEntry is one file of a zip made by makeZip.
+type zipEntry struct {
+	name    string
+	mode    fs.FileMode
+	content string
+}
+
+// makeZip returns a zip archive of entries, with their modes.
+func makeZip(t *testing.T, entries ...zipEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, e := range entries {
+		h := &zip.FileHeader{Name: e.name, Method: zip.Deflate}
+		h.SetMode(e.mode)
+		w, err := zw.CreateHeader(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(w, e.content)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// writeZip writes a zip of entries into a temporary file and returns its
+// path.
+func writeZip(t *testing.T, entries ...zipEntry) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bundle.zip")
+	if err := os.WriteFile(p, makeZip(t, entries...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var bootstrapOK = zipEntry{"bootstrap", 0o755, "#!/bin/sh\n"}
+
+func TestCheckBundle(t *testing.T) {
+	tests := []struct {
+		name    string
+		zip     []byte
+		wantErr string // "" for none
+	}{
+		{"executable bootstrap", makeZip(t, bootstrapOK, zipEntry{"lib/x.so", 0o644, "x"}), ""},
+		{"bootstrap as ./bootstrap", makeZip(t, zipEntry{"./bootstrap", 0o700, "x"}), ""},
+		{"not a zip", []byte("#!/bin/sh\necho hi\n"), "not a zip archive"},
+		{"empty file", nil, "not a zip archive"},
+		{"no bootstrap", makeZip(t, zipEntry{"main", 0o755, "x"}), "no bootstrap at the root"},
+		{"bootstrap in a directory", makeZip(t, zipEntry{"hello/bootstrap", 0o755, "x"}), "only hello/bootstrap: zip it with 'zip -j'"},
+		{"bootstrap not executable", makeZip(t, zipEntry{"bootstrap", 0o644, "x"}), "bootstrap is not executable (mode -rw-r--r--)"},
+		{"bootstrap a symbolic link", makeZip(t, zipEntry{"bootstrap", fs.ModeSymlink | 0o777, "main"}), "bootstrap is a symbolic link"},
+		{"bootstrap a directory", makeZip(t, zipEntry{"bootstrap/", fs.ModeDir | 0o755, ""}), "bootstrap is a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkBundle(tt.zip)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("checkBundle: got %v, want no error", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("checkBundle: got %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestReadBundleDirectory(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]fs.FileMode{"bootstrap": 0o755, "lib/data.txt": 0o640, "lib/sub/tool": 0o700}
+	for name, mode := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("content of "+name), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("lib/data.txt", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := readBundle(dir)
+	if err != nil {
+		t.Fatalf("readBundle(%s): %v", dir, err)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatalf("the bundle is not a zip: %v", err)
+	}
+	got := map[string]string{}
+	for _, f := range zr.File {
+		if f.Mode().IsDir() {
+			got[f.Name] = f.Mode().String()
+			continue
+		}
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, _ := io.ReadAll(rc)
+		rc.Close()
+		got[f.Name] = f.Mode().String() + " " + string(content)
+	}
+	want := map[string]string{
+		"bootstrap":    "-rwxr-xr-x content of bootstrap",
+		"lib/":         "drwxr-xr-x",
+		"lib/data.txt": "-rw-r----- content of lib/data.txt",
+		"lib/sub/":     "drwxr-xr-x",
+		"lib/sub/tool": "-rwx------ content of lib/sub/tool",
+		"link":         "-rw-r----- content of lib/data.txt", // followed
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("zipped directory (-want +got):\n%s", diff)
+	}
+
+	if err := os.Chmod(filepath.Join(dir, "bootstrap"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readBundle(dir); err == nil || !strings.Contains(err.Error(), "bootstrap is not executable") {
+		t.Errorf("readBundle of a directory whose bootstrap is not executable: got %v, want \"bootstrap is not executable\"", err)
+	}
+}
