@@ -61,10 +61,8 @@ func TestFunctionEventsAndDeadLetters(t *testing.T) {
 	mustShoal(t, in, "fn", "update", "flaky", "--env", "FAIL=1", "--retries", "2")
 	out := mustShoal(t, in, "fn", "invoke", "flaky", "--async", "--payload", `{"n":2}`)
 	var failing string
-	for _, f := range strings.Fields(out) {
-		if len(f) >= 32 {
-			failing = f
-		}
+	if _, err := fmt.Sscanf(out, "Event %s queued", &failing); err != nil {
+		t.Fatalf("shoal fn invoke --async printed %q", out)
 	}
 	var dead []*api.DeadLetter
 	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
@@ -76,7 +74,7 @@ func TestFunctionEventsAndDeadLetters(t *testing.T) {
 	if d.Attempts != 3 || d.ErrorType != "Flaky" || !strings.Contains(d.ErrorMessage, "failing on purpose") || string(d.Payload) != `{"n":2}` {
 		t.Errorf("dead letter %+v, want 3 attempts of Flaky with the payload", d)
 	}
-	if failing != "" && d.ID != failing {
+	if d.ID != failing {
 		t.Errorf("dead letter id %s, want the request id %s printed by shoal fn invoke --async", d.ID, failing)
 	}
 	if show := mustShoal(t, in, "fn", "dlq", "show", "flaky", "--id", d.ID); !strings.Contains(show, "failing on purpose") {
