@@ -139,16 +139,22 @@ func (s *Service) handleDelete(w http.ResponseWriter, r *http.Request) {
 		cancel()
 	}
 	if f, ok := out.(*api.Function); ok {
+		// A function deployed again under the same name since the delete
+		// keeps the bundles it uses (and so their directory).
+		again := s.cfg.Store.Snapshot().Function(nil, cluster, name)
 		var paths []string
 		seen := map[string]bool{}
 		for _, v := range f.Versions {
-			if !seen[v.Bundle] {
+			if !seen[v.Bundle] && !hasBundle(again, v.SHA256) {
 				seen[v.Bundle] = true
 				paths = append(paths, v.Bundle)
 			}
 		}
-		// The directory goes last, once empty.
-		s.removeBundles(ctx, append(paths, bundleDir(cluster, name))...)
+		if again == nil {
+			// The directory goes last, once empty.
+			paths = append(paths, bundleDir(cluster, name))
+		}
+		s.removeBundles(ctx, paths...)
 	}
 	w.Header().Set(api.IndexHeader, strconv.FormatUint(idx, 10))
 	httpapi.WriteJSON(w, http.StatusOK, api.WriteResponse{Index: idx})
