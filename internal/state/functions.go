@@ -115,13 +115,15 @@ func sortedFunctions(recs []*functionRecord) []*api.Function {
 	return out
 }
 
-// validateVersion checks what a deploy request says of its version.
-func validateVersion(v *api.FunctionVersion) error {
+// validateVersion checks what a deploy request says of its version. The
+// bundle must lie in the cluster's own part of the file system, so that
+// no version of one cluster runs another cluster's files.
+func validateVersion(cluster string, v *api.FunctionVersion) error {
 	if err := v.Config.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if v.Bundle == "" {
-		return fmt.Errorf("%w: bundle: must name the bundle's path", ErrInvalid)
+	if p, err := api.CleanPath("bundle", v.Bundle); err != nil || p != v.Bundle || !api.WithinDir(p, api.ClusterRoot(cluster)) || p == api.ClusterRoot(cluster) {
+		return fmt.Errorf("%w: bundle: %q is not a file of cluster %s (under %s)", ErrInvalid, v.Bundle, cluster, api.ClusterRoot(cluster))
 	}
 	if b, err := hex.DecodeString(v.SHA256); err != nil || len(b) != 32 {
 		return fmt.Errorf("%w: sha256: %q is not a hex SHA-256 digest", ErrInvalid, v.SHA256)
@@ -140,7 +142,7 @@ func (s *Store) DeployFunction(index uint64, req *FunctionDeployRequest) (*api.F
 	if err := api.ValidateFunctionName("name", req.Name); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if err := validateVersion(&req.Version); err != nil {
+	if err := validateVersion(req.Cluster, &req.Version); err != nil {
 		return nil, err
 	}
 	var out *api.Function

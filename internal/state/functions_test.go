@@ -22,6 +22,8 @@ func version(memory int) api.FunctionVersion {
 
 func (f *fixture) deploy(cluster, name string, v api.FunctionVersion, update bool) (*api.Function, error) {
 	f.t.Helper()
+	// version's bundle is in cluster c; move it to the cluster deployed to.
+	v.Bundle = strings.Replace(v.Bundle, "/clusters/c/.functions/", "/clusters/"+cluster+"/.functions/", 1)
 	return f.s.DeployFunction(f.next(), &state.FunctionDeployRequest{Cluster: cluster, Name: name, Version: v, Update: update, Now: f.now})
 }
 
@@ -75,6 +77,8 @@ func TestDeployFunctionErrors(t *testing.T) {
 	bad.Config.MemoryMiB = 64
 	noSHA := version(0)
 	noSHA.SHA256 = "abc"
+	elsewhere := version(0)
+	elsewhere.Bundle = "/clusters/other/f.zip"
 	tests := []struct {
 		name, cluster, fn string
 		v                 api.FunctionVersion
@@ -89,6 +93,7 @@ func TestDeployFunctionErrors(t *testing.T) {
 		{"long name", "c", strings.Repeat("x", 65), version(0), false, state.ErrInvalid, "at most 64"},
 		{"memory out of range", "c", "f", bad, false, state.ErrInvalid, "memory_mib"},
 		{"bad digest", "c", "f", noSHA, false, state.ErrInvalid, "sha256"},
+		{"bundle of another cluster", "c", "f", elsewhere, false, state.ErrInvalid, "bundle:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
