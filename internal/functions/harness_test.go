@@ -47,11 +47,12 @@ type env struct {
 	agents  map[string]*fakeAgent
 	queue   *fakeQueue
 	reg     *prometheus.Registry
+	clock   time.Time // the service's clock; t0 unless a test moves it
 }
 
 func newEnv(t *testing.T, withQueue bool) *env {
 	t.Helper()
-	e := &env{t: t, store: state.New(), files: map[string][]byte{}, agents: map[string]*fakeAgent{}, reg: prometheus.NewRegistry()}
+	e := &env{t: t, store: state.New(), files: map[string][]byte{}, agents: map[string]*fakeAgent{}, reg: prometheus.NewRegistry(), clock: t0}
 	e.fsm = fsm.New(e.store, slog.New(slog.DiscardHandler))
 	cfg := functions.Config{
 		Store: e.store,
@@ -77,8 +78,12 @@ func newEnv(t *testing.T, withQueue bool) *env {
 			return nil
 		},
 		OperatorToken: operatorToken,
-		Now:           func() time.Time { return t0 },
-		Metrics:       e.reg,
+		Now: func() time.Time {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			return e.clock
+		},
+		Metrics: e.reg,
 	}
 	if withQueue {
 		e.queue = &fakeQueue{letters: map[string]*api.DeadLetter{}}
@@ -392,4 +397,24 @@ func (e *env) gauge(name, cluster, function string) float64 {
 		}
 	}
 	return -1
+}
+
+// advance moves the service's clock.
+func (e *env) advance(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.clock = e.clock.Add(d)
+}
+
+// puts returns how many provisioned sets the agent was sent.
+func (a *fakeAgent) puts() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.sets)
+}
+
+func (a *fakeAgent) setFail(fail bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.fail = fail
 }

@@ -243,12 +243,15 @@ func (p *provisioner) tick(ctx context.Context, snap *state.Snapshot) {
 }
 
 // send PUTs each agent its set unless it was sent the same set to the
-// same address less than resendInterval ago.
+// same address less than resendInterval ago. p.sent is updated once every
+// request has ended: an agent that failed is tried again on the next tick.
 func (p *provisioner) send(ctx context.Context, want map[string]*api.ProvisionedSet, addrs map[string]string) {
 	now := p.s.now()
 	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		sent   = map[string]sentSet{}
+		failed []string
 	)
 	for node, set := range want {
 		b, err := json.Marshal(set)
@@ -266,18 +269,23 @@ func (p *provisioner) send(ctx context.Context, want map[string]*api.Provisioned
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				// Tried again on the next tick.
 				p.s.log.Debug("sending provisioned sandboxes", "node", node, "err", err)
-				if prev, ok := p.sent[node]; ok {
-					prev.at = time.Time{}
-					p.sent[node] = prev
-				}
+				failed = append(failed, node)
 				return
 			}
-			p.sent[node] = next
+			sent[node] = next
 		}()
 	}
 	wg.Wait()
+	for node, next := range sent {
+		p.sent[node] = next
+	}
+	for _, node := range failed {
+		if prev, ok := p.sent[node]; ok {
+			prev.at = time.Time{} // stale: send again
+			p.sent[node] = prev
+		}
+	}
 }
 
 func (p *provisioner) clearGauges() {

@@ -185,6 +185,21 @@ func TestProvisionLoop(t *testing.T) {
 		t.Errorf("shoal_server_fn_provisioned_target{c,f}: got %v, want 4", got)
 	}
 
+	// An unchanged set is sent again once resendInterval has passed (an
+	// agent may have restarted), not before; an agent that failed is
+	// tried again.
+	n1 := a1.puts()
+	a3.setFail(true)
+	e.advance(11 * time.Second)
+	shoaltest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return a1.puts() > n1, fmt.Sprintf("n1 was sent %d sets, as before", a1.puts())
+	})
+	n3 := a3.puts()
+	a3.setFail(false)
+	shoaltest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return a3.puts() > n3, "n3 not sent its set again after failing"
+	})
+
 	// n2 goes down: its share moves to n1 and n3.
 	e.must(fsm.NodeState, &state.NodeStateRequest{Name: "n2", State: api.NodeDown, Now: t0})
 	shoaltest.WaitFor(t, 10*time.Second, func() (bool, string) {
