@@ -236,6 +236,9 @@ type FunctionStatus struct {
 	// queue; Queued the number waiting to run.
 	DeadLetters uint64 `json:"dead_letters"`
 	Queued      uint64 `json:"queued"`
+	// Unreachable lists the cluster's ready nodes whose agents did not
+	// answer in time: their sandboxes and counts are missing above.
+	Unreachable []string `json:"unreachable,omitempty"`
 }
 
 // Sandbox states.

@@ -30,6 +30,8 @@ func TestImportRules(t *testing.T) {
 			"github.com/shoal-dev/shoal/internal/state"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/hashicorp/raft"}},
+		// Subsystems plug into the server; the server imports them.
+		{"github.com/shoal-dev/shoal/internal/functions", []string{"github.com/shoal-dev/shoal/internal/server"}},
 	}
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {

@@ -49,6 +49,8 @@ const (
 	ClusterCA
 	CheckpointReport
 	CapabilityKey
+	FunctionDeploy
+	FunctionDelete
 )
 
 var typeNames = map[MessageType]string{
@@ -60,7 +62,7 @@ var typeNames = map[MessageType]string{
 	FSClose: "fs-close", FSAbort: "fs-abort", FSRemove: "fs-remove", FSRename: "fs-rename",
 	FSSnapshot: "fs-snapshot", FSReplicas: "fs-replicas", FSGarbageDone: "fs-garbage-done",
 	ClusterToken: "cluster-token", FSRenew: "fs-renew", ClusterCA: "cluster-ca", CheckpointReport: "checkpoint-report",
-	CapabilityKey: "capability-key",
+	CapabilityKey: "capability-key", FunctionDeploy: "function-deploy", FunctionDelete: "function-delete",
 }
 
 func (t MessageType) String() string {
@@ -201,6 +203,14 @@ var appliers = map[MessageType]applyFunc{
 	}),
 	CapabilityKey: decode(func(s *state.Store, i uint64, r *state.CapabilityKeyRequest) Result {
 		return errOnly(s.SetCapabilityKey(i, r))
+	}),
+	FunctionDeploy: decode(func(s *state.Store, i uint64, r *state.FunctionDeployRequest) Result {
+		f, err := s.DeployFunction(i, r)
+		return Result{Value: f, Err: err}
+	}),
+	FunctionDelete: decode(func(s *state.Store, i uint64, r *state.FunctionDeleteRequest) Result {
+		f, err := s.DeleteFunction(i, r)
+		return Result{Value: f, Err: err}
 	}),
 	ClusterToken: decode(func(s *state.Store, i uint64, r *state.ClusterTokenRequest) Result {
 		c, err := s.SetClusterToken(i, r)

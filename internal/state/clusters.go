@@ -330,7 +330,8 @@ func (tx *writeTxn) shrink(c *api.Cluster, size int, now time.Time) error {
 	return nil
 }
 
-// DeleteCluster cancels the cluster's jobs and returns its nodes to the pool.
+// DeleteCluster cancels the cluster's jobs, deletes its functions and
+// returns its nodes to the pool.
 func (s *Store) DeleteCluster(index uint64, req *ClusterDeleteRequest) error {
 	return s.write(index, func(tx *writeTxn) error {
 		c := tx.cluster(req.Name)
@@ -350,6 +351,9 @@ func (s *Store) DeleteCluster(index uint64, req *ClusterDeleteRequest) error {
 			nn.Cluster = ""
 		}
 		if err := tx.deleteClusterRecords(c.Name); err != nil {
+			return err
+		}
+		if err := tx.deleteFunctions(c.Name); err != nil {
 			return err
 		}
 		if err := tx.freeNetwork(c.Name); err != nil {

@@ -23,7 +23,7 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	enc := json.NewEncoder(bw)
 	for _, table := range []string{tableIndex, tableNodes, tableClusters, tableJobs, tableTasks, tableServers,
 		tableFSEntries, tableFSHistory, tableFSSnapshots, tableFSChunks, tableFSGarbage, tableCheckpoints, tableClusterCAs, tableClusterNets,
-		tableCapKeys} {
+		tableCapKeys, tableFunctions} {
 		it, err := s.txn.Get(table, "id")
 		if err != nil {
 			return err
@@ -86,6 +86,8 @@ func Restore(r io.Reader) (*Store, error) {
 			obj = &clusterNet{}
 		case tableCapKeys:
 			obj = &CapabilityKey{}
+		case tableFunctions:
+			obj = &functionRecord{}
 		default:
 			return nil, fmt.Errorf("state: snapshot has unknown table %q", rec.Table)
 		}

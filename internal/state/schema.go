@@ -144,6 +144,14 @@ func schema() *memdb.DBSchema {
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 			},
 		},
+		tableFunctions: {
+			Name: tableFunctions,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":      {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"cluster": {Name: "cluster", Indexer: &memdb.StringFieldIndex{Field: "Cluster"}},
+				"name":    {Name: "name", Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+			},
+		},
 		tableFSGarbage: {
 			Name: tableFSGarbage,
 			Indexes: map[string]*memdb.IndexSchema{
