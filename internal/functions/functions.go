@@ -128,7 +128,7 @@ func (s *Service) Catalog() *Catalog { return s.catalog }
 // them itself instead of forwarding them to the leader.
 func (s *Service) Routes(r *httpapi.Router) {
 	const fn = "/v1/clusters/{cluster}/functions/{name}"
-	r.TenantWrite("PUT "+fn, s.handleDeploy)
+	r.TenantUpload("PUT "+fn, maxDeployBody, s.handleDeploy)
 	r.TenantWrite("DELETE "+fn, s.handleDelete)
 	r.TenantRead("GET /v1/functions", s.handleList)
 	r.TenantRead("GET "+fn, s.handleGet)

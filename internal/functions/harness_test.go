@@ -102,11 +102,12 @@ func newEnv(t *testing.T, withQueue bool) *env {
 	}
 	reg := func(p string, h http.HandlerFunc) { mux.HandleFunc(p, h) }
 	e.svc.Routes(&httpapi.Router{
-		Read:        func(p string, h http.HandlerFunc) { reg(p, operatorOnly(h)) },
-		Write:       func(p string, h http.HandlerFunc) { reg(p, operatorOnly(h)) },
-		TenantRead:  reg,
-		TenantWrite: reg,
-		Signed:      reg,
+		Read:         func(p string, h http.HandlerFunc) { reg(p, operatorOnly(h)) },
+		Write:        func(p string, h http.HandlerFunc) { reg(p, operatorOnly(h)) },
+		TenantRead:   reg,
+		TenantWrite:  reg,
+		TenantUpload: func(p string, _ int64, h http.HandlerFunc) { reg(p, h) },
+		Signed:       reg,
 	})
 	e.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")

@@ -187,6 +187,9 @@ type Router struct {
 	// TenantRead and TenantWrite are open to clusters' tokens too: the
 	// handler confines a cluster principal to its own cluster.
 	TenantRead, TenantWrite func(pattern string, h http.HandlerFunc)
+	// TenantUpload is a TenantWrite route whose body may be up to limit
+	// bytes (others: api.MaxBodyBytes), such as a function's bundle.
+	TenantUpload func(pattern string, limit int64, h http.HandlerFunc)
 	// Signed routes are served by any server and accept requests signed
 	// with AWS Signature Version 4: for those the server authenticates
 	// no principal (PrincipalOf reports false) and the handler verifies

@@ -106,6 +106,9 @@ func (s *Server) routes() http.Handler {
 	// skip bearer-token authentication when the request is signed.
 	signed := http.NewServeMux()
 	router := &httpapi.Router{Read: read, Write: write, TenantRead: tenantRead, TenantWrite: tenantWrite,
+		TenantUpload: func(pattern string, limit int64, h http.HandlerFunc) {
+			mux.HandleFunc(pattern, s.forwardLimited(h, limit))
+		},
 		Signed: func(pattern string, h http.HandlerFunc) {
 			mux.HandleFunc(pattern, h)
 			signed.HandleFunc(pattern, h)
@@ -161,6 +164,13 @@ func (s *Server) recoverPanics(h http.Handler) http.Handler {
 // retries for a few seconds. Only failures that prove the request was not
 // applied are retried, so a write is never applied twice.
 func (s *Server) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
+	return s.forwardLimited(h, api.MaxBodyBytes)
+}
+
+// forwardLimited is forwardToLeader for a route whose bodies may reach
+// limit bytes; what is longer reaches the handler cut at limit+1 bytes,
+// for it to refuse.
+func (s *Server) forwardLimited(h http.HandlerFunc, limit int64) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(forwardedHeader) != "" && !s.IsLeader() {
 			w.Header().Set(notLeaderHeader, "1")
@@ -169,7 +179,7 @@ func (s *Server) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
 		}
 		var body []byte
 		if r.Body != nil {
-			b, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBodyBytes+1))
+			b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 			if err != nil {
 				writeError(w, http.StatusBadRequest, api.CodeInvalid, "reading request body: "+err.Error())
 				return
