@@ -30,6 +30,10 @@ func TestImportRules(t *testing.T) {
 			"github.com/shoal-dev/shoal/internal/state"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/hashicorp/raft"}},
+		// Invocations do not go through Raft.
+		{"github.com/shoal-dev/shoal/internal/invoke", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/fsm", "github.com/shoal-dev/shoal/internal/functions",
+			"github.com/hashicorp/raft"}},
 	}
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {

@@ -1,0 +1,254 @@
+package invoke
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/httpapi"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// invokeMargin is added to a function's timeout to bound the whole
+// invocation: the agent enforces the timeout itself; the margin covers a
+// cold start (fetching and unpacking the bundle, starting the runtime)
+// and the round trips.
+const invokeMargin = 30 * time.Second
+
+// agentInvokePath is the agents' invoke endpoint.
+const agentInvokePath = "/v1/agent/functions/invoke"
+
+// errUnreachable marks an agent that could not be dialled: the request
+// never reached it, so another agent may be tried safely.
+var errUnreachable = errors.New("invoke: agent unreachable")
+
+// Invoke runs one invocation synchronously and returns the agent's
+// result: a function that failed is a result with FunctionError set, not
+// an error. Errors: state.ErrNotFound (function or version),
+// httpapi.ErrTooManyRequests (concurrency used up), [ErrNoAgent],
+// [ErrAgent], or the context's error.
+func (v *Invoker) Invoke(ctx context.Context, req *Request) (*api.SandboxResult, error) {
+	fn, err := v.cfg.Catalog.Function(req.Cluster, req.Function)
+	if err != nil {
+		return nil, err
+	}
+	fv := fn.Version(req.Version)
+	if fv == nil {
+		return nil, fmt.Errorf("%w: function %s of cluster %s has no version %d", state.ErrNotFound, fn.Name, fn.Cluster, req.Version)
+	}
+	if req.RequestID == "" {
+		req.RequestID = v.newRequestID()
+	}
+	return v.invoke(ctx, fn, fv, req.RequestID, req.Payload, req.Tail)
+}
+
+// invoke runs an invocation of a resolved function version under the
+// function's concurrency limit.
+func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) (*api.SandboxResult, error) {
+	st := v.state(fn.Cluster, fn.Name)
+	conf := fv.Config.Resolved()
+	if !st.acquire(conf.Concurrency) {
+		v.metrics.throttles.WithLabelValues(st.label).Inc()
+		return nil, fmt.Errorf("%w: function %s of cluster %s already runs %d invocations routed by this server, its concurrency limit",
+			httpapi.ErrTooManyRequests, fn.Name, fn.Cluster, conf.Concurrency)
+	}
+	defer st.release()
+	ctx, cancel := context.WithTimeout(ctx, conf.Timeout.D()+invokeMargin)
+	defer cancel()
+
+	start := v.now()
+	body, err := json.Marshal(&api.SandboxInvocation{RequestID: id, Function: fn.Name, Cluster: fn.Cluster,
+		Version: fv, Payload: payload, Tail: tail})
+	if err != nil {
+		return nil, err
+	}
+	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, body)
+	if err != nil {
+		return nil, err
+	}
+	kind := "warm"
+	if cold {
+		kind = "cold"
+		v.metrics.coldStarts.WithLabelValues(st.label).Inc()
+	} else {
+		v.metrics.warmHits.WithLabelValues(st.label).Inc()
+	}
+	v.metrics.seconds.WithLabelValues(kind).Observe(v.now().Sub(start).Seconds())
+	return res, nil
+}
+
+// candidate is an agent that declined a probe, with its load.
+type candidate struct {
+	agent Agent
+	load  int
+}
+
+// route probes agents for a warm sandbox and falls back to a cold start
+// (see the package comment). body is the encoded SandboxInvocation
+// without Start; cold reports whether the result came from a sandbox
+// started for it.
+func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version int, body []byte) (res *api.SandboxResult, cold bool, err error) {
+	agents := v.cfg.Catalog.Agents(cluster)
+	if len(agents) == 0 {
+		return nil, false, fmt.Errorf("%w: cluster %s has no ready node", ErrNoAgent, cluster)
+	}
+	order := v.probeOrder(agents, st.hint(version))
+
+	probes := 0
+	defer func() { v.metrics.probes.Observe(float64(probes)) }()
+	var declined []candidate
+	tried := 0
+	for _, a := range order {
+		if probes >= v.cfg.MaxProbes {
+			break
+		}
+		tried++
+		r, err := v.call(ctx, a, body, false)
+		if errors.Is(err, errUnreachable) {
+			v.metrics.unreachable.Inc()
+			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
+			continue
+		}
+		probes++
+		if err != nil {
+			return nil, false, err
+		}
+		if !r.Declined {
+			st.setHint(version, a.Addr)
+			return r, r.Cold, nil
+		}
+		declined = append(declined, candidate{a, r.Load})
+	}
+
+	// Cold start: the least loaded of the agents that declined (ties in
+	// random order: they were probed in random order and the sort is
+	// stable), then the agents not probed yet, in random order.
+	slices.SortStableFunc(declined, func(a, b candidate) int { return a.load - b.load })
+	next := make([]Agent, 0, len(order))
+	for _, c := range declined {
+		next = append(next, c.agent)
+	}
+	next = append(next, order[tried:]...)
+	var last error
+	for _, a := range next {
+		r, err := v.call(ctx, a, body, true)
+		switch {
+		case errors.Is(err, errUnreachable):
+			v.metrics.unreachable.Inc()
+			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
+			last = err
+			continue
+		case errors.Is(err, errAgentRefused):
+			// The agent could not start a sandbox (no room): the
+			// function did not run, try another.
+			last = err
+			continue
+		case err != nil:
+			return nil, false, err
+		case r.Declined:
+			last = fmt.Errorf("agent %s declined even a cold start", a.Node)
+			continue
+		}
+		st.setHint(version, a.Addr)
+		return r, r.Cold, nil
+	}
+	return nil, false, fmt.Errorf("%w: no agent of cluster %s could run it (%d tried; last: %v)", ErrNoAgent, cluster, len(next), last)
+}
+
+// probeOrder returns the agents in probe order: the hinted one first when
+// it is still a ready agent, the others shuffled.
+func (v *Invoker) probeOrder(agents []Agent, hint string) []Agent {
+	order := slices.Clone(agents)
+	first := 0
+	if hint != "" {
+		if i := slices.IndexFunc(order, func(a Agent) bool { return a.Addr == hint }); i >= 0 {
+			order[0], order[i] = order[i], order[0]
+			first = 1
+		}
+	}
+	for i := len(order) - 1; i > first; i-- {
+		j := first + int(v.rand()%uint64(i-first+1))
+		order[i], order[j] = order[j], order[i]
+	}
+	return order
+}
+
+// errAgentRefused: the agent answered 503 (or 429): it did not run the
+// function and another agent may.
+var errAgentRefused = errors.New("invoke: agent cannot run the function now")
+
+// startSuffix turns an encoded SandboxInvocation (which has no "start"
+// field: Start is false and omitempty) into one with Start set.
+var startSuffix = []byte(`,"start":true}`)
+
+// call sends one invocation to an agent. It returns the agent's result
+// for 200 and 409 (declined); errUnreachable when the agent could not be
+// dialled; errAgentRefused for 503 and 429; ErrAgent for anything else.
+func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*api.SandboxResult, error) {
+	url := v.scheme + "://" + a.Addr + agentInvokePath
+	var req *http.Request
+	var err error
+	if start {
+		// The payload is encoded once: a cold start sends the same bytes
+		// with the start field spliced in before the closing brace.
+		head := body[:len(body)-1]
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix)))
+		if err != nil {
+			return nil, err
+		}
+		req.ContentLength = int64(len(head) + len(startSuffix))
+		req.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix))), nil
+		}
+	} else {
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+	}
+	req.Header["Content-Type"] = jsonContentType
+	resp, err := v.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("invoke: agent %s: %w", a.Node, context.Cause(ctx))
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("%w: %s (%s): %v", errUnreachable, a.Node, a.Addr, err)
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrAgent, a.Node, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusConflict:
+		var r api.SandboxResult
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return nil, fmt.Errorf("%w: %s: bad answer: %v", ErrAgent, a.Node, err)
+		}
+		if resp.StatusCode == http.StatusConflict && !r.Declined {
+			return nil, fmt.Errorf("%w: %s: 409 without declined", ErrAgent, a.Node)
+		}
+		io.Copy(io.Discard, resp.Body) // let the connection be reused
+		return &r, nil
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var e api.ErrorBody
+	if json.Unmarshal(msg, &e) == nil && e.Error.Message != "" {
+		msg = []byte(e.Error.Message)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		return nil, fmt.Errorf("%w: %s: %s", errAgentRefused, a.Node, strings.TrimSpace(string(msg)))
+	}
+	return nil, fmt.Errorf("%w: %s answered %s: %s", ErrAgent, a.Node, resp.Status, strings.TrimSpace(string(msg)))
+}
+
+var jsonContentType = []string{"application/json"}
