@@ -215,14 +215,26 @@ type testEnv struct {
 	reg     *prometheus.Registry
 	srv     *httptest.Server
 	now     time.Time
+
+	mu      sync.Mutex
 	refused []string
+}
+
+func (e *testEnv) refusedList() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.refused...)
 }
 
 func newTestEnv(t testing.TB, cat *fakeCatalog, q Queue, open bool) *testEnv {
 	e := &testEnv{cat: cat, reg: prometheus.NewRegistry(), now: time.Now()}
 	cfg := Config{Catalog: cat, Queue: q, OpenInstallation: open, Now: func() time.Time { return e.now },
 		Rand: testRand(), Metrics: e.reg,
-		Refused: func(what, reason string) { e.refused = append(e.refused, what+"/"+reason) }}
+		Refused: func(what, reason string) {
+			e.mu.Lock()
+			e.refused = append(e.refused, what+"/"+reason)
+			e.mu.Unlock()
+		}}
 	if q == nil {
 		cfg.Queue = nil // not a typed nil
 	}
