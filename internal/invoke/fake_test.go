@@ -210,11 +210,11 @@ func testRand() func() uint64 {
 // authenticate as the server does: a signed request gets no principal, a
 // "Bearer cluster:NAME" token is cluster NAME, anything else an operator.
 type testEnv struct {
-	v       *Invoker
-	cat     *fakeCatalog
-	reg     *prometheus.Registry
-	srv     *httptest.Server
-	now     time.Time
+	v   *Invoker
+	cat *fakeCatalog
+	reg *prometheus.Registry
+	srv *httptest.Server
+	now time.Time
 
 	mu      sync.Mutex
 	refused []string
