@@ -176,6 +176,7 @@ type fnState struct {
 	mu       sync.Mutex
 	inflight int
 	hints    map[int]string // version -> agent address
+	verCache *versionCache
 }
 
 // New returns an Invoker.

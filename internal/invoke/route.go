@@ -3,6 +3,7 @@ package invoke
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,8 +67,7 @@ func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.Function
 	defer cancel()
 
 	start := v.now()
-	body, err := json.Marshal(&api.SandboxInvocation{RequestID: id, Function: fn.Name, Cluster: fn.Cluster,
-		Version: fv, Payload: payload, Tail: tail})
+	body, err := st.encodeInvocation(fn, fv, id, payload, tail)
 	if err != nil {
 		return nil, err
 	}
@@ -252,3 +252,63 @@ func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*
 }
 
 var jsonContentType = []string{"application/json"}
+
+// encodeInvocation encodes the SandboxInvocation of one invocation, as
+// json.Marshal would but with the version's encoding cached (a version
+// is immutable) and the payload's base64 appended in place: the payload
+// is encoded once per invocation, whatever the number of probes.
+func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) ([]byte, error) {
+	ver, err := s.versionJSON(fv)
+	if err != nil {
+		return nil, err
+	}
+	rid, _ := json.Marshal(id)
+	name, _ := json.Marshal(fn.Name)
+	cluster, _ := json.Marshal(fn.Cluster)
+	n := 80 + len(rid) + len(name) + len(cluster) + len(ver) + base64.StdEncoding.EncodedLen(len(payload))
+	b := make([]byte, 0, n)
+	b = append(b, `{"request_id":`...)
+	b = append(b, rid...)
+	b = append(b, `,"function":`...)
+	b = append(b, name...)
+	b = append(b, `,"cluster":`...)
+	b = append(b, cluster...)
+	b = append(b, `,"version":`...)
+	b = append(b, ver...)
+	b = append(b, `,"payload":"`...)
+	b = base64.StdEncoding.AppendEncode(b, payload)
+	b = append(b, '"')
+	if tail {
+		b = append(b, `,"tail":true`...)
+	}
+	return append(b, '}'), nil
+}
+
+// versionJSON returns the cached encoding of fv. The cache holds the last
+// version encoded and is keyed by the version's pointer and identity, so
+// that a function deleted and created again never reuses a stale one.
+func (s *fnState) versionJSON(fv *api.FunctionVersion) ([]byte, error) {
+	s.mu.Lock()
+	c := s.verCache
+	s.mu.Unlock()
+	if c != nil && (c.fv == fv || (c.version == fv.Version && c.sha == fv.SHA256 && c.created.Equal(fv.Created) && c.bundle == fv.Bundle)) {
+		return c.json, nil
+	}
+	b, err := json.Marshal(fv)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.verCache = &versionCache{fv: fv, version: fv.Version, sha: fv.SHA256, bundle: fv.Bundle, created: fv.Created, json: b}
+	s.mu.Unlock()
+	return b, nil
+}
+
+// versionCache is one encoded FunctionVersion.
+type versionCache struct {
+	fv          *api.FunctionVersion
+	version     int
+	sha, bundle string
+	created     time.Time
+	json        []byte
+}

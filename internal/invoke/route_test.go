@@ -2,9 +2,14 @@ package invoke
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -245,4 +250,39 @@ func histogram(t *testing.T, e *testEnv, name string) (count uint64, sum float64
 	}
 	t.Fatalf("no metric %s", name)
 	return 0, 0
+}
+
+func TestEncodeInvocation(t *testing.T) {
+	fn := testFunction("c1", "hello", 2, api.FunctionConfig{Env: map[string]string{"A": "b\"c"}})
+	fn.Versions[0].Created = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := &fnState{hints: map[int]string{}}
+	for _, tc := range []struct {
+		fv      *api.FunctionVersion
+		id      string
+		payload []byte
+		tail    bool
+	}{
+		{fn.Versions[0], "id-1", []byte(`{"a":"\u00e9"}`), false},
+		{fn.Versions[1], "id \"2\"", []byte(`[]`), true},
+		{fn.Versions[0], "", nil, false},
+	} {
+		got, err := st.encodeInvocation(fn, tc.fv, tc.id, tc.payload, tc.tail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := &api.SandboxInvocation{RequestID: tc.id, Function: "hello", Cluster: "c1", Version: tc.fv, Payload: tc.payload, Tail: tc.tail}
+		var dec api.SandboxInvocation
+		if err := json.Unmarshal(got, &dec); err != nil {
+			t.Fatalf("%s: %v", got, err)
+		}
+		if diff := cmp.Diff(want, &dec, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("decoded (-want +got):\n%s", diff)
+		}
+		// The cold-start splice keeps it valid.
+		cold := append(append([]byte{}, got[:len(got)-1]...), startSuffix...)
+		dec = api.SandboxInvocation{}
+		if err := json.Unmarshal(cold, &dec); err != nil || !dec.Start {
+			t.Errorf("cold body %s: start %v, err %v", cold, dec.Start, err)
+		}
+	}
 }
