@@ -48,8 +48,7 @@ func TestAWSCLI(t *testing.T) {
 	if _, err := os.Stat(awsCLI); err != nil {
 		t.Skipf("%s is absent (Debian's awscli package): cannot run the aws CLI compatibility test", awsCLI)
 	}
-	e, _, _ := handlerEnv(t, nil)
-	e.v.cfg.OpenInstallation = false
+	e, _, _ := handlerEnv(t, nil, false)
 	for _, name := range []string{"hello", "c1:function:hello", "arn:aws:lambda:eu-west-3:c1:function:hello:1"} {
 		t.Run(name, func(t *testing.T) {
 			res, payload, stderr, err := runAWS(t, e, "c1", "c1-secret", "--function-name", name, "--payload", `{"from":"aws cli"}`, "--log-type", "Tail")

@@ -19,7 +19,7 @@ import (
 
 // handlerEnv: c1/hello (versions 1, 2), c2/hello (1), c2/solo (1); one
 // agent per cluster, warm for every version.
-func handlerEnv(t *testing.T, q Queue) (*testEnv, *fakeAgent, *fakeAgent) {
+func handlerEnv(t *testing.T, q Queue, open bool) (*testEnv, *fakeAgent, *fakeAgent) {
 	a1, a2 := newFakeAgent(t, "n1", 0, 1, 2), newFakeAgent(t, "n2", 0, 1)
 	cat := &fakeCatalog{
 		fns: []*api.Function{
@@ -30,7 +30,7 @@ func handlerEnv(t *testing.T, q Queue) (*testEnv, *fakeAgent, *fakeAgent) {
 		agents:  map[string][]Agent{"c1": {a1.agent()}, "c2": {a2.agent()}},
 		secrets: map[string]string{"operator": "op-secret", "c1": "c1-secret", "c2": "c2-secret"},
 	}
-	return newTestEnv(t, cat, q, true), a1, a2
+	return newTestEnv(t, cat, q, open), a1, a2
 }
 
 func lambdaPath(name string) string {
@@ -56,7 +56,7 @@ func lambdaAnswer(resp *http.Response, body string) answer {
 }
 
 func TestFunctionNameForms(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil)
+	e, _, _ := handlerEnv(t, nil, true)
 	op := map[string]string{}
 	c1 := map[string]string{"Authorization": "Bearer cluster:c1"}
 	for _, tc := range []struct {
@@ -108,7 +108,7 @@ func TestFunctionNameForms(t *testing.T) {
 }
 
 func TestShoalRoute(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil)
+	e, _, _ := handlerEnv(t, nil, true)
 	c1 := map[string]string{"Authorization": "Bearer cluster:c1"}
 	for _, tc := range []struct {
 		path string
@@ -142,7 +142,7 @@ func TestShoalRoute(t *testing.T) {
 
 func TestInvocationTypesAndPayloads(t *testing.T) {
 	q := &fakeQueue{}
-	e, a1, _ := handlerEnv(t, q)
+	e, a1, _ := handlerEnv(t, q, true)
 	path := lambdaPath("c1:function:hello")
 
 	// Not JSON: InvalidRequestContentException.
@@ -182,7 +182,7 @@ func TestInvocationTypesAndPayloads(t *testing.T) {
 		t.Errorf("queued events (-want +got):\n%s", diff)
 	}
 	// Event without a queue: 503 ServiceException.
-	e2, _, _ := handlerEnv(t, nil)
+	e2, _, _ := handlerEnv(t, nil, true)
 	resp, body = e2.post(t, path, map[string]string{"X-Amz-Invocation-Type": "Event"}, `{}`)
 	if got := lambdaAnswer(resp, body); got.Status != 503 || got.ErrorType != "ServiceException" {
 		t.Errorf("Event without a queue: got %+v %s, want 503 ServiceException", got, body)
@@ -195,7 +195,7 @@ func TestInvocationTypesAndPayloads(t *testing.T) {
 }
 
 func TestTailAndFunctionError(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil)
+	e, _, _ := handlerEnv(t, nil, true)
 	path := lambdaPath("c1:function:hello")
 	resp, body := e.post(t, path, map[string]string{"X-Amz-Log-Type": "Tail"}, `{"fail":"it broke"}`)
 	if resp.StatusCode != 200 || resp.Header.Get("X-Amz-Function-Error") != "Unhandled" {
@@ -235,7 +235,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 func TestPayloadTooLarge(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil)
+	e, _, _ := handlerEnv(t, nil, true)
 	for _, tc := range []struct {
 		name          string
 		contentLength int64

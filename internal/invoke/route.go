@@ -137,6 +137,7 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 	for _, c := range declined {
 		next = append(next, c.agent)
 	}
+	v.shuffle(order, tried, len(order))
 	next = append(next, order[tried:]...)
 	var last error
 	for _, a := range next {
@@ -165,7 +166,10 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 }
 
 // probeOrder returns the agents in probe order: the hinted one first when
-// it is still a ready agent, the others shuffled.
+// it is still a ready agent, then the others in random order. Only the
+// prefix that probes can use (MaxProbes agents, plus as many as may turn
+// out unreachable) needs to be random; the rest is shuffled by
+// shuffleFrom if a cold start has to go past the agents that declined.
 func (v *Invoker) probeOrder(agents []Agent, hint string) []Agent {
 	order := slices.Clone(agents)
 	first := 0
@@ -175,11 +179,18 @@ func (v *Invoker) probeOrder(agents []Agent, hint string) []Agent {
 			first = 1
 		}
 	}
-	for i := len(order) - 1; i > first; i-- {
-		j := first + int(v.rand()%uint64(i-first+1))
+	v.shuffle(order, first, min(len(order), first+2*v.cfg.MaxProbes))
+	return order
+}
+
+// shuffle puts a uniformly random choice of order[from:] into
+// order[from:to] (a partial Fisher-Yates shuffle).
+func (v *Invoker) shuffle(order []Agent, from, to int) {
+	n := len(order)
+	for i := from; i < to && i < n-1; i++ {
+		j := i + int(v.rand()%uint64(n-i))
 		order[i], order[j] = order[j], order[i]
 	}
-	return order
 }
 
 // errAgentRefused: the agent answered 503 (or 429): it did not run the

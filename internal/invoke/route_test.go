@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -284,5 +285,35 @@ func TestEncodeInvocation(t *testing.T) {
 		if err := json.Unmarshal(cold, &dec); err != nil || !dec.Start {
 			t.Errorf("cold body %s: start %v, err %v", cold, dec.Start, err)
 		}
+	}
+}
+
+func TestProbeOrder(t *testing.T) {
+	e := routeEnv(t, api.FunctionConfig{})
+	var agents []Agent
+	for i := 0; i < 50; i++ {
+		agents = append(agents, Agent{Node: fmt.Sprint("n", i), Addr: fmt.Sprint("10.0.0.1:", i)})
+	}
+	firsts := map[string]bool{}
+	for i := 0; i < 200; i++ {
+		order := e.v.probeOrder(agents, "10.0.0.1:17")
+		if order[0].Node != "n17" {
+			t.Fatalf("first probe %s, want the hinted n17", order[0].Node)
+		}
+		firsts[order[1].Node] = true
+		e.v.shuffle(order, 3, len(order))
+		seen := map[string]bool{}
+		for _, a := range order {
+			seen[a.Node] = true
+		}
+		if len(seen) != len(agents) {
+			t.Fatalf("order has %d distinct agents, want %d", len(seen), len(agents))
+		}
+	}
+	if len(firsts) < 20 {
+		t.Errorf("the second probe went to only %d distinct agents of 49 in 200 orders", len(firsts))
+	}
+	if order := e.v.probeOrder(agents, "10.9.9.9:1"); order[0].Node == "n0" && order[1].Node == "n1" && order[2].Node == "n2" {
+		t.Errorf("without a valid hint the order is not shuffled")
 	}
 }

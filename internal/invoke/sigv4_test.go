@@ -38,8 +38,7 @@ func signedRequest(t *testing.T, e *testEnv, key, secret, rawPath, body string, 
 }
 
 func TestSigV4(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil)
-	e.v.cfg.OpenInstallation = false
+	e, _, _ := handlerEnv(t, nil, false)
 	path := "/2015-03-31/functions/c1%3Afunction%3Ahello/invocations"
 	for _, tc := range []struct {
 		name        string
@@ -114,7 +113,7 @@ func TestSigV4(t *testing.T) {
 }
 
 func TestSigV4OpenInstallation(t *testing.T) {
-	e, _, _ := handlerEnv(t, nil) // open
+	e, _, _ := handlerEnv(t, nil, true)
 	path := "/2015-03-31/functions/c1%3Afunction%3Ahello/invocations"
 	for _, tc := range []struct {
 		key, secret string
