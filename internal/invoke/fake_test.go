@@ -37,6 +37,8 @@ type fakeAgent struct {
 	starts   int // requests with Start
 	running  int
 	noRoom   bool // answer Start with 503
+	// dieAfterDecline closes the agent's listener once it has declined.
+	dieAfterDecline bool
 	release  chan struct{}
 	lastBody api.SandboxInvocation
 }
@@ -85,8 +87,13 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	case a.warm[v] > 0:
 		a.warm[v]--
 	case !inv.Start:
+		die := a.dieAfterDecline
 		a.mu.Unlock()
 		res.Declined = true
+		if die {
+			w.Header().Set("Connection", "close")
+			a.srv.Listener.Close()
+		}
 		httpapi.WriteJSON(w, http.StatusConflict, res)
 		return
 	case a.noRoom:

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/httpapi"
@@ -212,6 +213,11 @@ func TestTailAndFunctionError(t *testing.T) {
 	resp, _ = e.post(t, path, nil, `{}`)
 	if resp.Header.Get("X-Amz-Log-Result") != "" || resp.Header.Get("X-Amz-Function-Error") != "" {
 		t.Errorf("without Tail and without error: got headers %v", resp.Header)
+	}
+	for outcome, want := range map[string]float64{outcomeFunctionError: 1, outcomeOK: 1} {
+		if got := testutil.ToFloat64(e.v.metrics.invocations.WithLabelValues("c1/hello", api.InvokeRequestResponse, outcome)); got != want {
+			t.Errorf("invocations{outcome=%s} = %v, want %v", outcome, got, want)
+		}
 	}
 }
 

@@ -317,3 +317,16 @@ func TestProbeOrder(t *testing.T) {
 		t.Errorf("without a valid hint the order is not shuffled")
 	}
 }
+
+func TestColdStartSkipsAgentGoneSinceProbe(t *testing.T) {
+	a1, a2 := newFakeAgent(t, "n1", 0), newFakeAgent(t, "n2", 5)
+	a1.dieAfterDecline = true
+	e := routeEnv(t, api.FunctionConfig{}, a1, a2)
+	res := invokeHello(t, e)
+	if res.Node != "n2" || !res.Cold {
+		t.Fatalf("got node %q cold %v, want a cold start on n2 after the least loaded n1 went away", res.Node, res.Cold)
+	}
+	if got := testutil.ToFloat64(e.v.metrics.unreachable); got != 1 {
+		t.Errorf("unreachable = %v, want 1", got)
+	}
+}
