@@ -30,17 +30,17 @@ type fakeAgent struct {
 	node string
 	srv  *httptest.Server
 
-	mu       sync.Mutex
-	warm     map[int]int // version -> idle sandboxes
-	load     int
-	calls    int // requests received
-	starts   int // requests with Start
-	running  int
-	noRoom   bool // answer Start with 503
+	mu      sync.Mutex
+	warm    map[int]int // version -> idle sandboxes
+	load    int
+	calls   int // requests received
+	starts  int // requests with Start
+	running int
+	noRoom  bool // answer Start with 503
 	// dieAfterDecline closes the agent's listener once it has declined.
 	dieAfterDecline bool
-	release  chan struct{}
-	lastBody api.SandboxInvocation
+	release         chan struct{}
+	lastBody        api.SandboxInvocation
 }
 
 func newFakeAgent(t testing.TB, node string, load int, warmVersions ...int) *fakeAgent {
