@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"time"
 	"testing"
 
 	"github.com/shoal-dev/shoal/api"
@@ -40,15 +42,23 @@ func BenchmarkWarmInvoke(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("direct/%dB", size), func(b *testing.B) {
 			b.ReportAllocs()
+			var lat []time.Duration
 			for b.Loop() {
+				t0 := time.Now()
 				post(b, a.srv.URL+agentInvokePath, direct)
+				lat = append(lat, time.Since(t0))
 			}
+			reportP50(b, lat)
 		})
 		b.Run(fmt.Sprintf("handler/%dB", size), func(b *testing.B) {
 			b.ReportAllocs()
+			var lat []time.Duration
 			for b.Loop() {
+				t0 := time.Now()
 				post(b, e.srv.URL+"/v1/clusters/c1/functions/hello/invocations", payload)
+				lat = append(lat, time.Since(t0))
 			}
+			reportP50(b, lat)
 		})
 		b.Run(fmt.Sprintf("Invoke/%dB", size), func(b *testing.B) {
 			// The routing core alone, without the client's hop.
@@ -60,4 +70,10 @@ func BenchmarkWarmInvoke(b *testing.B) {
 			}
 		})
 	}
+}
+
+// reportP50 reports the median of the iterations' latencies.
+func reportP50(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 }
