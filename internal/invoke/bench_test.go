@@ -7,8 +7,8 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/api"
 )
