@@ -30,13 +30,14 @@ type fakeAgent struct {
 	node string
 	srv  *httptest.Server
 
-	mu      sync.Mutex
-	warm    map[int]int // version -> idle sandboxes
-	load    int
-	calls   int // requests received
-	starts  int // requests with Start
-	running int
-	noRoom  bool // answer Start with 503
+	mu        sync.Mutex
+	warm      map[int]int // version -> idle sandboxes
+	load      int
+	calls     int // requests received
+	starts    int // requests with Start
+	running   int
+	noRoom    bool // answer Start with 503
+	refuseAll bool // answer everything with 503 (a draining agent)
 	// dieAfterDecline closes the agent's listener once it has declined.
 	dieAfterDecline bool
 	release         chan struct{}
@@ -77,6 +78,11 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	a.calls++
+	if a.refuseAll {
+		a.mu.Unlock()
+		httpapi.WriteError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "draining")
+		return
+	}
 	a.lastBody = inv
 	v := inv.Version.Version
 	res := api.SandboxResult{Node: a.node, Load: a.load}

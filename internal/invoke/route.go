@@ -101,16 +101,20 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 	if len(agents) == 0 {
 		return nil, false, fmt.Errorf("%w: cluster %s has no ready node", ErrNoAgent, cluster)
 	}
-	order := v.probeOrder(agents, st.hint(version))
+	order, first := v.probeOrder(agents, st.hint(version))
 
 	probes := 0
 	defer func() { v.metrics.probes.Observe(float64(probes)) }()
 	var declined []candidate
 	tried := 0
-	for _, a := range order {
+	for i := range order {
 		if probes >= v.cfg.MaxProbes {
 			break
 		}
+		if i >= first {
+			v.shuffle(order, i, i+1) // a random one of the agents left
+		}
+		a := order[i]
 		tried++
 		r, err := v.call(ctx, a, body, false)
 		if errors.Is(err, errUnreachable) {
@@ -119,6 +123,9 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 			continue
 		}
 		probes++
+		if errors.Is(err, errAgentRefused) {
+			continue // busy or draining: it ran nothing, and is no cold start candidate
+		}
 		if err != nil {
 			return nil, false, err
 		}
@@ -166,21 +173,18 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 }
 
 // probeOrder returns the agents in probe order: the hinted one first when
-// it is still a ready agent, then the others in random order. Only the
-// prefix that probes can use (MaxProbes agents, plus as many as may turn
-// out unreachable) needs to be random; the rest is shuffled by
-// shuffleFrom if a cold start has to go past the agents that declined.
-func (v *Invoker) probeOrder(agents []Agent, hint string) []Agent {
-	order := slices.Clone(agents)
-	first := 0
+// it is still a ready agent (first is then 1), then the others, which the
+// caller shuffles as it goes (a lazy Fisher-Yates shuffle: only the
+// agents actually asked cost a random number).
+func (v *Invoker) probeOrder(agents []Agent, hint string) (order []Agent, first int) {
+	order = slices.Clone(agents)
 	if hint != "" {
 		if i := slices.IndexFunc(order, func(a Agent) bool { return a.Addr == hint }); i >= 0 {
 			order[0], order[i] = order[i], order[0]
 			first = 1
 		}
 	}
-	v.shuffle(order, first, min(len(order), first+2*v.cfg.MaxProbes))
-	return order
+	return order, first
 }
 
 // shuffle puts a uniformly random choice of order[from:] into

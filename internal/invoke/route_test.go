@@ -294,14 +294,14 @@ func TestProbeOrder(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		agents = append(agents, Agent{Node: fmt.Sprint("n", i), Addr: fmt.Sprint("10.0.0.1:", i)})
 	}
-	firsts := map[string]bool{}
+	seconds := map[string]bool{}
 	for i := 0; i < 200; i++ {
-		order := e.v.probeOrder(agents, "10.0.0.1:17")
-		if order[0].Node != "n17" {
-			t.Fatalf("first probe %s, want the hinted n17", order[0].Node)
+		order, first := e.v.probeOrder(agents, "10.0.0.1:17")
+		if order[0].Node != "n17" || first != 1 {
+			t.Fatalf("first probe %s (first %d), want the hinted n17", order[0].Node, first)
 		}
-		firsts[order[1].Node] = true
-		e.v.shuffle(order, 3, len(order))
+		e.v.shuffle(order, 1, len(order))
+		seconds[order[1].Node] = true
 		seen := map[string]bool{}
 		for _, a := range order {
 			seen[a.Node] = true
@@ -310,23 +310,21 @@ func TestProbeOrder(t *testing.T) {
 			t.Fatalf("order has %d distinct agents, want %d", len(seen), len(agents))
 		}
 	}
-	if len(firsts) < 20 {
-		t.Errorf("the second probe went to only %d distinct agents of 49 in 200 orders", len(firsts))
+	if len(seconds) < 20 {
+		t.Errorf("the second probe went to only %d distinct agents of 49 in 200 orders", len(seconds))
 	}
-	if order := e.v.probeOrder(agents, "10.9.9.9:1"); order[0].Node == "n0" && order[1].Node == "n1" && order[2].Node == "n2" {
-		t.Errorf("without a valid hint the order is not shuffled")
+	if _, first := e.v.probeOrder(agents, "10.9.9.9:1"); first != 0 {
+		t.Errorf("a hint that is no ready agent is used")
 	}
 }
 
-func TestColdStartSkipsAgentGoneSinceProbe(t *testing.T) {
-	a1, a2 := newFakeAgent(t, "n1", 0), newFakeAgent(t, "n2", 5)
-	a1.dieAfterDecline = true
+func TestRefusingAgentSkipped(t *testing.T) {
+	a1, a2 := newFakeAgent(t, "n1", 0, 2), newFakeAgent(t, "n2", 3)
+	a1.refuseAll = true
 	e := routeEnv(t, api.FunctionConfig{}, a1, a2)
-	res := invokeHello(t, e)
-	if res.Node != "n2" || !res.Cold {
-		t.Fatalf("got node %q cold %v, want a cold start on n2 after the least loaded n1 went away", res.Node, res.Cold)
-	}
-	if got := testutil.ToFloat64(e.v.metrics.unreachable); got != 1 {
-		t.Errorf("unreachable = %v, want 1", got)
+	for i := 0; i < 5; i++ {
+		if res := invokeHello(t, e); res.Node != "n2" {
+			t.Fatalf("got node %q, want n2 (n1 refuses everything)", res.Node)
+		}
 	}
 }
