@@ -1,6 +1,7 @@
 package invoke
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -326,5 +327,37 @@ func TestRefusingAgentSkipped(t *testing.T) {
 		if res := invokeHello(t, e); res.Node != "n2" {
 			t.Fatalf("got node %q, want n2 (n1 refuses everything)", res.Node)
 		}
+	}
+}
+
+func TestAgentResultDecoding(t *testing.T) {
+	for _, want := range []*api.SandboxResult{
+		{Node: "n1", Payload: []byte(`{"a":"é"}`), LogTail: []byte("log\xff\xff\n"), FunctionError: "Unhandled", Duration: api.Duration(time.Second)},
+		{Node: "n2", Declined: true, Load: 3},
+		{Node: "n3", Payload: []byte{}, LogTail: nil},
+	} {
+		data, err := json.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range [][]byte{data, bytes.ReplaceAll(data, []byte("/"), []byte(`\/`))} {
+			var ar agentResult
+			if err := json.Unmarshal(doc, &ar); err != nil {
+				t.Fatalf("%s: %v", doc, err)
+			}
+			got := ar.SandboxResult
+			got.Payload, got.LogTail = ar.Payload, ar.LogTail
+			if diff := cmp.Diff(want, &got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("%s: (-want +got):\n%s", doc, diff)
+			}
+		}
+	}
+	var ar agentResult
+	if err := json.Unmarshal([]byte(`{"node":"n","payload":null}`), &ar); err != nil || ar.Payload != nil {
+		t.Errorf("null payload: got %q, %v; want nil", ar.Payload, err)
+	}
+	var b base64Bytes
+	if err := json.Unmarshal([]byte(`"!!!"`), &b); err == nil {
+		t.Errorf("bad base64 decoded without an error")
 	}
 }
