@@ -148,6 +148,8 @@ type Config struct {
 // DefaultMaxProbes is Config.MaxProbes's default.
 const DefaultMaxProbes = 3
 
+var _ httpapi.Subsystem = (*Invoker)(nil)
+
 // Invoker serves invocations. It implements httpapi.Subsystem.
 type Invoker struct {
 	cfg     Config
@@ -228,7 +230,7 @@ func NewAgentClient(tlsCfg *tls.Config) *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// LeaderLoops: the invoke path has none.
+// LeaderLoops returns nil: the invoke path has no leader-only work.
 func (v *Invoker) LeaderLoops() []func(stop <-chan struct{}) { return nil }
 
 // Close releases the agents' idle connections.
