@@ -32,6 +32,10 @@ func TestImportRules(t *testing.T) {
 			"github.com/hashicorp/raft"}},
 		// Subsystems plug into the server; the server imports them.
 		{"github.com/shoal-dev/shoal/internal/functions", []string{"github.com/shoal-dev/shoal/internal/server"}},
+		// Invocations do not go through Raft.
+		{"github.com/shoal-dev/shoal/internal/invoke", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/fsm", "github.com/shoal-dev/shoal/internal/functions",
+			"github.com/hashicorp/raft"}},
 	}
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {

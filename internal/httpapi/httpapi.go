@@ -28,6 +28,15 @@ var (
 	ErrForbidden       = errors.New("httpapi: forbidden")
 	ErrUnavailable     = errors.New("httpapi: unavailable")
 	ErrNoLeader        = errors.New("server: not the leader")
+	// ErrInvalidContent: the request body is not what the operation
+	// takes (an invocation's payload that is not JSON).
+	ErrInvalidContent = errors.New("httpapi: invalid request content")
+	// ErrBadSignature: an AWS SigV4 signature that does not verify,
+	// is malformed or has expired.
+	ErrBadSignature = errors.New("httpapi: invalid signature")
+	// ErrUnknownAccessKey: an AWS SigV4 signature made with an access
+	// key this installation does not know.
+	ErrUnknownAccessKey = errors.New("httpapi: unknown access key")
 )
 
 // mapping is one row of the error table: the sentinel, the HTTP status,
@@ -53,6 +62,9 @@ var table = []mapping{
 	{ErrForbidden, http.StatusForbidden, api.CodeForbidden, "AccessDeniedException"},
 	{ErrUnavailable, http.StatusServiceUnavailable, api.CodeUnavailable, "ServiceException"},
 	{ErrNoLeader, http.StatusServiceUnavailable, api.CodeNoLeader, "ServiceException"},
+	{ErrInvalidContent, http.StatusBadRequest, api.CodeInvalid, "InvalidRequestContentException"},
+	{ErrBadSignature, http.StatusForbidden, api.CodeForbidden, LambdaSignatureError},
+	{ErrUnknownAccessKey, http.StatusForbidden, api.CodeUnauthorized, "UnrecognizedClientException"},
 }
 
 // Classify returns the wire form of err: its status, Shoal code, Lambda

@@ -21,6 +21,9 @@ func TestOneTableTwoRenderings(t *testing.T) {
 		{fmt.Errorf("%w: payload is 7340032 bytes", ErrTooLarge), 413, api.CodeTooLarge, "RequestEntityTooLargeException", "payload is 7340032 bytes"},
 		{fmt.Errorf("%w: concurrency 2 used up", ErrTooManyRequests), 429, api.CodeTooManyRequests, "TooManyRequestsException", "concurrency 2 used up"},
 		{fmt.Errorf("%w: name: bad", api.ErrInvalid), 400, api.CodeInvalid, "InvalidParameterValueException", "name: bad"},
+		{fmt.Errorf("%w: the payload is not JSON", ErrInvalidContent), 400, api.CodeInvalid, "InvalidRequestContentException", "the payload is not JSON"},
+		{fmt.Errorf("%w: signature mismatch", ErrBadSignature), 403, api.CodeForbidden, "InvalidSignatureException", "signature mismatch"},
+		{fmt.Errorf("%w: AKID", ErrUnknownAccessKey), 403, api.CodeUnauthorized, "UnrecognizedClientException", "AKID"},
 		{fmt.Errorf("disk on fire"), 500, api.CodeInternal, "ServiceException", "disk on fire"},
 	} {
 		t.Run(tc.lambda, func(t *testing.T) {

@@ -1,0 +1,362 @@
+package invoke
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/httpapi"
+	"github.com/shoal-dev/shoal/internal/state"
+)
+
+// invokeMargin is added to a function's timeout to bound the whole
+// invocation: the agent enforces the timeout itself; the margin covers a
+// cold start (fetching and unpacking the bundle, starting the runtime)
+// and the round trips.
+const invokeMargin = 30 * time.Second
+
+// agentInvokePath is the agents' invoke endpoint.
+const agentInvokePath = "/v1/agent/functions/invoke"
+
+// errUnreachable marks an agent that could not be dialled: the request
+// never reached it, so another agent may be tried safely.
+var errUnreachable = errors.New("invoke: agent unreachable")
+
+// Invoke runs one invocation synchronously and returns the agent's
+// result: a function that failed is a result with FunctionError set, not
+// an error. Errors: state.ErrNotFound (function or version),
+// httpapi.ErrTooManyRequests (concurrency used up), [ErrNoAgent],
+// [ErrAgent], or the context's error.
+func (v *Invoker) Invoke(ctx context.Context, req *Request) (*api.SandboxResult, error) {
+	fn, err := v.cfg.Catalog.Function(req.Cluster, req.Function)
+	if err != nil {
+		return nil, err
+	}
+	fv := fn.Version(req.Version)
+	if fv == nil {
+		return nil, fmt.Errorf("%w: function %s of cluster %s has no version %d", state.ErrNotFound, fn.Name, fn.Cluster, req.Version)
+	}
+	if req.RequestID == "" {
+		req.RequestID = v.newRequestID()
+	}
+	return v.invoke(ctx, fn, fv, req.RequestID, req.Payload, req.Tail)
+}
+
+// invoke runs an invocation of a resolved function version under the
+// function's concurrency limit.
+func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) (*api.SandboxResult, error) {
+	st := v.state(fn.Cluster, fn.Name)
+	conf := fv.Config.Resolved()
+	if !st.acquire(conf.Concurrency) {
+		v.metrics.throttles.WithLabelValues(st.label).Inc()
+		return nil, fmt.Errorf("%w: function %s of cluster %s already runs %d invocations routed by this server, its concurrency limit",
+			httpapi.ErrTooManyRequests, fn.Name, fn.Cluster, conf.Concurrency)
+	}
+	defer st.release()
+	ctx, cancel := context.WithTimeout(ctx, conf.Timeout.D()+invokeMargin)
+	defer cancel()
+
+	start := v.now()
+	body, err := st.encodeInvocation(fn, fv, id, payload, tail)
+	if err != nil {
+		return nil, err
+	}
+	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, body)
+	if err != nil {
+		return nil, err
+	}
+	kind := "warm"
+	if cold {
+		kind = "cold"
+		v.metrics.coldStarts.WithLabelValues(st.label).Inc()
+	} else {
+		v.metrics.warmHits.WithLabelValues(st.label).Inc()
+	}
+	v.metrics.seconds.WithLabelValues(kind).Observe(v.now().Sub(start).Seconds())
+	return res, nil
+}
+
+// candidate is an agent that declined a probe, with its load.
+type candidate struct {
+	agent Agent
+	load  int
+}
+
+// route probes agents for a warm sandbox and falls back to a cold start
+// (see the package comment). body is the encoded SandboxInvocation
+// without Start; cold reports whether the result came from a sandbox
+// started for it.
+func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version int, body []byte) (res *api.SandboxResult, cold bool, err error) {
+	agents := v.cfg.Catalog.Agents(cluster)
+	if len(agents) == 0 {
+		return nil, false, fmt.Errorf("%w: cluster %s has no ready node", ErrNoAgent, cluster)
+	}
+	order, first := v.probeOrder(agents, st.hint(version))
+
+	probes := 0
+	defer func() { v.metrics.probes.Observe(float64(probes)) }()
+	var declined []candidate
+	tried := 0
+	for i := range order {
+		if probes >= v.cfg.MaxProbes {
+			break
+		}
+		if i >= first {
+			v.shuffle(order, i, i+1) // a random one of the agents left
+		}
+		a := order[i]
+		tried++
+		r, err := v.call(ctx, a, body, false)
+		if errors.Is(err, errUnreachable) {
+			v.metrics.unreachable.Inc()
+			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
+			continue
+		}
+		probes++
+		if errors.Is(err, errAgentRefused) {
+			continue // busy or draining: it ran nothing, and is no cold start candidate
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if !r.Declined {
+			st.setHint(version, a.Addr)
+			return r, r.Cold, nil
+		}
+		declined = append(declined, candidate{a, r.Load})
+	}
+
+	// Cold start: the least loaded of the agents that declined (ties in
+	// random order: they were probed in random order and the sort is
+	// stable), then the agents not probed yet, in random order.
+	slices.SortStableFunc(declined, func(a, b candidate) int { return a.load - b.load })
+	next := make([]Agent, 0, len(order))
+	for _, c := range declined {
+		next = append(next, c.agent)
+	}
+	v.shuffle(order, tried, len(order))
+	next = append(next, order[tried:]...)
+	var last error
+	for _, a := range next {
+		r, err := v.call(ctx, a, body, true)
+		switch {
+		case errors.Is(err, errUnreachable):
+			v.metrics.unreachable.Inc()
+			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
+			last = err
+			continue
+		case errors.Is(err, errAgentRefused):
+			// The agent could not start a sandbox (no room): the
+			// function did not run, try another.
+			last = err
+			continue
+		case err != nil:
+			return nil, false, err
+		case r.Declined:
+			last = fmt.Errorf("agent %s declined even a cold start", a.Node)
+			continue
+		}
+		st.setHint(version, a.Addr)
+		return r, r.Cold, nil
+	}
+	return nil, false, fmt.Errorf("%w: no agent of cluster %s could run it (%d tried; last: %v)", ErrNoAgent, cluster, len(next), last)
+}
+
+// probeOrder returns the agents in probe order: the hinted one first when
+// it is still a ready agent (first is then 1), then the others, which the
+// caller shuffles as it goes (a lazy Fisher-Yates shuffle: only the
+// agents actually asked cost a random number).
+func (v *Invoker) probeOrder(agents []Agent, hint string) (order []Agent, first int) {
+	order = slices.Clone(agents)
+	if hint != "" {
+		if i := slices.IndexFunc(order, func(a Agent) bool { return a.Addr == hint }); i >= 0 {
+			order[0], order[i] = order[i], order[0]
+			first = 1
+		}
+	}
+	return order, first
+}
+
+// shuffle puts a uniformly random choice of order[from:] into
+// order[from:to] (a partial Fisher-Yates shuffle).
+func (v *Invoker) shuffle(order []Agent, from, to int) {
+	n := len(order)
+	for i := from; i < to && i < n-1; i++ {
+		j := i + int(v.rand()%uint64(n-i))
+		order[i], order[j] = order[j], order[i]
+	}
+}
+
+// errAgentRefused: the agent answered 503 (or 429): it did not run the
+// function and another agent may.
+var errAgentRefused = errors.New("invoke: agent cannot run the function now")
+
+// startSuffix turns an encoded SandboxInvocation (which has no "start"
+// field: Start is false and omitempty) into one with Start set.
+var startSuffix = []byte(`,"start":true}`)
+
+// call sends one invocation to an agent. It returns the agent's result
+// for 200 and 409 (declined); errUnreachable when the agent could not be
+// dialled; errAgentRefused for 503 and 429; ErrAgent for anything else.
+func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*api.SandboxResult, error) {
+	url := v.scheme + "://" + a.Addr + agentInvokePath
+	var req *http.Request
+	var err error
+	if start {
+		// The payload is encoded once: a cold start sends the same bytes
+		// with the start field spliced in before the closing brace.
+		head := body[:len(body)-1]
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix)))
+		if err != nil {
+			return nil, err
+		}
+		req.ContentLength = int64(len(head) + len(startSuffix))
+		req.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix))), nil
+		}
+	} else {
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+	}
+	req.Header["Content-Type"] = jsonContentType
+	resp, err := v.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("invoke: agent %s: %w", a.Node, context.Cause(ctx))
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("%w: %s (%s): %v", errUnreachable, a.Node, a.Addr, err)
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrAgent, a.Node, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusConflict:
+		var ar agentResult
+		if err := json.NewDecoder(resp.Body).Decode(&ar); err != nil {
+			return nil, fmt.Errorf("%w: %s: bad answer: %v", ErrAgent, a.Node, err)
+		}
+		r := ar.SandboxResult
+		r.Payload, r.LogTail = ar.Payload, ar.LogTail
+		if resp.StatusCode == http.StatusConflict && !r.Declined {
+			return nil, fmt.Errorf("%w: %s: 409 without declined", ErrAgent, a.Node)
+		}
+		io.Copy(io.Discard, resp.Body) // let the connection be reused
+		return &r, nil
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var e api.ErrorBody
+	if json.Unmarshal(msg, &e) == nil && e.Error.Message != "" {
+		msg = []byte(e.Error.Message)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		return nil, fmt.Errorf("%w: %s: %s", errAgentRefused, a.Node, strings.TrimSpace(string(msg)))
+	}
+	return nil, fmt.Errorf("%w: %s answered %s: %s", ErrAgent, a.Node, resp.Status, strings.TrimSpace(string(msg)))
+}
+
+var jsonContentType = []string{"application/json"}
+
+// encodeInvocation encodes the SandboxInvocation of one invocation, as
+// json.Marshal would but with the version's encoding cached (a version
+// is immutable) and the payload's base64 appended in place: the payload
+// is encoded once per invocation, whatever the number of probes.
+func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) ([]byte, error) {
+	ver, err := s.versionJSON(fv)
+	if err != nil {
+		return nil, err
+	}
+	rid, _ := json.Marshal(id)
+	name, _ := json.Marshal(fn.Name)
+	cluster, _ := json.Marshal(fn.Cluster)
+	n := 80 + len(rid) + len(name) + len(cluster) + len(ver) + base64.StdEncoding.EncodedLen(len(payload))
+	b := make([]byte, 0, n)
+	b = append(b, `{"request_id":`...)
+	b = append(b, rid...)
+	b = append(b, `,"function":`...)
+	b = append(b, name...)
+	b = append(b, `,"cluster":`...)
+	b = append(b, cluster...)
+	b = append(b, `,"version":`...)
+	b = append(b, ver...)
+	b = append(b, `,"payload":"`...)
+	b = base64.StdEncoding.AppendEncode(b, payload)
+	b = append(b, '"')
+	if tail {
+		b = append(b, `,"tail":true`...)
+	}
+	return append(b, '}'), nil
+}
+
+// versionJSON returns the cached encoding of fv. The cache holds the last
+// version encoded and is keyed by the version's pointer and identity, so
+// that a function deleted and created again never reuses a stale one.
+func (s *fnState) versionJSON(fv *api.FunctionVersion) ([]byte, error) {
+	s.mu.Lock()
+	c := s.verCache
+	s.mu.Unlock()
+	if c != nil && (c.fv == fv || (c.version == fv.Version && c.sha == fv.SHA256 && c.created.Equal(fv.Created) && c.bundle == fv.Bundle)) {
+		return c.json, nil
+	}
+	b, err := json.Marshal(fv)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.verCache = &versionCache{fv: fv, version: fv.Version, sha: fv.SHA256, bundle: fv.Bundle, created: fv.Created, json: b}
+	s.mu.Unlock()
+	return b, nil
+}
+
+// versionCache is one encoded FunctionVersion.
+type versionCache struct {
+	fv          *api.FunctionVersion
+	version     int
+	sha, bundle string
+	created     time.Time
+	json        []byte
+}
+
+// agentResult decodes an api.SandboxResult with its base64 fields decoded
+// directly: encoding/json would first unquote the string rune by rune,
+// a third of the cost of decoding a large payload.
+type agentResult struct {
+	api.SandboxResult
+	Payload base64Bytes `json:"payload,omitempty"`
+	LogTail base64Bytes `json:"log_tail,omitempty"`
+}
+
+// base64Bytes is a []byte as encoding/json encodes it.
+type base64Bytes []byte
+
+func (b *base64Bytes) UnmarshalJSON(data []byte) error {
+	if len(data) >= 2 && data[0] == '"' && data[len(data)-1] == '"' && bytes.IndexByte(data, '\\') < 0 {
+		s := data[1 : len(data)-1]
+		out := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+		n, err := base64.StdEncoding.Decode(out, s)
+		if err != nil {
+			return err
+		}
+		*b = out[:n]
+		return nil
+	}
+	var raw []byte // null, or a string with escapes
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	*b = raw
+	return nil
+}
