@@ -29,6 +29,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/fnqueue"
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/httpapi"
+	"github.com/shoal-dev/shoal/internal/invoke"
 	"github.com/shoal-dev/shoal/internal/replication"
 	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
@@ -149,6 +150,8 @@ type Server struct {
 	// subsystems plug in their own routes and leader loops
 	// (subsystems.go).
 	subsystems []httpapi.Subsystem
+	// invoker runs invocations, the queued ones too (subsystems.go).
+	invoker *invoke.Invoker
 
 	// callers holds the servers that asked this one who it is while
 	// discovering their group (see discover); guarded by callersMu, which
@@ -244,7 +247,8 @@ func New(cfg Config) (*Server, error) {
 	if s.toAgents != nil {
 		s.chunkClient.HTTP = &http.Client{Transport: s.toAgents}
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
+	go s.runQueue(s.runEvent)
 	go s.monitorLeadership()
 	go s.joinOrBootstrap()
 	return s, nil
