@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,15 +17,17 @@ import (
 	"github.com/shoal-dev/shoal/api"
 )
 
-// bundleCache unpacks bundles once per digest into DIR/<sha256>, which
-// sandboxes share read-only (LAMBDA_TASK_ROOT). A directory is complete
-// once it exists: it is unpacked beside it and renamed into place.
+// bundleCache unpacks bundles once per digest into DIR/<cluster>/<sha256>,
+// which sandboxes share read-only (LAMBDA_TASK_ROOT). A directory is
+// complete once it exists: it is unpacked beside it and renamed into
+// place. Clusters do not share bundles, so that a cluster's code goes
+// with its directory when the node leaves it.
 type bundleCache struct {
 	dir   string
 	fetch FetchFunc
 
 	mu       sync.Mutex
-	inflight map[string]*bundleFetch // by digest
+	inflight map[string]*bundleFetch // by cluster/digest
 }
 
 // bundleFetch is one unpacking in flight, which concurrent cold starts of
@@ -44,20 +47,28 @@ func (c *bundleCache) get(ctx context.Context, cluster string, v *api.FunctionVe
 	if !validDigest(v.SHA256) {
 		return "", fmt.Errorf("%w: version %d has no valid sha256 (%q)", ErrInvalid, v.Version, v.SHA256)
 	}
-	root := filepath.Join(c.dir, v.SHA256)
+	if api.ValidateName("cluster", cluster) != nil {
+		return "", fmt.Errorf("%w: cluster name %q", ErrInvalid, cluster)
+	}
+	dir := filepath.Join(c.dir, cluster)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("lambdart: %w", err)
+	}
+	root := filepath.Join(dir, v.SHA256)
+	key := cluster + "/" + v.SHA256
 	for {
 		if _, err := os.Stat(root); err == nil {
 			return root, nil
 		}
 		c.mu.Lock()
-		f, ok := c.inflight[v.SHA256]
+		f, ok := c.inflight[key]
 		if !ok {
 			f = &bundleFetch{done: make(chan struct{})}
-			c.inflight[v.SHA256] = f
+			c.inflight[key] = f
 			c.mu.Unlock()
 			f.err = c.install(ctx, cluster, v, root)
 			c.mu.Lock()
-			delete(c.inflight, v.SHA256)
+			delete(c.inflight, key)
 			c.mu.Unlock()
 			close(f.done)
 			if f.err != nil {
@@ -80,7 +91,7 @@ func (c *bundleCache) get(ctx context.Context, cluster string, v *api.FunctionVe
 // install fetches v's bundle, checks its size and digest, and unpacks it
 // into root.
 func (c *bundleCache) install(ctx context.Context, cluster string, v *api.FunctionVersion, root string) error {
-	zf, err := os.CreateTemp(c.dir, "fetch-*.zip")
+	zf, err := os.CreateTemp(filepath.Dir(root), "fetch-*.zip")
 	if err != nil {
 		return fmt.Errorf("lambdart: %w", err)
 	}
@@ -100,7 +111,7 @@ func (c *bundleCache) install(ctx context.Context, cluster string, v *api.Functi
 	if v.Size > 0 && lw.written != v.Size {
 		return fmt.Errorf("%w: %s has %d bytes, want %d", ErrBadBundle, v.Bundle, lw.written, v.Size)
 	}
-	tmp, err := os.MkdirTemp(c.dir, "unpack-")
+	tmp, err := os.MkdirTemp(filepath.Dir(root), "unpack-")
 	if err != nil {
 		return fmt.Errorf("lambdart: %w", err)
 	}
@@ -272,6 +283,35 @@ func mkdir(d string) error {
 		return fmt.Errorf("%w: %v", ErrBadBundle, err)
 	}
 	return nil
+}
+
+// removeOthers removes the bundles of every cluster but keep.
+func (c *bundleCache) removeOthers(keep string) error {
+	return removeOtherDirs(c.dir, keep)
+}
+
+// removeOtherDirs removes the entries of dir but keep, making read-only
+// directories writable first.
+func removeOtherDirs(dir, keep string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.Name() == keep {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				os.Chmod(path, 0o755)
+			}
+			return nil
+		})
+		errs = append(errs, os.RemoveAll(p))
+	}
+	return errors.Join(errs...)
 }
 
 func validDigest(s string) bool {

@@ -71,7 +71,7 @@ func TestBundleChecked(t *testing.T) {
 	tampered := *good
 	tampered.SHA256 = tp.b.version("fn", 2, makeZip(t, bundleFile{"other", 0o755, "x"}), api.FunctionConfig{}).SHA256
 	tp.b.byHash[tampered.SHA256] = tp.b.byHash[good.SHA256]
-	slip := tp.b.version("fn", 3, makeZip(t, bundleFile{"bootstrap", 0o755, "x"}, bundleFile{"../../escape", 0o644, "x"}), api.FunctionConfig{})
+	slip := tp.b.version("fn", 3, makeZip(t, bundleFile{"bootstrap", 0o755, "x"}, bundleFile{"../../../escape", 0o644, "x"}), api.FunctionConfig{})
 	for name, v := range map[string]*api.FunctionVersion{"wrong digest": &tampered, "zip slip": slip} {
 		t.Run(name, func(t *testing.T) {
 			_, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: "r1", Function: "fn", Cluster: testCluster, Version: v, Start: true})

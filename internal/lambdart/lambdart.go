@@ -242,9 +242,10 @@ func (p *Pool) Close() error {
 	return nil
 }
 
-// RetainCluster stops every sandbox of a cluster other than cluster and
-// forgets their provisioned entries: the node left those clusters. An
-// empty cluster stops them all.
+// RetainCluster stops every sandbox of a cluster other than cluster,
+// forgets their provisioned entries, and removes their bundles and
+// invocation logs: the node left those clusters. An empty cluster stops
+// them all.
 func (p *Pool) RetainCluster(cluster string) {
 	p.mu.Lock()
 	var doomed []*sbox
@@ -263,6 +264,17 @@ func (p *Pool) RetainCluster(cluster string) {
 		p.log.Info("lambdart: stopping a sandbox of a cluster the node left", "sandbox", s.id, "cluster", s.key.cluster, "function", s.key.function)
 		go s.kill()
 	}
+	// The clusters' code and logs go too, once their sandboxes ended
+	// (a sandbox's directory goes with it).
+	go func() {
+		for _, s := range doomed {
+			<-s.exited
+		}
+		err := errors.Join(p.bundles.removeOthers(cluster), p.logs.removeOthers(cluster))
+		if err != nil {
+			p.log.Warn("lambdart: removing the functions' files of clusters the node left", "err", err)
+		}
+	}()
 }
 
 // newID returns a sandbox id: a valid sandbox run id (letters, digits,

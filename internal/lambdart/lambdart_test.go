@@ -404,3 +404,26 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// TestRetainCluster: when the node leaves a cluster, its sandboxes stop
+// and its functions' code and logs are removed.
+func TestRetainCluster(t *testing.T) {
+	tp := newTestPool(t, nil)
+	v := tp.b.version("fn", 1, goBootstrap(t), api.FunctionConfig{})
+	if res := tp.invoke(t, v, `{}`, true); res.FunctionError != "" {
+		t.Fatalf("%+v", res)
+	}
+	tp.RetainCluster(testCluster)
+	if n := len(tp.sandboxesOf("")); n != 1 {
+		t.Fatalf("%d sandboxes after retaining their cluster, want 1", n)
+	}
+	tp.RetainCluster("other")
+	waitFor(t, "the cluster's sandboxes, bundles and logs to go", func() bool {
+		_, errB := os.Stat(filepath.Join(tp.cfg.Dir, "bundles", testCluster))
+		_, errL := os.Stat(filepath.Join(tp.cfg.Dir, "logs", testCluster))
+		return len(tp.sandboxesOf("")) == 0 && os.IsNotExist(errB) && os.IsNotExist(errL)
+	})
+	if recs := tp.Logs(testCluster, "fn", time.Time{}, ""); len(recs) != 0 {
+		t.Errorf("%d log records left", len(recs))
+	}
+}

@@ -114,6 +114,18 @@ func (l *logStore) path(k fnKey) string {
 	return filepath.Join(l.dir, k.cluster, k.function+".jsonl")
 }
 
+// removeOthers removes the records of every cluster but keep.
+func (l *logStore) removeOthers(keep string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k := range l.sizes {
+		if k.cluster != keep {
+			delete(l.sizes, k)
+		}
+	}
+	return removeOtherDirs(l.dir, keep)
+}
+
 // add appends a record, dropping the oldest ones when the function's
 // records exceed their bounds.
 func (l *logStore) add(k fnKey, rec *api.FunctionLogRecord) {

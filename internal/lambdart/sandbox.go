@@ -146,6 +146,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		delete(p.sandboxes, id)
 		s.gone = true
 		p.mu.Unlock()
+		close(s.exited) // never started: nothing to wait for
 		p.starts.Done()
 		cleanup()
 		p.poke()
