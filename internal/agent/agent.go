@@ -84,6 +84,9 @@ type Config struct {
 	// NetworkPool is how many task network namespaces are kept ready
 	// (0: the default; negative: none).
 	NetworkPool int
+	// FunctionIdleTimeout is how long an on-demand function sandbox may
+	// stay idle before it is stopped (0: lambdart.DefaultIdleTimeout).
+	FunctionIdleTimeout time.Duration
 }
 
 // Agent runs one node.

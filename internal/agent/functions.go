@@ -44,7 +44,7 @@ func functionsDir(dataDir string) string { return filepath.Join(dataDir, "functi
 // gets bundles (a.fetchBundle, from the DFS).
 func (a *Agent) startFunctions(fetch lambdart.FetchFunc) error {
 	cfg := lambdart.Config{Node: a.cfg.Name, Dir: functionsDir(a.cfg.DataDir), Driver: a.driver,
-		Fetch: fetch, Log: a.log}
+		Fetch: fetch, Log: a.log, IdleTimeout: a.cfg.FunctionIdleTimeout}
 	if a.net != nil && a.net.mgr != nil {
 		cfg.Network = functionNetwork{a}
 	}

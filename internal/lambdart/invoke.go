@@ -61,7 +61,7 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 			hooks.Invoked(inv.Function, outcomeDeclined)
 		}
 		return res, nil
-	} else if b := p.backoff[k]; b != nil && p.now().Before(b.until) {
+	} else if b := p.backoff[k]; b != nil && b.err != nil && p.now().Before(b.until) {
 		backoff = b.err
 	}
 	p.mu.Unlock()
@@ -86,17 +86,28 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 	}
 	if fe := s.awaitInit(); fe != nil {
 		p.initFailed(k, fe)
-		return p.failedStart(inv, fe), nil
+		end := p.now()
+		text := s.initDone(fe, began, end)
+		p.logs.add(fnKey{k.cluster, k.function}, &api.FunctionLogRecord{RequestID: inv.RequestID, Function: k.function,
+			Version: k.version, Node: p.cfg.Node, Sandbox: s.id, Start: began, End: end, Outcome: fe.outcome, Log: string(text)})
+		res := p.failedStart(inv, fe)
+		res.Sandbox = s.id
+		if inv.Tail {
+			res.LogTail = text[max(0, len(text)-api.LogTailBytes):]
+		}
+		return res, nil
 	}
 	p.mu.Lock()
 	delete(p.backoff, k)
 	if s.gone { // it exited right after asking for an invocation
 		p.mu.Unlock()
+		s.initDone(nil, began, began)
 		return p.failedStart(inv, crashError(inv.RequestID, s)), nil
 	}
 	p.countersLocked(k).cold++
 	p.takeLocked(s)
 	p.mu.Unlock()
+	s.initDone(nil, began, began)
 	if hooks.ColdStart != nil {
 		hooks.ColdStart(inv.Function)
 	}
@@ -133,7 +144,9 @@ func (p *Pool) loadLocked() int {
 	return n
 }
 
-// initFailed puts k in init backoff after a failed start.
+// initFailed puts k in init backoff after a failed start. fe is nil
+// when the node, not the function, failed (a bundle it could not fetch):
+// provisioned starts are then held back, invocations are not.
 func (p *Pool) initFailed(k versionKey, fe *fnError) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -145,8 +158,10 @@ func (p *Pool) initFailed(k versionKey, fe *fnError) {
 	b.delay = min(max(2*b.delay, minInitBackoff), maxInitBackoff)
 	b.until = p.now().Add(b.delay)
 	b.err = fe
-	p.log.Warn("lambdart: a sandbox failed to start; holding back starts of the version", "cluster", k.cluster,
-		"function", k.function, "version", k.version, "error_type", fe.Type, "backoff", b.delay)
+	if fe != nil {
+		p.log.Warn("lambdart: a sandbox failed to start; holding back starts of the version", "cluster", k.cluster,
+			"function", k.function, "version", k.version, "error_type", fe.Type, "backoff", b.delay)
+	}
 }
 
 // failedStart is the result of an invocation whose sandbox did not start.
@@ -193,7 +208,7 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 			resp, fe = c.response, c.ferr
 		default:
 			fe = &fnError{Type: "Sandbox.Timedout", outcome: outcomeTimeout,
-				Message: fmt.Sprintf("%s %s Task timed out after %.2f seconds", p.now().UTC().Format(time.RFC3339Nano), reqID, timeout.Seconds())}
+				Message: fmt.Sprintf("%s %s Task timed out after %.2f seconds", p.now().UTC().Format("2006-01-02T15:04:05.000Z"), reqID, timeout.Seconds())}
 		}
 	}
 	timer.Stop()

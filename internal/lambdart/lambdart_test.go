@@ -249,13 +249,14 @@ func TestInitFailureBackoff(t *testing.T) {
 	tp := newTestPool(t, func(c *Config) { c.Now = clock.Now })
 	starts := filepath.Join(t.TempDir(), "starts")
 	for _, tc := range []struct {
-		name, script, errType, msg string
+		name, script, errType, msg, logged string
 	}{
-		{"crash", `echo start >> "$STARTS"; echo "cannot init" >&2; exit 2`, "Runtime.ExitError", "exit status 2"},
+		{"crash", `echo start >> "$STARTS"; echo "cannot init" >&2; exit 2`, "Runtime.ExitError", "exit status 2", "cannot init"},
 		{"init error", `echo start >> "$STARTS"
+echo "reporting the init error"
 curl -sS -X POST -H 'Lambda-Runtime-Function-Error-Type: Runtime.ConfigError' \
   -d '{"errorMessage":"missing setting","errorType":"ConfigError"}' "http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/init/error"
-sleep 60`, "Runtime.ConfigError", "missing setting"},
+sleep 60`, "Runtime.ConfigError", "missing setting", "reporting the init error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := tp.b.version("fn", 1, shBootstrap(t, tc.script), api.FunctionConfig{Env: map[string]string{"STARTS": starts + tc.name}})
@@ -266,9 +267,17 @@ sleep 60`, "Runtime.ConfigError", "missing setting"},
 					t.Errorf("result %+v (%s), want %s with %q", res, res.Payload, tc.errType, tc.msg)
 				}
 			}
-			want(tp.invoke(t, v, `{}`, true))
+			first := tp.invoke(t, v, `{}`, true)
+			want(first)
 			if n := lines(starts + tc.name); n != 1 {
 				t.Fatalf("%d starts, want 1", n)
+			}
+			if !strings.Contains(string(first.LogTail), "INIT_REPORT") || !strings.Contains(string(first.LogTail), tc.errType) {
+				t.Errorf("log tail %q lacks the INIT_REPORT line", first.LogTail)
+			}
+			recs := tp.Logs(testCluster, "fn", time.Time{}, "")
+			if len(recs) == 0 || !strings.Contains(recs[len(recs)-1].Log, tc.logged) {
+				t.Errorf("log records %+v lack the bootstrap's output %q", recs, tc.logged)
 			}
 			// Within the backoff: the same error, no new process.
 			clock.Advance(500 * time.Millisecond)

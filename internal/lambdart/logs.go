@@ -21,7 +21,12 @@ import (
 // function on disk, as JSON lines, bounded in number and size.
 
 // maxRecordLog caps the log text kept in one record; the end is kept.
-const maxRecordLog = 256 << 10
+// maxSandboxLog caps a sandbox's log file: past it, the file starts over
+// at the next invocation.
+const (
+	maxRecordLog  = 256 << 10
+	maxSandboxLog = 16 << 20
+)
 
 // logSegment is one invocation's part of a sandbox's log file.
 type logSegment struct {
@@ -41,6 +46,13 @@ func beginLog(path, reqID string, version int) *logSegment {
 	seg.f = f
 	if fi, err := f.Stat(); err == nil {
 		seg.start = fi.Size()
+		if seg.start > maxSandboxLog {
+			// Earlier invocations' logs are in their records: start
+			// over (the sandbox appends, so it follows).
+			if f.Truncate(0) == nil {
+				seg.start = 0
+			}
+		}
 	}
 	fmt.Fprintf(f, "START RequestId: %s Version: %d\n", reqID, version)
 	return seg

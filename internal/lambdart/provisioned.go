@@ -145,6 +145,7 @@ func (p *Pool) startProvisioned(k versionKey, e *provEntry) {
 	p.mu.Lock()
 	v := e.version
 	p.mu.Unlock()
+	began := p.now()
 	s, err := p.startSandbox(ctx, k, v, e)
 	if fe, ok := err.(*fnError); ok {
 		p.initFailed(k, fe)
@@ -153,11 +154,15 @@ func (p *Pool) startProvisioned(k versionKey, e *provEntry) {
 	if err != nil {
 		p.log.Warn("lambdart: cannot start a provisioned sandbox; will retry", "cluster", k.cluster, "function", k.function,
 			"version", k.version, "err", err)
-		p.initFailed(k, &fnError{Type: "Runtime.Unavailable", Message: err.Error(), outcome: outcomeCrash})
+		p.initFailed(k, nil)
 		return
 	}
-	if fe := s.awaitInit(); fe != nil {
+	fe := s.awaitInit()
+	text := s.initDone(fe, began, p.now())
+	if fe != nil {
 		p.initFailed(k, fe)
+		p.log.Warn("lambdart: a provisioned sandbox failed to start", "sandbox", s.id, "function", k.function,
+			"version", k.version, "error_type", fe.Type, "error", fe.Message, "log", string(text[max(0, len(text)-api.LogTailBytes):]))
 		return
 	}
 	p.mu.Lock()

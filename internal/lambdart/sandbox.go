@@ -58,8 +58,9 @@ type sbox struct {
 	// exit is set before exited is closed, when the process has ended.
 	exited chan struct{}
 	exit   *sandbox.ExitResult
-	// inuse counts invokers still reading the sandbox's log; its
-	// directory is removed after they are done.
+	// inuse counts those still reading the sandbox's log (its starter
+	// until init is over, then each invoker); its directory is removed
+	// after they are done.
 	inuse sync.WaitGroup
 
 	mu  sync.Mutex // guards cur, and h until it is set
@@ -140,8 +141,10 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	p.starts.Add(1)
 	p.mu.Unlock()
 
+	s.inuse.Add(1) // the starter's hold, until its init is over: see initDone
 	h, err := p.cfg.Driver.Start(context.WithoutCancel(ctx), spec)
 	if err != nil {
+		s.inuse.Done()
 		p.mu.Lock()
 		delete(p.sandboxes, id)
 		s.gone = true
@@ -165,6 +168,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {
+		s.inuse.Done()
 		s.kill()
 		return nil, ErrClosed
 	}
@@ -225,6 +229,28 @@ func (s *sbox) awaitInit() *fnError {
 		return &fnError{Type: "Runtime.InitTimeout", outcome: outcomeTimeout,
 			Message: fmt.Sprintf("Error: the runtime never asked for an invocation within %s after it started", s.conf.Timeout.D())}
 	}
+}
+
+// initDone releases the starter's hold on the sandbox. After a failed
+// init it first adds the error to the sandbox's log and returns that
+// log, for the invocation's record.
+func (s *sbox) initDone(fe *fnError, began, now time.Time) []byte {
+	defer s.inuse.Done()
+	if fe == nil {
+		return nil
+	}
+	f, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil
+	}
+	fmt.Fprintf(f, "%s\nINIT_REPORT Init Duration: %.2f ms\tPhase: init\tStatus: error\tError Type: %s\n",
+		fe.Message, float64(now.Sub(began).Microseconds())/1000, fe.Type)
+	f.Close()
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return nil
+	}
+	return b[max(0, len(b)-maxRecordLog):]
 }
 
 // sandboxEnv is a sandbox's environment: the function's variables, and
