@@ -118,6 +118,10 @@ func TestFunctionRoutes(t *testing.T) {
 	if code != http.StatusOK || string(res.Payload) != "hello" || !res.Cold {
 		t.Fatalf("cold invocation: %d %s, want 200 and the payload echoed", code, body)
 	}
+	waitFor(t, "the sandbox to wait for the next invocation", func() bool {
+		r := a.fns.Report()
+		return len(r.Sandboxes) == 1 && r.Sandboxes[0].State == api.SandboxIdle
+	})
 	code, body = call(h, "POST", "/v1/agent/functions/invoke", inv(false, "c1"), nil)
 	if code != http.StatusOK {
 		t.Errorf("warm invocation: %d %s, want 200", code, body)

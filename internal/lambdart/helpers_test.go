@@ -207,6 +207,21 @@ func (tp *testPool) invoke(t *testing.T, v *api.FunctionVersion, payload string,
 	return res
 }
 
+// warm waits until a sandbox of v is idle (its runtime asked for the
+// next invocation) and invokes it there, without a cold start.
+func (tp *testPool) warm(t *testing.T, v *api.FunctionVersion, payload string) *api.SandboxResult {
+	t.Helper()
+	waitFor(t, "an idle sandbox", func() bool {
+		for _, s := range tp.sandboxesOf(api.SandboxIdle) {
+			if s.Version == v.Version {
+				return true
+			}
+		}
+		return false
+	})
+	return tp.invoke(t, v, payload, false)
+}
+
 // goResponse is testfn's answer.
 type goResponse struct {
 	Count     int    `json:"count"`

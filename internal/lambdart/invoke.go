@@ -114,6 +114,25 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 	return p.run(s, inv, true, p.now().Sub(began)), nil
 }
 
+// runtimeWaiting notes whether the sandbox's runtime is blocked in /next;
+// an answered sandbox becomes idle then.
+func (p *Pool) runtimeWaiting(s *sbox, waiting bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s.waiting = waiting
+	p.maybeIdleLocked(s)
+}
+
+// maybeIdleLocked makes a busy sandbox idle once it has answered and its
+// runtime waits for the next invocation: a runtime that exits after its
+// answer (aws-lambda-go does after a panic) is never handed another.
+func (p *Pool) maybeIdleLocked(s *sbox) {
+	if s.state == api.SandboxBusy && s.answered && s.waiting && !s.gone {
+		s.state, s.answered = api.SandboxIdle, false
+		s.lastUsed = p.now()
+	}
+}
+
 // pickIdleLocked returns the idle sandbox of k used last, or nil; the
 // others age towards their reclaim.
 func (p *Pool) pickIdleLocked(k versionKey) *sbox {
@@ -128,7 +147,7 @@ func (p *Pool) pickIdleLocked(k versionKey) *sbox {
 
 // takeLocked makes s busy for one invocation.
 func (p *Pool) takeLocked(s *sbox) {
-	s.state = api.SandboxBusy
+	s.state, s.answered = api.SandboxBusy, false
 	s.inuse.Add(1)
 	p.countersLocked(s.key).busyChange(1, p.now())
 }
@@ -196,13 +215,20 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 	timer := time.NewTimer(timeout)
 	var fe *fnError
 	var resp []byte
+	killed := false
 	select {
 	case <-c.done:
 		resp, fe = c.response, c.ferr
 	case <-s.exited:
-		fe = crashError(reqID, s)
+		select {
+		case <-c.done: // answered, then exited
+			resp, fe = c.response, c.ferr
+		default:
+			fe = crashError(reqID, s)
+		}
 	case <-timer.C:
 		s.kill()
+		killed = true
 		select {
 		case <-c.done: // answered just in time
 			resp, fe = c.response, c.ferr
@@ -230,10 +256,9 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 	p.mu.Lock()
 	s.invocations++
 	s.lastUsed = end
-	if !s.gone && s.state == api.SandboxBusy {
-		s.state = api.SandboxIdle
-	}
-	reset := fe != nil && (fe.outcome != outcomeError || fe.reset)
+	s.answered = true
+	p.maybeIdleLocked(s)
+	reset := killed || fe != nil && (fe.outcome != outcomeError || fe.reset)
 	if reset {
 		s.stopping = true // killed, dead or refused: never to be picked again
 	}

@@ -30,7 +30,7 @@ func TestGoBootstrapWarmReuse(t *testing.T) {
 	}
 	first := res.Sandbox
 	for want := 2; want <= 4; want++ {
-		res := tp.invoke(t, v, `{"print":"line from the function"}`, false)
+		res := tp.warm(t, v, `{"print":"line from the function"}`)
 		if res.Declined || res.FunctionError != "" || res.Cold || res.Sandbox != first {
 			t.Fatalf("invocation %d: %+v (%s), want a warm success in %s", want, res, res.Payload, first)
 		}
@@ -41,6 +41,7 @@ func TestGoBootstrapWarmReuse(t *testing.T) {
 			t.Errorf("log tail %q lacks the function's line or the REPORT line", res.LogTail)
 		}
 	}
+	waitFor(t, "the sandbox to be idle", func() bool { return len(tp.sandboxesOf(api.SandboxIdle)) == 1 })
 	rep := tp.Report()
 	if len(rep.Sandboxes) != 1 || rep.Sandboxes[0].State != api.SandboxIdle || rep.Sandboxes[0].Invocations != 4 {
 		t.Errorf("sandboxes: %+v", rep.Sandboxes)
@@ -99,6 +100,9 @@ func TestFunctionFailures(t *testing.T) {
 		outcome, logContent string
 	}{
 		{name: "error", payload: `{"error":"boom"}`, errType: "errorString", msg: "boom", sandboxSurvives: true, outcome: "error"},
+		// aws-lambda-go reports a panic, then exits: the sandbox
+		// must not be handed another invocation.
+		{name: "panic", payload: `{"panic":"kaboom"}`, errType: "string", msg: "kaboom", outcome: "error"},
 		{name: "timeout", payload: `{"sleep_ms":30000}`, errType: "Sandbox.Timedout", msg: "Task timed out after 1.00 seconds",
 			outcome: "timeout", logContent: "Task timed out after 1.00 seconds"},
 		{name: "exit", payload: `{"exit":3}`, errType: "Runtime.ExitError", msg: "Runtime exited with error: exit status 3",
@@ -122,7 +126,7 @@ func TestFunctionFailures(t *testing.T) {
 			}
 			if tc.sandboxSurvives {
 				// The sandbox serves the next invocation.
-				res := tp.invoke(t, v, `{}`, false)
+				res := tp.warm(t, v, `{}`)
 				if res.Declined || res.FunctionError != "" {
 					t.Errorf("after a %s: %+v (%s), want a warm success", tc.name, res, res.Payload)
 				}
@@ -190,7 +194,7 @@ done
 	if !strings.HasSuffix(f[8], "/work") {
 		t.Errorf("working directory %q is not the sandbox's work directory", f[8])
 	}
-	res2 := tp.invoke(t, v, `again`, false)
+	res2 := tp.warm(t, v, `again`)
 	if res2.Sandbox != res.Sandbox || !strings.HasPrefix(string(res2.Payload), "again|") {
 		t.Errorf("second invocation %+v (%s), want a warm answer", res2, res2.Payload)
 	}
@@ -322,7 +326,7 @@ func TestProvisionedKept(t *testing.T) {
 		return out
 	}
 	waitFor(t, "2 provisioned sandboxes", func() bool { return len(provisionedIdle()) == 2 })
-	res := tp.invoke(t, v, `{}`, false)
+	res := tp.warm(t, v, `{}`)
 	if res.Declined || res.Cold || res.FunctionError != "" {
 		t.Fatalf("invocation on provisioned sandboxes: %+v (%s)", res, res.Payload)
 	}

@@ -107,12 +107,12 @@ func parseErrorDoc(body []byte, headerType string) *fnError {
 }
 
 // routes is a sandbox's Runtime API.
-func (s *sbox) routes(p *Pool) http.Handler {
+func (s *sbox) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+runtimeAPIPrefix+"/invocation/next", s.handleNext)
 	mux.HandleFunc("POST "+runtimeAPIPrefix+"/invocation/{id}/response", s.handleResponse)
 	mux.HandleFunc("POST "+runtimeAPIPrefix+"/invocation/{id}/error", s.handleError)
-	mux.HandleFunc("POST "+runtimeAPIPrefix+"/init/error", func(w http.ResponseWriter, r *http.Request) { s.handleInitError(p, w, r) })
+	mux.HandleFunc("POST "+runtimeAPIPrefix+"/init/error", s.handleInitError)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		runtimeError(w, http.StatusNotFound, "InvalidRequest", fmt.Sprintf("no such Runtime API route: %s %s", r.Method, r.URL.Path))
 	})
@@ -144,14 +144,17 @@ func (s *sbox) handleNext(w http.ResponseWriter, r *http.Request) {
 			Message: "RequestId: " + stale.reqID + " Error: the runtime asked for the next invocation without answering this one"})
 	}
 	s.readyOnce.Do(func() { close(s.ready) })
+	s.pool.runtimeWaiting(s, true)
 	var c *call
 	select {
 	case c = <-s.queue:
 	case <-r.Context().Done():
+		s.pool.runtimeWaiting(s, false)
 		return
 	case <-s.exited:
 		return
 	}
+	s.pool.runtimeWaiting(s, false)
 	s.mu.Lock()
 	s.cur = c
 	s.mu.Unlock()
@@ -238,7 +241,7 @@ func (s *sbox) handleError(w http.ResponseWriter, r *http.Request) {
 // handleInitError takes the error of a runtime that failed to initialise;
 // the sandbox is then stopped. After init it is refused (403), as on
 // Lambda.
-func (s *sbox) handleInitError(p *Pool, w http.ResponseWriter, r *http.Request) {
+func (s *sbox) handleInitError(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-s.ready:
 		runtimeError(w, http.StatusForbidden, "InvalidStateTransition", "the runtime already asked for an invocation: init is over")
@@ -255,6 +258,6 @@ func (s *sbox) handleInitError(p *Pool, w http.ResponseWriter, r *http.Request) 
 		s.initErr = e
 		close(s.initFailed)
 	})
-	p.log.Info("lambdart: runtime reported an init error", "sandbox", s.id, "function", s.key.function, "error_type", e.Type)
+	s.pool.log.Info("lambdart: runtime reported an init error", "sandbox", s.id, "function", s.key.function, "error_type", e.Type)
 	accepted(w)
 }

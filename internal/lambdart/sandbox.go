@@ -25,6 +25,7 @@ const RuntimeAPIAddr = "127.0.0.1:9001"
 
 // sbox is one sandbox: a bootstrap process and its Runtime API.
 type sbox struct {
+	pool    *Pool
 	id      string
 	key     versionKey
 	version *api.FunctionVersion
@@ -40,10 +41,14 @@ type sbox struct {
 	// Guarded by Pool.mu.
 	state       string
 	provisioned bool
-	stopping    bool // being reclaimed or stopped: not to be picked
-	gone        bool // ended and out of Pool.sandboxes
-	lastUsed    time.Time
-	invocations uint64
+	// waiting: the runtime is blocked in /next with nothing handed out.
+	// answered: the sandbox answered its invocation and becomes idle
+	// when it next waits (only then can it take another).
+	waiting, answered bool
+	stopping          bool // being reclaimed or stopped: not to be picked
+	gone              bool // ended and out of Pool.sandboxes
+	lastUsed          time.Time
+	invocations       uint64
 
 	// queue holds the invocation the next /next hands out; the one who
 	// made the sandbox busy is the only sender.
@@ -90,7 +95,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	if err != nil {
 		return nil, err
 	}
-	s := &sbox{id: id, key: k, version: v, conf: v.Config.Resolved(),
+	s := &sbox{pool: p, id: id, key: k, version: v, conf: v.Config.Resolved(),
 		dir:   filepath.Join(p.cfg.Dir, "sandboxes", id),
 		queue: make(chan *call, 1), ready: make(chan struct{}), initFailed: make(chan struct{}), exited: make(chan struct{}),
 		state: api.SandboxStarting}
@@ -115,7 +120,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		cleanup()
 		return nil, fmt.Errorf("lambdart: sandbox %s: runtime API: %w", id, err)
 	}
-	s.srv = &http.Server{Handler: s.routes(p), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go s.srv.Serve(ln)
 	prev := cleanup
 	cleanup = func() { s.srv.Close(); prev() }

@@ -1,6 +1,6 @@
 // Command testfn is a function bootstrap built with aws-lambda-go, for
 // the tests of package lambdart: it counts its invocations in memory and
-// answers with the count, and on request fails, sleeps, allocates memory,
+// answers with the count, and on request fails, panics, sleeps, allocates memory,
 // exits, or answers with a large payload.
 package main
 
@@ -23,6 +23,7 @@ type request struct {
 	Exit    *int   `json:"exit,omitempty"`
 	BigMB   int    `json:"big_mb,omitempty"`
 	Print   string `json:"print,omitempty"`
+	Panic   string `json:"panic,omitempty"`
 }
 
 // response is the function's answer.
@@ -43,6 +44,9 @@ func main() {
 		lc, _ := lambdacontext.FromContext(ctx)
 		if req.Print != "" {
 			os.Stdout.WriteString(req.Print + "\n")
+		}
+		if req.Panic != "" {
+			panic(req.Panic)
 		}
 		if req.Error != "" {
 			return nil, errors.New(req.Error)
