@@ -198,9 +198,11 @@ type counters struct {
 	invocations, warm, cold uint64
 	busy                    int
 	// peaks[i] is the peak busy count of minute peakMin[i] (minutes
-	// since the epoch), for the last api.ForecastMinutes minutes.
+	// since the epoch), for the last api.ForecastMinutes minutes;
+	// lastMin is the minute of the last change of busy.
 	peaks   [api.ForecastMinutes]int
 	peakMin [api.ForecastMinutes]int64
+	lastMin int64
 }
 
 func (p *Pool) countersLocked(k versionKey) *counters {
@@ -212,14 +214,23 @@ func (p *Pool) countersLocked(k versionKey) *counters {
 	return c
 }
 
-// busyChange adds d to the busy count and keeps this minute's peak.
+// busyChange adds d to the busy count and keeps this minute's peak. The
+// minutes since the last change, in which nothing changed, had the busy
+// count of then as their peak.
 func (c *counters) busyChange(d int, now time.Time) {
-	c.busy += d
 	m := now.Unix() / 60
+	if c.lastMin != 0 {
+		for mm := max(c.lastMin+1, m-api.ForecastMinutes+1); mm <= m; mm++ {
+			i := mm % api.ForecastMinutes
+			c.peakMin[i], c.peaks[i] = mm, c.busy
+		}
+	}
+	c.lastMin = max(c.lastMin, m)
 	i := m % api.ForecastMinutes
 	if c.peakMin[i] != m {
-		c.peakMin[i], c.peaks[i] = m, 0
+		c.peakMin[i], c.peaks[i] = m, c.busy
 	}
+	c.busy += d
 	c.peaks[i] = max(c.peaks[i], c.busy)
 }
 
@@ -229,12 +240,15 @@ func (c *counters) peakList(now time.Time) []int {
 	out := make([]int, api.ForecastMinutes)
 	m := now.Unix() / 60
 	for j := range out {
-		i := (m - int64(j)) % api.ForecastMinutes
-		if c.peakMin[i] == m-int64(j) {
+		mm := m - int64(j)
+		i := mm % api.ForecastMinutes
+		switch {
+		case mm > c.lastMin:
+			out[j] = c.busy // nothing changed since
+		case c.peakMin[i] == mm:
 			out[j] = c.peaks[i]
 		}
 	}
-	out[0] = max(out[0], c.busy)
 	return out
 }
 
