@@ -1,6 +1,8 @@
 package lambdart
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -438,5 +440,47 @@ func TestRetainCluster(t *testing.T) {
 	})
 	if recs := tp.Logs(testCluster, "fn", time.Time{}, ""); len(recs) != 0 {
 		t.Errorf("%d log records left", len(recs))
+	}
+}
+
+// TestConcurrentColdStarts: simultaneous cold starts of a version each
+// get a sandbox of their own, from one fetch of the bundle.
+func TestConcurrentColdStarts(t *testing.T) {
+	tp := newTestPool(t, nil)
+	v := tp.b.version("fn", 1, goBootstrap(t), api.FunctionConfig{})
+	const n = 5
+	type answer struct {
+		res *api.SandboxResult
+		err error
+	}
+	results := make(chan answer, n)
+	for i := range n {
+		go func() {
+			res, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: fmt.Sprint("r", i), Function: "fn",
+				Cluster: testCluster, Version: v, Payload: []byte(`{"sleep_ms":200}`), Start: true})
+			results <- answer{res, err}
+		}()
+	}
+	seen := map[string]bool{}
+	for range n {
+		a := <-results
+		if a.err != nil {
+			t.Fatal(a.err)
+		}
+		res := a.res
+		if res.FunctionError != "" || !res.Cold {
+			t.Errorf("result %+v (%s), want a cold success", res, res.Payload)
+		}
+		seen[res.Sandbox] = true
+	}
+	if len(seen) != n {
+		t.Errorf("%d sandboxes served %d simultaneous invocations, want %d", len(seen), n, n)
+	}
+	if tp.b.fetches != 1 {
+		t.Errorf("the bundle was fetched %d times, want once", tp.b.fetches)
+	}
+	waitFor(t, "all sandboxes idle", func() bool { return len(tp.sandboxesOf(api.SandboxIdle)) == n })
+	if f := tp.Report().Functions[0]; f.Peaks[0] != n || f.ColdStarts != n {
+		t.Errorf("counters %+v, want a peak of %d and %d cold starts", f, n, n)
 	}
 }
