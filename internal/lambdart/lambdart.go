@@ -5,11 +5,15 @@
 //
 // A [Pool] keeps the node's sandboxes: one process each, started through a
 // [sandbox.Driver] from a function version's bundle (unpacked once per
-// digest and shared read-only), with a Runtime API listener of its own. It
-// hands an invocation to an idle sandbox of the version, starts one when
-// asked to (a cold start), enforces the version's timeout, keeps the
-// provisioned sandboxes the servers ask for, reclaims idle ones, and keeps
-// each invocation's log.
+// cluster and digest, and shared read-only), with a Runtime API listener
+// of its own. It hands an invocation to an idle sandbox of the version,
+// starts one when asked to (a cold start), enforces the version's
+// timeout, keeps the provisioned sandboxes the servers ask for, reclaims
+// idle ones, and keeps each invocation's log.
+//
+// A sandbox is idle while its runtime waits in /next with nothing handed
+// out; it is busy from the moment an invocation is given to it until it
+// has answered and asks for the next one.
 //
 // The package knows nothing of servers: the agent gives it a way to fetch
 // bundles ([Config.Fetch]) and, when tasks have networks of their own, a
