@@ -28,6 +28,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/chunkstore"
 	"github.com/shoal-dev/shoal/internal/clusterpki"
+	"github.com/shoal-dev/shoal/internal/lambdart"
 	"github.com/shoal-dev/shoal/internal/sandbox"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
@@ -83,6 +84,9 @@ type Config struct {
 	// NetworkPool is how many task network namespaces are kept ready
 	// (0: the default; negative: none).
 	NetworkPool int
+	// FunctionIdleTimeout is how long an on-demand function sandbox may
+	// stay idle before it is stopped (0: lambdart.DefaultIdleTimeout).
+	FunctionIdleTimeout time.Duration
 }
 
 // Agent runs one node.
@@ -110,6 +114,9 @@ type Agent struct {
 	peerAdvertise string
 	// net gives tasks their cluster's network (network.go).
 	net *taskNet
+	// fns runs the cluster's function sandboxes (functions.go); set by
+	// Run before it serves.
+	fns *lambdart.Pool
 	// peerCreds are the node's credentials in its cluster, nil while it
 	// holds none; a.mu guards changing them together with cluster.
 	peerCreds  atomic.Pointer[clusterpki.Credentials]
@@ -246,6 +253,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.ctx.Done():
 		}
 	}()
+	if err := a.startFunctions(a.fetchBundle); err != nil {
+		return err
+	}
 	a.httpSrv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go a.httpSrv.Serve(a.ln)
 	defer a.httpSrv.Close()
@@ -270,6 +280,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.heartbeatLoop() }()
 	a.watchLoop()
 	a.stopAll()
+	a.closeFunctions()
 	a.closeNetwork()
 	a.wg.Wait()
 	stopUpdates()

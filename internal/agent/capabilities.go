@@ -26,6 +26,7 @@ import (
 type agentMetrics struct {
 	reg     *prometheus.Registry
 	refused *prometheus.CounterVec
+	fnMetrics
 }
 
 func newAgentMetrics() *agentMetrics {
@@ -37,6 +38,7 @@ func newAgentMetrics() *agentMetrics {
 			[]string{"what", "op", "reason"}),
 	}
 	m.reg.MustRegister(m.refused)
+	m.fnMetrics = newFnMetrics(m.reg)
 	return m
 }
 

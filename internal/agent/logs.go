@@ -27,6 +27,7 @@ func (a *Agent) routes() http.Handler {
 		ReplicateRate: max(a.cfg.RepairRate, 0), Log: a.log, Client: a.chunkClient.HTTP, Authorize: a.authorize})
 	mux.Handle("/v1/chunks", chunks)
 	mux.Handle("/v1/chunks/", chunks)
+	a.functionRoutes(mux)
 	mux.Handle("GET /metrics", a.metrics.handler())
 	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"node": a.cfg.Name, "isolated": a.driver.Isolated()})

@@ -114,6 +114,9 @@ func (a *Agent) reconcile(work *api.NodeWork) bool {
 	}
 	if oldCluster != work.Node.Cluster {
 		go a.wipeClusters(work.Node.Cluster, toStop)
+		if a.fns != nil {
+			a.fns.RetainCluster(work.Node.Cluster)
+		}
 	}
 	// Starting a run is mostly system calls (directories, files, cgroups,
 	// clone); a few at a time keep both the kernel and the agent busy.

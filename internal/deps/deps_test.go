@@ -28,6 +28,10 @@ func TestImportRules(t *testing.T) {
 			"github.com/shoal-dev/shoal/internal/dfs", "github.com/hashicorp/raft"}},
 		{"github.com/shoal-dev/shoal/internal/sandbox", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/shoal-dev/shoal/internal/state"}},
+		// Function sandboxes run on agents.
+		{"github.com/shoal-dev/shoal/internal/lambdart", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/state", "github.com/shoal-dev/shoal/internal/fsm",
+			"github.com/shoal-dev/shoal/internal/agent", "github.com/hashicorp/raft", "github.com/hashicorp/go-memdb"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/hashicorp/raft"}},
 		// Subsystems plug into the server; the server imports them.
