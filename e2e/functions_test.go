@@ -196,7 +196,7 @@ func TestFunctionsBadInput(t *testing.T) {
 		{[]string{"fn", "invoke", "nosuch", "--cluster", "c1"}, "nosuch"},
 		{[]string{"fn", "invoke", "hello", "--version", "9"}, "9"},
 		{[]string{"fn", "invoke", "hello", "--payload", "{not json"}, "JSON"},
-		{[]string{"fn", "invoke", "hello", "--payload", big}, "6"},
+		{[]string{"fn", "invoke", "hello", "--payload", "@" + writeFile(t, "big.json", big)}, "6"},
 	} {
 		_, errOut, code := in.Shoal(tc.args...)
 		if code == 0 || !strings.Contains(errOut, tc.want) {
