@@ -4,7 +4,7 @@
 # a static binary named bootstrap) and hello-sh.zip (the shell bootstrap).
 set -eu
 out=$(cd "${1:?usage: build.sh OUTDIR}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")" && pwd -P)  # physical, so that go finds go.mod above it
 (cd "$here/hello-go" && CGO_ENABLED=0 go build -o "$out/bootstrap" .)
 (cd "$out" && rm -f hello.zip && zip -q hello.zip bootstrap && rm bootstrap)
 (cd "$here/hello-sh" && rm -f "$out/hello-sh.zip" && zip -q "$out/hello-sh.zip" bootstrap)
