@@ -26,7 +26,9 @@ package fnqueue
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -229,7 +231,11 @@ func Open(cfg Config) (*Queue, error) {
 		if err := q.startServer(); err != nil {
 			return nil, err
 		}
-		q.nc, err = nats.Connect("", nats.InProcessServer(q.ns), nats.Name(cfg.Name), nats.MaxReconnects(-1))
+		opts := []nats.Option{nats.InProcessServer(q.ns), nats.Name(cfg.Name), nats.MaxReconnects(-1)}
+		if q.opts.Authorization != "" {
+			opts = append(opts, nats.Token(q.opts.Authorization))
+		}
+		q.nc, err = nats.Connect("", opts...)
 		if err != nil {
 			q.ns.Shutdown()
 			return nil, fmt.Errorf("fnqueue: connecting in process: %w", err)
@@ -294,6 +300,15 @@ func (q *Queue) startServer() error {
 			return err
 		}
 		o.Routes = routes
+		// nats-server starts routes only once its client accept loop runs
+		// (StartRouting waits for it), so a clustered server cannot use
+		// DontListen: it listens on loopback, on a random port, behind a
+		// random token that only this process knows.
+		tok := make([]byte, 32)
+		if _, err := rand.Read(tok); err != nil {
+			return fmt.Errorf("fnqueue: %w", err)
+		}
+		o.DontListen, o.Host, o.Port, o.Authorization = false, "127.0.0.1", server.RANDOM_PORT, hex.EncodeToString(tok)
 	} else if len(cfg.Routes) > 0 {
 		return errors.New("fnqueue: routes need a listen address")
 	}
@@ -375,30 +390,30 @@ func (q *Queue) SetRoutes(routes []string) error {
 
 // setup creates or updates the streams and the consumer, retrying until it
 // succeeds (a clustered JetStream needs a quorum) or the queue closes.
+//
+// Each try has a short timeout: when several servers create the same
+// stream at once, nats-server (2.15.2) answers only some of the requests,
+// and a try again finds the stream made.
 func (q *Queue) setup() {
 	defer q.wg.Done()
-	wait := 100 * time.Millisecond
+	timeout := 2 * time.Second
 	for {
-		err := q.createStreams()
+		err := q.createStreams(timeout)
 		if err == nil {
 			close(q.ready)
 			q.log.Info("event queue ready", "replicas", q.cfg.Replicas)
 			return
 		}
 		q.log.Debug("event queue not ready", "err", err)
-		select {
-		case <-q.ctx.Done():
+		if !q.sleep(100 * time.Millisecond) {
 			return
-		case <-time.After(wait):
 		}
-		wait = min(2*wait, 2*time.Second)
+		timeout = min(2*timeout, 10*time.Second)
 	}
 }
 
-func (q *Queue) createStreams() error {
-	ctx, cancel := context.WithTimeout(q.ctx, 10*time.Second)
-	defer cancel()
-	events, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+func (q *Queue) createStreams(timeout time.Duration) error {
+	events, err := q.ensureStream(timeout, jetstream.StreamConfig{
 		Name:        EventStream,
 		Description: "Shoal: Event invocations of functions waiting to run",
 		Subjects:    []string{eventPrefix + ">"},
@@ -410,9 +425,9 @@ func (q *Queue) createStreams() error {
 		Discard:     jetstream.DiscardOld,
 	})
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", EventStream, err)
+		return err
 	}
-	dead, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	dead, err := q.ensureStream(timeout, jetstream.StreamConfig{
 		Name:              DeadStream,
 		Description:       "Shoal: Event invocations of functions that failed every attempt",
 		Subjects:          []string{deadPrefix + ">"},
@@ -425,9 +440,9 @@ func (q *Queue) createStreams() error {
 		MaxAge:            DeadLetterMaxAge,
 	})
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", DeadStream, err)
+		return err
 	}
-	cons, err := events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	want := jetstream.ConsumerConfig{
 		Durable:       WorkerConsumer,
 		Description:   "Shoal: every server's event workers",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -435,14 +450,44 @@ func (q *Queue) createStreams() error {
 		MaxDeliver:    -1, // the workers dead-letter
 		MaxAckPending: 1024,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	}
+	ctx, cancel := context.WithTimeout(q.ctx, timeout)
+	defer cancel()
+	cons, err := events.Consumer(ctx, WorkerConsumer)
+	if err == nil {
+		c := cons.CachedInfo().Config
+		if c.AckWait != want.AckWait || c.MaxAckPending != want.MaxAckPending || c.MaxDeliver != want.MaxDeliver {
+			err = errors.New("changed")
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", WorkerConsumer, err)
+		if cons, err = events.CreateOrUpdateConsumer(ctx, want); err != nil {
+			return fmt.Errorf("consumer %s: %w", WorkerConsumer, err)
+		}
 	}
 	q.mu.Lock()
 	q.events, q.dead, q.cons = events, dead, cons
 	q.mu.Unlock()
 	return nil
+}
+
+// ensureStream creates the stream, or updates it when a setting differs.
+func (q *Queue) ensureStream(timeout time.Duration, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	ctx, cancel := context.WithTimeout(q.ctx, timeout)
+	defer cancel()
+	s, err := q.js.Stream(ctx, want.Name)
+	if err == nil {
+		c := s.CachedInfo().Config
+		if c.Replicas == want.Replicas && c.Duplicates == want.Duplicates && c.MaxMsgSize == want.MaxMsgSize &&
+			c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge &&
+			c.Retention == want.Retention && c.Storage == want.Storage {
+			return s, nil
+		}
+	}
+	if s, err = q.js.CreateOrUpdateStream(ctx, want); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", want.Name, err)
+	}
+	return s, nil
 }
 
 // streams returns the streams once the queue is ready, or ErrUnavailable.
