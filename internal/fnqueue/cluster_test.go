@@ -13,7 +13,7 @@ import (
 
 // openCluster opens n queues routed to each other over mutual TLS, with
 // streams of n replicas, and waits until each is ready.
-func openCluster(t *testing.T, n int) []*Queue {
+func openCluster(t testing.TB, n int, noSync bool) []*Queue {
 	t.Helper()
 	set, err := tlsfiles.MakeSet(t.TempDir())
 	if err != nil {
@@ -44,6 +44,7 @@ func openCluster(t *testing.T, n int) []*Queue {
 		}
 		cfg.ServerTLS, cfg.ClientTLS = serverTLS, id.ClientConfig(tlsfiles.RoleServer)
 		cfg.Replicas = n
+		cfg.noSync = noSync
 		q, err := Open(cfg)
 		if err != nil {
 			t.Fatalf("Open %s: %v", cfg.Name, err)
@@ -77,7 +78,7 @@ func enqueueRetrying(t *testing.T, q *Queue, e *Event) {
 // replicas; one of them stops as with kill -9 while running events, and
 // the other two go on storing and running events, those it held included.
 func TestClusterSurvivesLosingAServer(t *testing.T) {
-	qs := openCluster(t, 3)
+	qs := openCluster(t, 3, false)
 	r := newRecorder()
 	ok := r.handler(func(*Event, int) error { return nil })
 	qs[0].Run(ok)
@@ -125,5 +126,20 @@ func TestClusterSurvivesLosingAServer(t *testing.T) {
 	mu.Unlock()
 	if err := qs[0].SetRoutes([]string{qs[1].cfg.Listen}); err != nil {
 		t.Errorf("SetRoutes: %v", err)
+	}
+}
+
+// TestListenWithoutRoutes: a single server given a listen address but no
+// routes runs a standalone JetStream.
+func TestListenWithoutRoutes(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Listen = freeAddr(t)
+	q := open(t, cfg)
+	r := newRecorder()
+	q.Run(r.handler(func(*Event, int) error { return nil }))
+	enqueue(t, q, ev("x", "f", 0))
+	waitFor(t, "the event done", 20*time.Second, func() bool { return r.doneCount() == 1 })
+	if err := q.SetRoutes([]string{freeAddr(t)}); err == nil {
+		t.Errorf("SetRoutes on a standalone queue succeeded; it needs a restart")
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -92,11 +93,12 @@ type Config struct {
 	Name string
 	// DataDir holds the JetStream store, in DataDir/nats.
 	DataDir string
-	// Listen is host:port for the NATS cluster routes between servers; ""
-	// with a single server: no listener at all.
+	// Listen is host:port for the NATS cluster routes between servers.
+	// It is used only with Routes.
 	Listen string
-	// Routes are the other servers' route addresses (host:port); empty:
-	// standalone JetStream.
+	// Routes are the other servers' route addresses (host:port). Empty: a
+	// standalone JetStream with no listener at all (JetStream cannot run
+	// clustered alone), and changing to a cluster takes a restart.
 	Routes []string
 	// ServerTLS and ClientTLS, when set, secure routes with mutual TLS:
 	// ServerTLS accepts, ClientTLS dials (both ends hold server
@@ -124,6 +126,8 @@ type Config struct {
 
 	// ackWait overrides the consumer's ack wait (tests).
 	ackWait time.Duration
+	// noSync turns SyncAlways off (benchmarks, to show its cost).
+	noSync bool
 }
 
 // Event is one asynchronous invocation.
@@ -281,11 +285,14 @@ func (q *Queue) startServer() error {
 		NoSigs:                 true,
 		JetStream:              true,
 		StoreDir:               filepath.Join(cfg.DataDir, "nats"),
-		SyncAlways:             true,
+		SyncAlways:             !cfg.noSync,
 		MaxPayload:             maxMsgBytes,
 		DisableJetStreamBanner: true,
 	}
-	if cfg.Listen != "" {
+	if len(cfg.Routes) > 0 {
+		if cfg.Listen == "" {
+			return errors.New("fnqueue: routes need a listen address")
+		}
 		host, port, err := splitHostPort(cfg.Listen)
 		if err != nil {
 			return err
@@ -309,18 +316,23 @@ func (q *Queue) startServer() error {
 			return fmt.Errorf("fnqueue: %w", err)
 		}
 		o.DontListen, o.Host, o.Port, o.Authorization = false, "127.0.0.1", server.RANDOM_PORT, hex.EncodeToString(tok)
-	} else if len(cfg.Routes) > 0 {
-		return errors.New("fnqueue: routes need a listen address")
 	}
 	ns, err := server.NewServer(o)
 	if err != nil {
 		return fmt.Errorf("fnqueue: %w", err)
 	}
-	ns.SetLoggerV2(natsLogger{q.log.With("nats", cfg.Name)}, false, false, false)
+	nl := &natsLogger{log: q.log.With("nats", cfg.Name)}
+	ns.SetLoggerV2(nl, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return fmt.Errorf("fnqueue: the embedded NATS server did not start within 30s")
+	for deadline := time.Now().Add(30 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
+		if f := nl.fatal.Load(); f != nil {
+			ns.Shutdown()
+			return fmt.Errorf("fnqueue: the embedded NATS server failed: %s", *f)
+		}
+		if time.Now().After(deadline) {
+			ns.Shutdown()
+			return errors.New("fnqueue: the embedded NATS server did not start within 30s")
+		}
 	}
 	q.ns, q.opts = ns, o
 	return nil
@@ -364,8 +376,10 @@ func routeTLS(srv, cli *tls.Config) *tls.Config {
 }
 
 // SetRoutes changes the routes to the other servers when the server group
-// changes. It does nothing with an external NATS cluster. Going from a
-// single server without a listen address to a cluster needs a restart.
+// changes (JetStream keeps departed servers as peers until they are
+// removed from its meta group, which this does not do). It does nothing
+// with an external NATS cluster. A queue opened without routes runs a
+// standalone JetStream: making it part of a cluster takes a restart.
 func (q *Queue) SetRoutes(routes []string) error {
 	if q.ns == nil {
 		return nil
@@ -377,7 +391,7 @@ func (q *Queue) SetRoutes(routes []string) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.opts.Cluster.Port == 0 {
-		return errors.New("fnqueue: routes need a listen address, set when the queue was opened")
+		return errors.New("fnqueue: the queue was opened without routes (standalone JetStream); joining a cluster takes a restart")
 	}
 	o := q.opts.Clone()
 	o.Routes = us
@@ -397,14 +411,20 @@ func (q *Queue) SetRoutes(routes []string) error {
 func (q *Queue) setup() {
 	defer q.wg.Done()
 	timeout := 2 * time.Second
+	start, warned := time.Now(), time.Time{}
 	for {
 		err := q.createStreams(timeout)
 		if err == nil {
 			close(q.ready)
-			q.log.Info("event queue ready", "replicas", q.cfg.Replicas)
+			q.log.Info("event queue ready", "replicas", q.cfg.Replicas, "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
-		q.log.Debug("event queue not ready", "err", err)
+		if time.Since(start) > 15*time.Second && time.Since(warned) > time.Minute {
+			q.log.Warn("event queue not ready yet: Event invocations are refused", "err", err, "since", start)
+			warned = time.Now()
+		} else {
+			q.log.Debug("event queue not ready", "err", err)
+		}
 		if !q.sleep(100 * time.Millisecond) {
 			return
 		}
@@ -548,12 +568,22 @@ func (q *Queue) shutdown() {
 }
 
 // natsLogger sends the embedded server's log to slog: notices at debug
-// level (NATS is chatty when it starts), warnings and errors as such.
-type natsLogger struct{ log *slog.Logger }
+// level (NATS is chatty when it starts), warnings and errors as such. It
+// keeps the first fatal error (the embedded server does not exit) for Open
+// to report.
+type natsLogger struct {
+	log   *slog.Logger
+	fatal atomic.Pointer[string]
+}
 
-func (l natsLogger) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Errorf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Debugf(f string, v ...any)  { l.log.Debug(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Tracef(string, ...any)      {}
+func (l *natsLogger) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...)) }
+func (l *natsLogger) Warnf(f string, v ...any)   { l.log.Warn(fmt.Sprintf(f, v...)) }
+func (l *natsLogger) Errorf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...)) }
+func (l *natsLogger) Debugf(f string, v ...any)  { l.log.Debug(fmt.Sprintf(f, v...)) }
+func (l *natsLogger) Tracef(string, ...any)      {}
+
+func (l *natsLogger) Fatalf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	l.fatal.CompareAndSwap(nil, &msg)
+	l.log.Error(msg)
+}
