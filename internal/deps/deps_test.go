@@ -28,6 +28,9 @@ func TestImportRules(t *testing.T) {
 			"github.com/shoal-dev/shoal/internal/dfs", "github.com/hashicorp/raft"}},
 		{"github.com/shoal-dev/shoal/internal/sandbox", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/shoal-dev/shoal/internal/state"}},
+		// Servers construct the function queue and pass it callbacks.
+		{"github.com/shoal-dev/shoal/internal/fnqueue", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/state", "github.com/shoal-dev/shoal/internal/fsm"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/hashicorp/raft"}},
 	}

@@ -121,7 +121,14 @@ func TestClusterSurvivesLosingAServer(t *testing.T) {
 		queued, _, err := qs[0].Depth(context.Background(), "c1", "f")
 		return err == nil && queued == 0
 	})
+	// A delivery to a server that died counts as an attempt.
 	mu.Lock()
+	for _, id := range heldByLost {
+		calls := r.callsOf(id)
+		if len(calls) == 0 || calls[len(calls)-1].Attempt < 2 {
+			t.Errorf("event %s, held by the lost server, ran on the others as %+v; want attempt 2 or more", id, calls)
+		}
+	}
 	t.Logf("the lost server held %d events", len(heldByLost))
 	mu.Unlock()
 	if err := qs[0].SetRoutes([]string{qs[1].cfg.Listen}); err != nil {

@@ -175,9 +175,16 @@ type Queue struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 
-	ctx    context.Context // ends at Close
+	ctx    context.Context // ends at Close, after fetchCtx
 	cancel context.CancelFunc
-	ready  chan struct{} // closed once streams and consumer exist
+	// fetchCtx ends first at Close: no more events are taken before the
+	// running ones are cancelled and nacked, so that none of those is
+	// delivered again to this closing server (a lost delivery, which would
+	// count as an attempt).
+	fetchCtx    context.Context
+	fetchCancel context.CancelFunc
+	fetchWG     sync.WaitGroup
+	ready       chan struct{} // closed once streams and consumer exist
 
 	mu     sync.Mutex
 	events jetstream.Stream // set before ready is closed
@@ -251,6 +258,7 @@ func Open(cfg Config) (*Queue, error) {
 		return nil, fmt.Errorf("fnqueue: %w", err)
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.fetchCtx, q.fetchCancel = context.WithCancel(q.ctx)
 	q.wg.Add(1)
 	go q.setup()
 	return q, nil
@@ -425,7 +433,7 @@ func (q *Queue) setup() {
 		} else {
 			q.log.Debug("event queue not ready", "err", err)
 		}
-		if !q.sleep(100 * time.Millisecond) {
+		if !sleep(q.ctx, 100*time.Millisecond) {
 			return
 		}
 		timeout = min(2*timeout, 10*time.Second)
@@ -536,6 +544,8 @@ func (q *Queue) Close() error {
 	}
 	q.closed = true
 	q.mu.Unlock()
+	q.fetchCancel()
+	q.fetchWG.Wait()
 	q.cancel()
 	q.wg.Wait()
 	if q.nc != nil {
@@ -554,6 +564,7 @@ func (q *Queue) crash() {
 	q.mu.Unlock()
 	q.shutdown() // first, so that nothing is acknowledged
 	q.cancel()
+	q.fetchWG.Wait()
 	q.wg.Wait()
 }
 

@@ -370,7 +370,45 @@ func TestEventsSurviveReopen(t *testing.T) {
 	}
 	r := newRecorder()
 	q.Run(r.handler(func(*Event, int) error { return nil }))
-	waitFor(t, "5 events done", 20*time.Second, func() bool { return r.doneCount() == 5 })
+	waitFor(t, "5 events done", 20*time.Second, func() bool {
+		if dls, _ := q.DeadLetters(context.Background(), "c1", "f"); len(dls) > 0 {
+			t.Fatalf("dead letter after reopening: %+v", dls[0])
+		}
+		return r.doneCount() == 5
+	})
+}
+
+// TestInterruptedLastAttempt: an event whose only attempt was cut short
+// by its server's death is dead-lettered when delivered again, not run a
+// second time.
+func TestInterruptedLastAttempt(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	q := open(t, cfg)
+	started := make(chan struct{})
+	q.Run(func(ctx context.Context, ev *Event) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	enqueue(t, q, ev("once", "f", 0))
+	<-started
+	q.crash()
+
+	q = open(t, cfg)
+	r := newRecorder()
+	q.Run(r.handler(func(*Event, int) error { return nil }))
+	var dl *api.DeadLetter
+	waitFor(t, "a dead letter", 20*time.Second, func() bool {
+		var err error
+		dl, err = q.DeadLetter(context.Background(), "c1", "f", "once")
+		return err == nil
+	})
+	if dl.ErrorType != ErrorTypeInterrupted || dl.Attempts != 1 {
+		t.Errorf("dead letter: %s after %d attempts; want %s after 1", dl.ErrorType, dl.Attempts, ErrorTypeInterrupted)
+	}
+	if n := len(r.callsOf("once")); n != 0 {
+		t.Errorf("the event ran %d more times, want 0", n)
+	}
 }
 
 func TestPurge(t *testing.T) {
