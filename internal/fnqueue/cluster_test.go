@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
 )
 
@@ -148,5 +150,38 @@ func TestListenWithoutRoutes(t *testing.T) {
 	waitFor(t, "the event done", 20*time.Second, func() bool { return r.doneCount() == 1 })
 	if err := q.SetRoutes([]string{freeAddr(t)}); err == nil {
 		t.Errorf("SetRoutes on a standalone queue succeeded; it needs a restart")
+	}
+}
+
+// TestExternalNATS: with URL the queue uses an external NATS server (here
+// one started by the test, with a client port) and embeds none.
+func TestExternalNATS(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: maxMsgBytes, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the external NATS server did not start")
+	}
+	cfg := testConfig(t, "")
+	cfg.URL = ns.ClientURL()
+	q := open(t, cfg)
+	if q.ns != nil {
+		t.Fatal("a queue with a URL embedded a server")
+	}
+	r := newRecorder()
+	q.Run(r.handler(func(ev *Event, n int) error {
+		if n == 1 {
+			return &Failure{Type: "Unhandled", Message: "first"}
+		}
+		return nil
+	}))
+	enqueue(t, q, ev("x", "f", 1))
+	waitFor(t, "the event done on its second attempt", 20*time.Second, func() bool { return r.doneCount() == 1 })
+	if err := q.SetRoutes([]string{"127.0.0.1:1"}); err != nil {
+		t.Errorf("SetRoutes with a URL: %v, want nil (nothing to do)", err)
 	}
 }

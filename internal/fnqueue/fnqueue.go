@@ -158,9 +158,11 @@ func (f *Failure) Error() string { return f.Type + ": " + f.Message }
 // acknowledged), a *[Failure] when the function failed (retry or dead
 // letter), and any other error when the event could not run now (no
 // agent, say): that is retried after a backoff without counting as an
-// attempt, up to a limit, then dead-lettered with the error. Its context
-// ends when the queue is closed. A panic is recovered and treated as an
-// error that is not a Failure.
+// attempt, up to a limit, then dead-lettered with the error. An event that
+// should not run any more (its function was deleted) is dropped by
+// returning nil. The context ends when the queue is closed; the handler
+// must then return soon, as Close waits for it. A panic is recovered and
+// treated as an error that is not a Failure.
 type Handler func(ctx context.Context, ev *Event) error
 
 // Queue is the durable queue of one server. Its methods are safe for
@@ -230,7 +232,7 @@ func Open(cfg Config) (*Queue, error) {
 	}
 	var err error
 	if cfg.URL != "" {
-		opts := []nats.Option{nats.Name(cfg.Name), nats.MaxReconnects(-1)}
+		opts := []nats.Option{nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
 		if cfg.ClientTLS != nil {
 			opts = append(opts, nats.Secure(cfg.ClientTLS))
 		}

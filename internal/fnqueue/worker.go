@@ -295,7 +295,9 @@ func (q *Queue) keepAlive(m jetstream.Msg, done chan struct{}) {
 // deadLetter stores the event in the dead-letter stream and only then
 // acknowledges it: a crash in between gives a second copy of the dead
 // letter at worst (de-duplicated by the message ID when JetStream still
-// remembers it), never a loss. It retries storing until the queue closes.
+// remembers it), never a loss. It retries storing until the queue closes;
+// an event left unacknowledged then is dead-lettered as interrupted when
+// delivered again.
 func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Event, f *Failure, attempts int) {
 	msg := f.Message
 	if len(msg) > maxErrorMessage {
@@ -312,7 +314,10 @@ func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Ev
 	// from the first one.
 	msgID := "dead/" + ev.ID + "/" + strconv.FormatUint(seq, 10)
 	for {
-		err := q.publish(q.ctx, dm, msgID, DeadStream)
+		// Not q.ctx: a Close waits for one try, so that the error is kept.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := q.publish(ctx, dm, msgID, DeadStream)
+		cancel()
 		if err == nil {
 			break
 		}
