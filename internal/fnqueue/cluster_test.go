@@ -17,16 +17,8 @@ import (
 // streams of n replicas, and waits until each is ready.
 func openCluster(t testing.TB, n int, noSync bool) []*Queue {
 	t.Helper()
-	set, err := tlsfiles.MakeSet(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := tlsfiles.Load(set.Files(tlsfiles.RoleServer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := id.ServerConfig(tlsfiles.RoleServer)
-	if err != nil {
+	tlsDir := t.TempDir()
+	if _, err := tlsfiles.MakeSet(tlsDir); err != nil {
 		t.Fatal(err)
 	}
 	addrs := make([]string, n)
@@ -35,17 +27,7 @@ func openCluster(t testing.TB, n int, noSync bool) []*Queue {
 	}
 	qs := make([]*Queue, n)
 	for i := range qs {
-		cfg := testConfig(t, t.TempDir())
-		cfg.Name = "s" + strconv.Itoa(i+1)
-		cfg.Log = testLog(t).With("server", cfg.Name)
-		cfg.Listen = addrs[i]
-		for j, a := range addrs {
-			if j != i {
-				cfg.Routes = append(cfg.Routes, a)
-			}
-		}
-		cfg.ServerTLS, cfg.ClientTLS = serverTLS, id.ClientConfig(tlsfiles.RoleServer)
-		cfg.Replicas = n
+		cfg := clusterConfig(t, tlsDir, addrs, i, t.TempDir())
 		cfg.noSync = noSync
 		q, err := Open(cfg)
 		if err != nil {
@@ -58,6 +40,33 @@ func openCluster(t testing.TB, n int, noSync bool) []*Queue {
 		waitReady(t, q)
 	}
 	return qs
+}
+
+// clusterConfig is the configuration of server i (named s<i+1>) of a
+// cluster listening on addrs, with the TLS files of tlsDir and streams of
+// len(addrs) replicas.
+func clusterConfig(t testing.TB, tlsDir string, addrs []string, i int, dataDir string) Config {
+	t.Helper()
+	id, err := tlsfiles.Load(tlsfiles.Set{Dir: tlsDir}.Files(tlsfiles.RoleServer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := id.ServerConfig(tlsfiles.RoleServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, dataDir)
+	cfg.Name = "s" + strconv.Itoa(i+1)
+	cfg.Log = testLog(t).With("server", cfg.Name)
+	cfg.Listen = addrs[i]
+	for j, a := range addrs {
+		if j != i {
+			cfg.Routes = append(cfg.Routes, a)
+		}
+	}
+	cfg.ServerTLS, cfg.ClientTLS = serverTLS, id.ClientConfig(tlsfiles.RoleServer)
+	cfg.Replicas = len(addrs)
+	return cfg
 }
 
 // enqueueRetrying enqueues through q, trying again while the queue is
