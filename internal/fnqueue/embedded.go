@@ -67,10 +67,16 @@ func (q *Queue) startServer() error {
 	nl := &natsLogger{log: q.log.With("nats", cfg.Name)}
 	ns.SetLoggerV2(nl, false, false, false)
 	ns.Start()
-	for deadline := time.Now().Add(30 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
+	// A fatal error (JetStream could not start, say) does not stop the
+	// server: look for one while waiting and once it is ready.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ready := ns.ReadyForConnections(100 * time.Millisecond)
 		if f := nl.fatal.Load(); f != nil {
 			ns.Shutdown()
 			return fmt.Errorf("fnqueue: the embedded NATS server failed: %s", *f)
+		}
+		if ready {
+			break
 		}
 		if time.Now().After(deadline) {
 			ns.Shutdown()

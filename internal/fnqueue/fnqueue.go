@@ -24,8 +24,9 @@ var (
 	// ErrNotFound: no such dead letter.
 	ErrNotFound = errors.New("fnqueue: no such dead letter")
 	// ErrInvalid: a cluster, function or event ID that is not made of
-	// letters, digits, '-' and '_' (they are NATS subject tokens).
-	ErrInvalid = errors.New("fnqueue: invalid name")
+	// letters, digits, '-' and '_' (they are NATS subject tokens), or
+	// negative retries.
+	ErrInvalid = errors.New("fnqueue: invalid argument")
 )
 
 // Names of the streams and of the consumer.
@@ -60,7 +61,7 @@ const (
 // Config configures a [Queue].
 type Config struct {
 	// Name is this server's name, unique in the installation; it names the
-	// embedded NATS server.
+	// embedded NATS server (and, with URL, the connection).
 	Name string
 	// DataDir holds the JetStream store, in DataDir/nats.
 	DataDir string
@@ -88,7 +89,9 @@ type Config struct {
 	// Workers is how many events this server runs at once; 0 means
 	// DefaultWorkers.
 	Workers int
-	Log     *slog.Logger
+	// Log receives the queue's log and the embedded server's; nil
+	// discards it.
+	Log *slog.Logger
 	// Now stamps Enqueued and Failed times; nil means time.Now.
 	Now func() time.Time
 	// Backoff returns the wait before retry n (1-based); nil means 1 s
@@ -165,7 +168,7 @@ type Queue struct {
 	cons   jetstream.Consumer
 	closed bool
 
-	wg sync.WaitGroup // setup, fetch loop and running events
+	wg sync.WaitGroup // setup and running events
 }
 
 var token = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -177,10 +180,11 @@ func checkToken(what, s string) error {
 	return nil
 }
 
-// Open starts the embedded NATS server (with no client listener: this
-// process connects in-process) or connects to Config.URL, and creates or
-// updates the streams in the background: while JetStream has no quorum,
-// Enqueue returns ErrUnavailable.
+// Open starts the embedded NATS server, to which this process connects
+// in-process, or connects to Config.URL; it then creates or updates the
+// streams and the consumer in the background: until that is done (a
+// clustered JetStream needs a quorum of servers), Enqueue and the dead
+// letter methods return ErrUnavailable.
 func Open(cfg Config) (*Queue, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)

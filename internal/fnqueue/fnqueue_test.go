@@ -170,6 +170,32 @@ func TestEnqueueRunAck(t *testing.T) {
 	}
 }
 
+func TestOpenErrors(t *testing.T) {
+	file := t.TempDir() + "/file"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no name", Config{DataDir: t.TempDir()}},
+		{"no data directory", Config{Name: "s1"}},
+		{"data directory is a file", Config{Name: "s1", DataDir: file}},
+		{"routes without listen", Config{Name: "s1", DataDir: t.TempDir(), Routes: []string{"127.0.0.1:1"}}},
+		{"bad route", Config{Name: "s1", DataDir: t.TempDir(), Listen: freeAddr(t), Routes: []string{"nowhere"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q, err := Open(tc.cfg)
+			if err == nil {
+				q.Close()
+				t.Fatal("Open succeeded")
+			}
+			t.Logf("Open: %v", err)
+		})
+	}
+}
+
 func TestEnqueueInvalid(t *testing.T) {
 	q := open(t, testConfig(t, t.TempDir()))
 	for _, tc := range []struct {
