@@ -178,6 +178,9 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 		b.Logf("%s: warm invoke p50 %.3f ms (plain HTTP %.3f ms), overhead %.3f ms (%.3f–%.3f); p99 %.3f ms (plain HTTP %.3f ms), overhead %.3f ms (%.3f–%.3f)",
 			f.name, p50, b50, m, lo, hi, p99, b99, m99, lo99, hi99)
 	}
+	if st, err := in.Client.FunctionStatus(ctx, "c1", "hello"); err == nil {
+		b.Logf("after the runs: %d sandboxes, %d invocations, %d cold starts, warm hit rate %.4f", len(st.Sandboxes), st.Invocations, st.ColdStarts, st.WarmHitRate)
+	}
 	m, lo, hi := medianRange(ratio)
 	b.Logf("32 clients: throughput ratio to plain HTTP %.3f (%.3f–%.3f)", m, lo, hi)
 	b.ReportMetric(m, "throughput-ratio")

@@ -32,6 +32,9 @@ func TestImportRules(t *testing.T) {
 		{"github.com/shoal-dev/shoal/internal/lambdart", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/shoal-dev/shoal/internal/state", "github.com/shoal-dev/shoal/internal/fsm",
 			"github.com/shoal-dev/shoal/internal/agent", "github.com/hashicorp/raft", "github.com/hashicorp/go-memdb"}},
+		// Servers construct the function queue and pass it callbacks.
+		{"github.com/shoal-dev/shoal/internal/fnqueue", []string{"github.com/shoal-dev/shoal/internal/server",
+			"github.com/shoal-dev/shoal/internal/state", "github.com/shoal-dev/shoal/internal/fsm"}},
 		{"github.com/shoal-dev/shoal/internal/scheduler", []string{"github.com/shoal-dev/shoal/internal/server",
 			"github.com/hashicorp/raft"}},
 		// Subsystems plug into the server; the server imports them.

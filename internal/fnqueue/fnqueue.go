@@ -1,27 +1,3 @@
-// Package fnqueue is the durable queue of asynchronous function invocations
-// and their dead-letter queue, on NATS JetStream: each Shoal server embeds a
-// NATS server (clustered with the other servers' when there are 3 or 5), or
-// all of them connect to an external NATS cluster (Config.URL).
-//
-// An Event invocation is stored (file storage, fsync before the answer) in
-// the work-queue stream FN_EVENTS under fn.event.<cluster>.<function> before
-// [Queue.Enqueue] returns. Every server runs workers ([Queue.Run]) that pull
-// from one shared durable consumer, "workers", so each server takes a share.
-// A function error or timeout ([Failure]) is retried with a backoff, as many
-// times as the event allows (0 to 2), by JetStream redelivery; after the last
-// attempt the event goes to the limits stream FN_DEAD, one message per dead
-// letter under fn.dead.<cluster>.<function>.<id>, where [Queue.DeadLetters],
-// [Queue.DeadLetter] and [Queue.Redrive] find it.
-//
-// Delivery is at least once. An event's attempt number is JetStream's
-// delivery count: a redelivery because the server running the event stopped
-// (it did not acknowledge it within the ack wait, 30 s) counts as an attempt,
-// and the function may then run twice. An error that is not a [Failure]
-// (no agent could take the event) is retried on the same delivery and does
-// not count.
-//
-// The package does not import the server, state or FSM packages: servers
-// construct a [Queue] and pass it a [Handler].
 package fnqueue
 
 import (
@@ -30,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
@@ -50,8 +24,9 @@ var (
 	// ErrNotFound: no such dead letter.
 	ErrNotFound = errors.New("fnqueue: no such dead letter")
 	// ErrInvalid: a cluster, function or event ID that is not made of
-	// letters, digits, '-' and '_' (they are NATS subject tokens).
-	ErrInvalid = errors.New("fnqueue: invalid name")
+	// letters, digits, '-' and '_' (they are NATS subject tokens), or
+	// negative retries.
+	ErrInvalid = errors.New("fnqueue: invalid argument")
 )
 
 // Names of the streams and of the consumer.
@@ -86,15 +61,16 @@ const (
 // Config configures a [Queue].
 type Config struct {
 	// Name is this server's name, unique in the installation; it names the
-	// embedded NATS server.
+	// embedded NATS server (and, with URL, the connection).
 	Name string
 	// DataDir holds the JetStream store, in DataDir/nats.
 	DataDir string
-	// Listen is host:port for the NATS cluster routes between servers; ""
-	// with a single server: no listener at all.
+	// Listen is host:port for the NATS cluster routes between servers.
+	// It is used only with Routes.
 	Listen string
-	// Routes are the other servers' route addresses (host:port); empty:
-	// standalone JetStream.
+	// Routes are the other servers' route addresses (host:port). Empty: a
+	// standalone JetStream with no listener at all (JetStream cannot run
+	// clustered alone), and changing to a cluster takes a restart.
 	Routes []string
 	// ServerTLS and ClientTLS, when set, secure routes with mutual TLS:
 	// ServerTLS accepts, ClientTLS dials (both ends hold server
@@ -113,7 +89,9 @@ type Config struct {
 	// Workers is how many events this server runs at once; 0 means
 	// DefaultWorkers.
 	Workers int
-	Log     *slog.Logger
+	// Log receives the queue's log and the embedded server's; nil
+	// discards it.
+	Log *slog.Logger
 	// Now stamps Enqueued and Failed times; nil means time.Now.
 	Now func() time.Time
 	// Backoff returns the wait before retry n (1-based); nil means 1 s
@@ -122,6 +100,8 @@ type Config struct {
 
 	// ackWait overrides the consumer's ack wait (tests).
 	ackWait time.Duration
+	// noSync turns SyncAlways off (benchmarks, to show its cost).
+	noSync bool
 }
 
 // Event is one asynchronous invocation.
@@ -152,9 +132,11 @@ func (f *Failure) Error() string { return f.Type + ": " + f.Message }
 // acknowledged), a *[Failure] when the function failed (retry or dead
 // letter), and any other error when the event could not run now (no
 // agent, say): that is retried after a backoff without counting as an
-// attempt, up to a limit, then dead-lettered with the error. Its context
-// ends when the queue is closed. A panic is recovered and treated as an
-// error that is not a Failure.
+// attempt, up to a limit, then dead-lettered with the error. An event that
+// should not run any more (its function was deleted) is dropped by
+// returning nil. The context ends when the queue is closed; the handler
+// must then return soon, as Close waits for it. A panic is recovered and
+// treated as an error that is not a Failure.
 type Handler func(ctx context.Context, ev *Event) error
 
 // Queue is the durable queue of one server. Its methods are safe for
@@ -169,9 +151,16 @@ type Queue struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 
-	ctx    context.Context // ends at Close
+	ctx    context.Context // ends at Close, after fetchCtx
 	cancel context.CancelFunc
-	ready  chan struct{} // closed once streams and consumer exist
+	// fetchCtx ends first at Close: no more events are taken before the
+	// running ones are cancelled and nacked, so that none of those is
+	// delivered again to this closing server (a lost delivery, which would
+	// count as an attempt).
+	fetchCtx    context.Context
+	fetchCancel context.CancelFunc
+	fetchWG     sync.WaitGroup
+	ready       chan struct{} // closed once streams and consumer exist
 
 	mu     sync.Mutex
 	events jetstream.Stream // set before ready is closed
@@ -179,7 +168,7 @@ type Queue struct {
 	cons   jetstream.Consumer
 	closed bool
 
-	wg sync.WaitGroup // setup, fetch loop and running events
+	wg sync.WaitGroup // setup and running events
 }
 
 var token = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -191,10 +180,11 @@ func checkToken(what, s string) error {
 	return nil
 }
 
-// Open starts the embedded NATS server (with no client listener: this
-// process connects in-process) or connects to Config.URL, and creates or
-// updates the streams in the background: while JetStream has no quorum,
-// Enqueue returns ErrUnavailable.
+// Open starts the embedded NATS server, to which this process connects
+// in-process, or connects to Config.URL; it then creates or updates the
+// streams and the consumer in the background: until that is done (a
+// clustered JetStream needs a quorum of servers), Enqueue and the dead
+// letter methods return ErrUnavailable.
 func Open(cfg Config) (*Queue, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -217,7 +207,7 @@ func Open(cfg Config) (*Queue, error) {
 	}
 	var err error
 	if cfg.URL != "" {
-		opts := []nats.Option{nats.Name(cfg.Name), nats.MaxReconnects(-1)}
+		opts := []nats.Option{nats.Name(cfg.Name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
 		if cfg.ClientTLS != nil {
 			opts = append(opts, nats.Secure(cfg.ClientTLS))
 		}
@@ -229,7 +219,11 @@ func Open(cfg Config) (*Queue, error) {
 		if err := q.startServer(); err != nil {
 			return nil, err
 		}
-		q.nc, err = nats.Connect("", nats.InProcessServer(q.ns), nats.Name(cfg.Name), nats.MaxReconnects(-1))
+		opts := []nats.Option{nats.InProcessServer(q.ns), nats.Name(cfg.Name), nats.MaxReconnects(-1)}
+		if q.opts.Authorization != "" {
+			opts = append(opts, nats.Token(q.opts.Authorization))
+		}
+		q.nc, err = nats.Connect("", opts...)
 		if err != nil {
 			q.ns.Shutdown()
 			return nil, fmt.Errorf("fnqueue: connecting in process: %w", err)
@@ -241,6 +235,7 @@ func Open(cfg Config) (*Queue, error) {
 		return nil, fmt.Errorf("fnqueue: %w", err)
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.fetchCtx, q.fetchCancel = context.WithCancel(q.ctx)
 	q.wg.Add(1)
 	go q.setup()
 	return q, nil
@@ -263,203 +258,6 @@ func redactURL(s string) string {
 	return u.Redacted()
 }
 
-// startServer starts the embedded NATS server.
-func (q *Queue) startServer() error {
-	cfg := q.cfg
-	if cfg.Name == "" || cfg.DataDir == "" {
-		return errors.New("fnqueue: an embedded server needs a name and a data directory")
-	}
-	o := &server.Options{
-		ServerName:             cfg.Name,
-		DontListen:             true,
-		NoSigs:                 true,
-		JetStream:              true,
-		StoreDir:               filepath.Join(cfg.DataDir, "nats"),
-		SyncAlways:             true,
-		MaxPayload:             maxMsgBytes,
-		DisableJetStreamBanner: true,
-	}
-	if cfg.Listen != "" {
-		host, port, err := splitHostPort(cfg.Listen)
-		if err != nil {
-			return err
-		}
-		o.Cluster = server.ClusterOpts{Name: clusterName, Host: host, Port: port}
-		if cfg.ServerTLS != nil {
-			o.Cluster.TLSConfig = routeTLS(cfg.ServerTLS, cfg.ClientTLS)
-			o.Cluster.TLSTimeout = 5
-		}
-		routes, err := routeURLs(cfg.Routes)
-		if err != nil {
-			return err
-		}
-		o.Routes = routes
-	} else if len(cfg.Routes) > 0 {
-		return errors.New("fnqueue: routes need a listen address")
-	}
-	ns, err := server.NewServer(o)
-	if err != nil {
-		return fmt.Errorf("fnqueue: %w", err)
-	}
-	ns.SetLoggerV2(natsLogger{q.log.With("nats", cfg.Name)}, false, false, false)
-	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return fmt.Errorf("fnqueue: the embedded NATS server did not start within 30s")
-	}
-	q.ns, q.opts = ns, o
-	return nil
-}
-
-func splitHostPort(hp string) (string, int, error) {
-	host, p, err := net.SplitHostPort(hp)
-	if err != nil {
-		return "", 0, fmt.Errorf("fnqueue: route address %q: %w", hp, err)
-	}
-	var port int
-	if _, err := fmt.Sscanf(p, "%d", &port); err != nil || port <= 0 || port > 65535 {
-		return "", 0, fmt.Errorf("fnqueue: route address %q: bad port", hp)
-	}
-	return host, port, nil
-}
-
-func routeURLs(routes []string) ([]*url.URL, error) {
-	var us []*url.URL
-	for _, r := range routes {
-		if _, _, err := splitHostPort(r); err != nil {
-			return nil, err
-		}
-		us = append(us, &url.URL{Scheme: "nats-route", Host: r})
-	}
-	return us, nil
-}
-
-// routeTLS merges the accepting and dialing configurations into the one
-// NATS uses for both ends of a route.
-func routeTLS(srv, cli *tls.Config) *tls.Config {
-	c := srv.Clone()
-	if cli != nil {
-		c.RootCAs = cli.RootCAs
-		c.ServerName = cli.ServerName
-		if len(c.Certificates) == 0 {
-			c.Certificates = cli.Certificates
-		}
-	}
-	return c
-}
-
-// SetRoutes changes the routes to the other servers when the server group
-// changes. It does nothing with an external NATS cluster. Going from a
-// single server without a listen address to a cluster needs a restart.
-func (q *Queue) SetRoutes(routes []string) error {
-	if q.ns == nil {
-		return nil
-	}
-	us, err := routeURLs(routes)
-	if err != nil {
-		return err
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.opts.Cluster.Port == 0 {
-		return errors.New("fnqueue: routes need a listen address, set when the queue was opened")
-	}
-	o := q.opts.Clone()
-	o.Routes = us
-	if err := q.ns.ReloadOptions(o); err != nil {
-		return fmt.Errorf("fnqueue: changing routes: %w", err)
-	}
-	q.opts = o
-	return nil
-}
-
-// setup creates or updates the streams and the consumer, retrying until it
-// succeeds (a clustered JetStream needs a quorum) or the queue closes.
-func (q *Queue) setup() {
-	defer q.wg.Done()
-	wait := 100 * time.Millisecond
-	for {
-		err := q.createStreams()
-		if err == nil {
-			close(q.ready)
-			q.log.Info("event queue ready", "replicas", q.cfg.Replicas)
-			return
-		}
-		q.log.Debug("event queue not ready", "err", err)
-		select {
-		case <-q.ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
-}
-
-func (q *Queue) createStreams() error {
-	ctx, cancel := context.WithTimeout(q.ctx, 10*time.Second)
-	defer cancel()
-	events, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        EventStream,
-		Description: "Shoal: Event invocations of functions waiting to run",
-		Subjects:    []string{eventPrefix + ">"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.cfg.Replicas,
-		Duplicates:  dedupWindow,
-		MaxMsgSize:  maxMsgBytes,
-		Discard:     jetstream.DiscardOld,
-	})
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", EventStream, err)
-	}
-	dead, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              DeadStream,
-		Description:       "Shoal: Event invocations of functions that failed every attempt",
-		Subjects:          []string{deadPrefix + ">"},
-		Retention:         jetstream.LimitsPolicy,
-		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
-		Duplicates:        dedupWindow,
-		MaxMsgSize:        maxMsgBytes,
-		MaxMsgsPerSubject: 1,
-		MaxAge:            DeadLetterMaxAge,
-	})
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", DeadStream, err)
-	}
-	cons, err := events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       WorkerConsumer,
-		Description:   "Shoal: every server's event workers",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.ackWait,
-		MaxDeliver:    -1, // the workers dead-letter
-		MaxAckPending: 1024,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", WorkerConsumer, err)
-	}
-	q.mu.Lock()
-	q.events, q.dead, q.cons = events, dead, cons
-	q.mu.Unlock()
-	return nil
-}
-
-// streams returns the streams once the queue is ready, or ErrUnavailable.
-func (q *Queue) streams() (events, dead jetstream.Stream, err error) {
-	select {
-	case <-q.ready:
-	default:
-		return nil, nil, fmt.Errorf("%w: JetStream is not ready (starting, or no quorum of servers)", ErrUnavailable)
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return nil, nil, fmt.Errorf("%w: closed", ErrUnavailable)
-	}
-	return q.events, q.dead, nil
-}
-
 // Close stops the workers (cancelling the handlers' context and waiting for
 // them), then the connection and the embedded server. Events in flight
 // that did not finish are delivered again.
@@ -471,6 +269,8 @@ func (q *Queue) Close() error {
 	}
 	q.closed = true
 	q.mu.Unlock()
+	q.fetchCancel()
+	q.fetchWG.Wait()
 	q.cancel()
 	q.wg.Wait()
 	if q.nc != nil {
@@ -489,6 +289,7 @@ func (q *Queue) crash() {
 	q.mu.Unlock()
 	q.shutdown() // first, so that nothing is acknowledged
 	q.cancel()
+	q.fetchWG.Wait()
 	q.wg.Wait()
 }
 
@@ -501,14 +302,3 @@ func (q *Queue) shutdown() {
 		q.ns.WaitForShutdown()
 	}
 }
-
-// natsLogger sends the embedded server's log to slog: notices at debug
-// level (NATS is chatty when it starts), warnings and errors as such.
-type natsLogger struct{ log *slog.Logger }
-
-func (l natsLogger) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Errorf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Debugf(f string, v ...any)  { l.log.Debug(fmt.Sprintf(f, v...)) }
-func (l natsLogger) Tracef(string, ...any)      {}

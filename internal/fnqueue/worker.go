@@ -126,16 +126,16 @@ func decodeEvent(m jetstream.Msg) (*Event, error) {
 // shares. Call it once.
 func (q *Queue) Run(h Handler) {
 	slots := make(chan struct{}, q.cfg.Workers)
-	q.wg.Add(1)
+	q.fetchWG.Add(1)
 	go q.fetch(h, slots)
 }
 
 // fetch takes events from the consumer whenever a slot is free.
 func (q *Queue) fetch(h Handler, slots chan struct{}) {
-	defer q.wg.Done()
+	defer q.fetchWG.Done()
 	select {
 	case <-q.ready:
-	case <-q.ctx.Done():
+	case <-q.fetchCtx.Done():
 		return
 	}
 	q.mu.Lock()
@@ -144,20 +144,20 @@ func (q *Queue) fetch(h Handler, slots chan struct{}) {
 	for {
 		select {
 		case slots <- struct{}{}:
-		case <-q.ctx.Done():
+		case <-q.fetchCtx.Done():
 			return
 		}
-		ctx, cancel := context.WithTimeout(q.ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(q.fetchCtx, 5*time.Second)
 		m, err := cons.Next(jetstream.FetchContext(ctx))
 		cancel()
 		if err != nil {
 			<-slots
-			if q.ctx.Err() != nil {
+			if q.fetchCtx.Err() != nil {
 				return
 			}
 			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 				q.log.Debug("fetching events", "err", err)
-				q.sleep(time.Second)
+				sleep(q.fetchCtx, time.Second)
 			}
 			continue
 		}
@@ -166,14 +166,14 @@ func (q *Queue) fetch(h Handler, slots chan struct{}) {
 	}
 }
 
-// sleep waits d or until the queue closes; it reports whether d passed.
-func (q *Queue) sleep(d time.Duration) bool {
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-q.ctx.Done():
+	case <-ctx.Done():
 		return false
 	}
 }
@@ -252,7 +252,7 @@ func (q *Queue) process(h Handler, slots chan struct{}, m jetstream.Msg) {
 		// functions run meanwhile.
 		<-slots
 		held = false
-		if !q.sleep(wait) {
+		if !sleep(q.ctx, wait) {
 			m.Nak()
 			return
 		}
@@ -295,7 +295,9 @@ func (q *Queue) keepAlive(m jetstream.Msg, done chan struct{}) {
 // deadLetter stores the event in the dead-letter stream and only then
 // acknowledges it: a crash in between gives a second copy of the dead
 // letter at worst (de-duplicated by the message ID when JetStream still
-// remembers it), never a loss. It retries storing until the queue closes.
+// remembers it), never a loss. It retries storing until the queue closes;
+// an event left unacknowledged then is dead-lettered as interrupted when
+// delivered again.
 func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Event, f *Failure, attempts int) {
 	msg := f.Message
 	if len(msg) > maxErrorMessage {
@@ -312,12 +314,15 @@ func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Ev
 	// from the first one.
 	msgID := "dead/" + ev.ID + "/" + strconv.FormatUint(seq, 10)
 	for {
-		err := q.publish(q.ctx, dm, msgID, DeadStream)
+		// Not q.ctx: a Close waits for one try, so that the error is kept.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := q.publish(ctx, dm, msgID, DeadStream)
+		cancel()
 		if err == nil {
 			break
 		}
 		log.Warn("storing a dead letter; trying again", "err", err)
-		if !q.sleep(time.Second) {
+		if !sleep(q.ctx, time.Second) {
 			return
 		}
 	}
