@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -89,27 +91,62 @@ func TestFunctionEventsAndDeadLetters(t *testing.T) {
 	}
 }
 
+// gated is a shell bootstrap that answers each invocation only once the
+// file $GATE exists.
+const gated = `#!/bin/sh
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation"
+while :; do
+  id=$(curl -sS -D - -o event.json "$api/next" | tr -d '\r' | sed -n 's/^[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: //p')
+  echo "holding $id"
+  while [ ! -e "$GATE" ]; do sleep 0.1; done
+  curl -sS -o /dev/null -X POST -d '{"ok":true}' "$api/$id/response"
+done
+`
+
 // TestFunctionEventsSurviveLeaderKill: Event invocations acknowledged
-// with 202 all run although the Raft leader is killed with kill -9 right
-// after (the queue is replicated over the three servers).
+// with 202 all run to completion although the Raft leader is killed with
+// kill -9 while they are queued or running (the queue is replicated over
+// the three servers; what the dead server was running is delivered again).
 func TestFunctionEventsSurviveLeaderKill(t *testing.T) {
 	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 2})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
-	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", writeBytes(t, "hello.zip", testutil.HelloGoBundle(t)))
-	invokeHello(t, in, "c1", "hello", `{"name":"warm-up"}`)
+	gate := filepath.Join(t.TempDir(), "gate")
+	bundle := writeBytes(t, "gated.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(gated), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s")
 
+	// The replicated queue opens once the three servers' JetStream has
+	// a quorum; until then an Event gets 503 (ServiceException), which
+	// clients retry.
 	var ids []string
 	for i := 0; i < 10; i++ {
-		r := invoke(t, in, "c1", "hello", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(fmt.Sprintf(`{"name":"e%d","sleep_ms":200}`, i))})
-		if r.StatusCode != 202 {
-			t.Fatalf("Event %d: status %d", i, r.StatusCode)
-		}
-		ids = append(ids, r.RequestID)
+		testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+			r, err := in.Client.InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))})
+			if err != nil {
+				return false, err.Error()
+			}
+			if r.StatusCode != 202 {
+				t.Fatalf("Event %d: status %d", i, r.StatusCode)
+			}
+			ids = append(ids, r.RequestID)
+			return true, ""
+		})
 	}
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		busy := 0
+		for _, sb := range fnStatus(t, in, "gated").Sandboxes {
+			if sb.State == api.SandboxBusy {
+				busy++
+			}
+		}
+		return busy > 0, "no event running yet"
+	})
 	old := in.Leader()
 	in.Servers[old].Kill9()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, id := range ids {
-		testutil.WaitFor(t, 90*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "hello", id) })
+		testutil.WaitFor(t, 120*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "gated", id) })
 	}
 	in.Servers[old].Restart(t)
 }
