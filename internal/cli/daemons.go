@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/agent"
+	"github.com/shoal-dev/shoal/internal/lambdart"
 	"github.com/shoal-dev/shoal/internal/server"
 	"github.com/shoal-dev/shoal/internal/state"
 	"github.com/shoal-dev/shoal/internal/tlsfiles"
@@ -154,6 +155,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&labels, "label", nil, "node label key=value (repeatable)")
 	f.Int64Var(&repairMB, "repair-rate", 256, "MiB/s this node may copy from peers to repair DFS replicas (0: unlimited)")
 	f.DurationVar(&cfg.ChunkReportInterval, "chunk-report-interval", 30*time.Second, "how often to report the DFS chunk inventory")
+	f.DurationVar(&cfg.FunctionIdleTimeout, "fn-idle-timeout", lambdart.DefaultIdleTimeout, "stop a function sandbox idle this long (provisioned ones are kept)")
 	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "serve Go profiles under /debug/pprof/")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	tlsOpts.addFlags(cmd, tlsfiles.RoleAgent)
