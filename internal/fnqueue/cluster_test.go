@@ -14,8 +14,9 @@ import (
 )
 
 // openCluster opens n queues routed to each other over mutual TLS, with
-// streams of n replicas, and waits until each is ready.
-func openCluster(t testing.TB, n int, noSync bool) []*Queue {
+// streams of n replicas, and waits until each is ready; tweak, when not
+// nil, changes each configuration.
+func openCluster(t testing.TB, n int, tweak func(i int, cfg *Config)) []*Queue {
 	t.Helper()
 	tlsDir := t.TempDir()
 	if _, err := tlsfiles.MakeSet(tlsDir); err != nil {
@@ -28,7 +29,9 @@ func openCluster(t testing.TB, n int, noSync bool) []*Queue {
 	qs := make([]*Queue, n)
 	for i := range qs {
 		cfg := clusterConfig(t, tlsDir, addrs, i, t.TempDir())
-		cfg.noSync = noSync
+		if tweak != nil {
+			tweak(i, &cfg)
+		}
 		q, err := Open(cfg)
 		if err != nil {
 			t.Fatalf("Open %s: %v", cfg.Name, err)
@@ -69,6 +72,18 @@ func clusterConfig(t testing.TB, tlsDir string, addrs []string, i int, dataDir s
 	return cfg
 }
 
+// gated returns a handler that waits until gate is closed, then runs h.
+func gated(gate chan struct{}, h Handler) Handler {
+	return func(ctx context.Context, ev *Event) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return h(ctx, ev)
+	}
+}
+
 // enqueueRetrying enqueues through q, trying again while the queue is
 // unavailable (a stream leader is being elected after a server's loss).
 func enqueueRetrying(t *testing.T, q *Queue, e *Event) {
@@ -89,9 +104,16 @@ func enqueueRetrying(t *testing.T, q *Queue, e *Event) {
 // replicas; one of them stops as with kill -9 while running events, and
 // the other two go on storing and running events, those it held included.
 func TestClusterSurvivesLosingAServer(t *testing.T) {
-	qs := openCluster(t, 3, false)
+	// The first two servers run few events at once, and finish none
+	// before the third holds one, so that it does.
+	qs := openCluster(t, 3, func(i int, cfg *Config) {
+		if i < 2 {
+			cfg.Workers = 4
+		}
+	})
 	r := newRecorder()
-	ok := r.handler(func(*Event, int) error { return nil })
+	thirdHolds := make(chan struct{})
+	ok := gated(thirdHolds, r.handler(func(*Event, int) error { return nil }))
 	qs[0].Run(ok)
 	qs[1].Run(ok)
 	// The third server never finishes an event: whatever it took must be
@@ -100,7 +122,9 @@ func TestClusterSurvivesLosingAServer(t *testing.T) {
 	var heldByLost []string
 	qs[2].Run(func(ctx context.Context, ev *Event) error {
 		mu.Lock()
-		heldByLost = append(heldByLost, ev.ID)
+		if heldByLost = append(heldByLost, ev.ID); len(heldByLost) == 1 {
+			close(thirdHolds)
+		}
 		mu.Unlock()
 		<-ctx.Done()
 		return ctx.Err()

@@ -362,6 +362,28 @@ func TestErrorsThatAreNotAttempts(t *testing.T) {
 	}
 }
 
+// TestWaitingEventsLetOthersRun: events that could not run give their
+// worker back while they wait, so that other functions' events run.
+func TestWaitingEventsLetOthersRun(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Workers = 1
+	cfg.Backoff = func(int) time.Duration { return time.Hour }
+	q := open(t, cfg)
+	r := newRecorder()
+	q.Run(r.handler(func(ev *Event, _ int) error {
+		if ev.Function == "stuck" {
+			return errors.New("no agent")
+		}
+		return nil
+	}))
+	enqueue(t, q, ev("s1", "stuck", 0), ev("s2", "stuck", 0), ev("s3", "stuck", 0))
+	waitFor(t, "the stuck events to be taken", 20*time.Second, func() bool {
+		return len(r.callsOf("s1")) > 0 && len(r.callsOf("s2")) > 0 && len(r.callsOf("s3")) > 0
+	})
+	enqueue(t, q, ev("ok1", "fine", 0), ev("ok2", "fine", 0))
+	waitFor(t, "the other function's events done", 20*time.Second, func() bool { return r.doneCount() == 2 })
+}
+
 func TestEventsSurviveReopen(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
@@ -483,7 +505,7 @@ func BenchmarkEnqueue(b *testing.B) {
 				cfg.noSync = bc.noSync
 				q = open(b, cfg)
 			} else {
-				q = openCluster(b, bc.servers, bc.noSync)[0]
+				q = openCluster(b, bc.servers, func(_ int, cfg *Config) { cfg.noSync = bc.noSync })[0]
 			}
 			payload := make([]byte, 1024)
 			var durs []time.Duration

@@ -96,18 +96,25 @@ func TestClusterSurvivesKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	held := make(chan string, 100)
+	// The two servers here run few events at once, and finish none before
+	// the child holds one, so that it does.
+	held, childHolds := make(chan string, 100), make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(out)
-		for sc.Scan() {
+		for n := 0; sc.Scan(); {
 			if id, ok := strings.CutPrefix(sc.Text(), "held "); ok {
+				if n++; n == 1 {
+					close(childHolds)
+				}
 				held <- id
 			}
 		}
 	}()
 	var qs []*Queue
 	for i := range 2 {
-		q, err := Open(clusterConfig(t, tlsDir, addrs, i, t.TempDir()))
+		cfg := clusterConfig(t, tlsDir, addrs, i, t.TempDir())
+		cfg.Workers = 4
+		q, err := Open(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +126,7 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	}
 	r := newRecorder()
 	for _, q := range qs {
-		q.Run(r.handler(func(*Event, int) error { return nil }))
+		q.Run(gated(childHolds, r.handler(func(*Event, int) error { return nil })))
 	}
 	var ids []string
 	for i := range 30 {

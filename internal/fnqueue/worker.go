@@ -125,13 +125,30 @@ func decodeEvent(m jetstream.Msg) (*Event, error) {
 // up to Config.Workers at once, taken from the consumer every server
 // shares. Call it once.
 func (q *Queue) Run(h Handler) {
-	slots := make(chan struct{}, q.cfg.Workers)
+	w := &workers{h: h, run: make(chan struct{}, q.cfg.Workers), waiting: make(chan struct{}, maxWaitingPerWorker*q.cfg.Workers)}
 	q.fetchWG.Add(1)
-	go q.fetch(h, slots)
+	go q.fetch(w)
 }
 
-// fetch takes events from the consumer whenever a slot is free.
-func (q *Queue) fetch(h Handler, slots chan struct{}) {
+// workers is what a server's workers share.
+type workers struct {
+	h Handler
+	// run holds a token for each event taken from the consumer and not
+	// waiting: at most Config.Workers.
+	run chan struct{}
+	// waiting holds a token for each event waiting to try again after an
+	// error that was not a Failure; those give their run token back, so
+	// that other events run meanwhile. When waiting is full, an event
+	// waits with its run token, and fetching slows down: held events keep
+	// their payload in memory.
+	waiting chan struct{}
+}
+
+// maxWaitingPerWorker bounds the events waiting to try again, per worker.
+const maxWaitingPerWorker = 8
+
+// fetch takes events from the consumer whenever a run token is free.
+func (q *Queue) fetch(w *workers) {
 	defer q.fetchWG.Done()
 	select {
 	case <-q.ready:
@@ -143,7 +160,7 @@ func (q *Queue) fetch(h Handler, slots chan struct{}) {
 	q.mu.Unlock()
 	for {
 		select {
-		case slots <- struct{}{}:
+		case w.run <- struct{}{}:
 		case <-q.fetchCtx.Done():
 			return
 		}
@@ -151,7 +168,7 @@ func (q *Queue) fetch(h Handler, slots chan struct{}) {
 		m, err := cons.Next(jetstream.FetchContext(ctx))
 		cancel()
 		if err != nil {
-			<-slots
+			<-w.run
 			if q.fetchCtx.Err() != nil {
 				return
 			}
@@ -162,7 +179,7 @@ func (q *Queue) fetch(h Handler, slots chan struct{}) {
 			continue
 		}
 		q.wg.Add(1)
-		go q.process(h, slots, m)
+		go q.process(w, m)
 	}
 }
 
@@ -178,16 +195,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// process runs one delivery of an event, holding a slot, and settles it:
-// ack, nak with a delay (retry) or dead letter then ack. The message is
-// kept alive with InProgress while it is held, so that a long function is
-// not delivered again, while one whose server died is, after the ack wait.
-func (q *Queue) process(h Handler, slots chan struct{}, m jetstream.Msg) {
+// process runs one delivery of an event, holding a run token, and settles
+// it: ack, nak with a delay (retry) or dead letter then ack. The message
+// is kept alive with InProgress while it is held, so that a long function
+// is not delivered again, while one whose server died is, after the ack
+// wait.
+func (q *Queue) process(w *workers, m jetstream.Msg) {
 	defer q.wg.Done()
-	held := true
+	running := true
 	defer func() {
-		if held {
-			<-slots
+		if running {
+			<-w.run
 		}
 	}()
 	meta, err := m.Metadata()
@@ -217,7 +235,7 @@ func (q *Queue) process(h Handler, slots chan struct{}, m jetstream.Msg) {
 		return
 	}
 	for deferrals := 0; ; {
-		err := call(q.ctx, h, ev)
+		err := call(q.ctx, w.h, ev)
 		var f *Failure
 		switch {
 		case err == nil:
@@ -248,22 +266,36 @@ func (q *Queue) process(h Handler, slots chan struct{}, m jetstream.Msg) {
 		}
 		wait := q.cfg.Backoff(deferrals)
 		log.Debug("event could not run; trying again", "err", err, "after", wait)
-		// Give the slot back while waiting, so that events of other
-		// functions run meanwhile.
-		<-slots
-		held = false
-		if !sleep(q.ctx, wait) {
-			m.Nak()
-			return
-		}
-		select {
-		case slots <- struct{}{}:
-			held = true
-		case <-q.ctx.Done():
-			m.Nak()
+		if !q.wait(w, &running, wait) {
+			m.Nak() // closing
 			return
 		}
 	}
+}
+
+// wait waits d before an event tries again, giving its run token back
+// meanwhile when a waiting token is free; *running says whether it holds
+// its run token. It reports false when the queue closes first.
+func (q *Queue) wait(w *workers, running *bool, d time.Duration) bool {
+	select {
+	case w.waiting <- struct{}{}:
+		<-w.run
+		*running = false
+		defer func() { <-w.waiting }()
+	default:
+	}
+	if !sleep(q.ctx, d) {
+		return false
+	}
+	if !*running {
+		select {
+		case w.run <- struct{}{}:
+			*running = true
+		case <-q.ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // call runs h, turning a panic into an error.
