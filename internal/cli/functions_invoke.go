@@ -248,18 +248,18 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// printLogRecord prints one invocation's log, each line prefixed with
-// where and which invocation it came from.
+// printLogRecord prints one invocation's log (which holds Lambda's START,
+// END and REPORT lines), each line prefixed with where and which
+// invocation it came from, then its outcome.
 func printLogRecord(w io.Writer, r *api.FunctionLogRecord) {
 	prefix := fmt.Sprintf("[%s %s] %s", dash(r.Node), dash(r.Sandbox), dash(r.RequestID))
-	fmt.Fprintf(w, "%s START version %d at %s\n", prefix, r.Version, r.Start.Local().Format("2006-01-02 15:04:05.000"))
 	if r.Log != "" {
 		for _, line := range strings.Split(strings.TrimSuffix(r.Log, "\n"), "\n") {
 			fmt.Fprintf(w, "%s %s\n", prefix, line)
 		}
 	}
 	if !r.End.IsZero() {
-		fmt.Fprintf(w, "%s END %s in %s\n", prefix, dash(r.Outcome), r.End.Sub(r.Start).Round(time.Millisecond))
+		fmt.Fprintf(w, "%s -> %s in %s\n", prefix, dash(r.Outcome), r.End.Sub(r.Start).Round(time.Millisecond))
 	}
 }
 

@@ -85,7 +85,7 @@ func TestFollowLogs(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- followLogs(ctx, g, cl, "c1", "hello", time.Time{}, "", 5*time.Millisecond) }()
 
-	waitOutput(t, &stdout, "r1 END ok")
+	waitOutput(t, &stdout, "r1 -> ok")
 	mu.Lock()
 	n := len(sinces)
 	mu.Unlock()
@@ -105,7 +105,7 @@ func TestFollowLogs(t *testing.T) {
 	recs[1] = rec("r2", time.Second, true)
 	recs = append(recs, rec("r3", 2*time.Second, true))
 	mu.Unlock()
-	waitOutput(t, &stdout, "r3 END ok")
+	waitOutput(t, &stdout, "r3 -> ok")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		mu.Lock()
 		last := sinces[len(sinces)-1]
@@ -122,7 +122,7 @@ func TestFollowLogs(t *testing.T) {
 		t.Errorf("followLogs returned %v after Ctrl-C, want nil", err)
 	}
 	for _, id := range []string{"r1", "r2", "r3"} {
-		if c := strings.Count(stdout.String(), "] "+id+" START"); c != 1 {
+		if c := strings.Count(stdout.String(), "] "+id+" -> "); c != 1 {
 			t.Errorf("%s printed %d times, want once:\n%s", id, c, stdout.String())
 		}
 	}

@@ -345,7 +345,7 @@ func TestRunFnTables(t *testing.T) {
 		t.Errorf("fn list printed %q (stderr %q), want an aligned table with hello in c1", stdout, stderr)
 	}
 	_, stdout, stderr = srv.run(t, "fn", "logs", "hello", "--cluster", "c1", "--since", "2026-11-30T11:00:00Z", "--request-id", "r1")
-	wantLines := []string{"[n1 sb1] r1 START version 1 at ", "[n1 sb1] r1 one", "[n1 sb1] r1 two", "[n1 sb1] r1 END ok in 1.5s"}
+	wantLines := []string{"[n1 sb1] r1 one", "[n1 sb1] r1 two", "[n1 sb1] r1 -> ok in 1.5s"}
 	got := strings.Split(strings.TrimSpace(stdout), "\n")
 	if len(got) != len(wantLines) {
 		t.Fatalf("fn logs printed %q (stderr %q), want %d lines", stdout, stderr, len(wantLines))
