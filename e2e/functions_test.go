@@ -390,3 +390,44 @@ func TestFunctionInitFailure(t *testing.T) {
 		return len(strings.TrimSpace(string(out))) == 0, "still running: " + string(out)
 	})
 }
+
+// TestFunctionsProvisionedAuto: with --provisioned auto the ready set is
+// sized from the function's own recent concurrency, so a second burst like
+// the first meets warm sandboxes although the on-demand ones of the first
+// were reclaimed (the agents' idle timeout is 3 s here).
+func TestFunctionsProvisionedAuto(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 2, AgentArgs: []string{"--fn-idle-timeout", "3s"}})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
+	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", writeBytes(t, "hello.zip", testutil.HelloGoBundle(t)), "--provisioned", "auto")
+	burst := func() {
+		var wg sync.WaitGroup
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				invokeHello(t, in, "c1", "hello", `{"name":"burst","sleep_ms":500}`)
+			}()
+		}
+		wg.Wait()
+	}
+	burst()
+	// The forecast: a peak of 4 busy at once, plus a quarter (at least
+	// one) spare.
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		st := fnStatus(t, in, "hello")
+		ready := 0
+		for _, sb := range st.Sandboxes {
+			if sb.Provisioned && sb.State == api.SandboxIdle {
+				ready++
+			}
+		}
+		return st.ProvisionedTarget == 5 && ready == 5 && len(st.Sandboxes) == 5,
+			fmt.Sprintf("target %d, %d provisioned ready of %d sandboxes", st.ProvisionedTarget, ready, len(st.Sandboxes))
+	})
+	before := fnStatus(t, in, "hello")
+	burst()
+	after := fnStatus(t, in, "hello")
+	if after.ColdStarts != before.ColdStarts || after.WarmHits-before.WarmHits != 4 {
+		t.Errorf("second burst: %d cold starts, %d warm hits, want 0 and 4", after.ColdStarts-before.ColdStarts, after.WarmHits-before.WarmHits)
+	}
+}
