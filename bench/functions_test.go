@@ -139,7 +139,7 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 
 	type figures struct{ p50, p99, base50, base99 []float64 }
 	var one, many figures
-	var ratio []float64
+	var ratio, srates, brates []float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for round := 0; round < fnRounds; round++ {
@@ -155,6 +155,7 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 				c.f.base99 = append(c.f.base99, ms(pct(bl, 0.99)))
 				if c.clients == 32 {
 					ratio = append(ratio, srate/brate)
+					srates, brates = append(srates, srate), append(brates, brate)
 				}
 			}
 		}
@@ -182,7 +183,9 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 		b.Logf("after the runs: %d sandboxes, %d invocations, %d cold starts, warm hit rate %.4f", len(st.Sandboxes), st.Invocations, st.ColdStarts, st.WarmHitRate)
 	}
 	m, lo, hi := medianRange(ratio)
-	b.Logf("32 clients: throughput ratio to plain HTTP %.3f (%.3f–%.3f)", m, lo, hi)
+	sr, _, _ := medianRange(srates)
+	br, _, _ := medianRange(brates)
+	b.Logf("32 clients: %.0f invocations/s, plain HTTP %.0f requests/s: throughput ratio %.3f (%.3f–%.3f)", sr, br, m, lo, hi)
 	b.ReportMetric(m, "throughput-ratio")
 }
 
