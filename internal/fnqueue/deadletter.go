@@ -18,12 +18,12 @@ import (
 const hdrDeadLetter = "Shoal-Dead-Letter"
 
 func deadSubject(cluster, function, id string) string {
-	return deadPrefix + cluster + "." + function + "." + id
+	return deadPrefix + subjectToken(cluster) + "." + function + "." + id
 }
 
 // deadFilter matches every dead letter of a function.
 func deadFilter(cluster, function string) string {
-	return deadPrefix + cluster + "." + function + ".>"
+	return deadPrefix + subjectToken(cluster) + "." + function + ".>"
 }
 
 // encodeDeadLetter makes the message of a dead letter; retries is kept for
@@ -226,14 +226,28 @@ func (q *Queue) Purge(ctx context.Context, cluster, function string) error {
 	if err := checkFunction(cluster, function); err != nil {
 		return err
 	}
+	return q.purge(ctx, eventSubject(cluster, function), deadFilter(cluster, function))
+}
+
+// PurgeCluster drops every queued event and dead letter of a deleted
+// cluster's functions, so that a cluster made later with the same name
+// finds none of them.
+func (q *Queue) PurgeCluster(ctx context.Context, cluster string) error {
+	if err := checkToken("cluster", cluster); err != nil {
+		return err
+	}
+	return q.purge(ctx, eventPrefix+subjectToken(cluster)+".>", deadPrefix+subjectToken(cluster)+".>")
+}
+
+func (q *Queue) purge(ctx context.Context, events, dead string) error {
 	es, ds, err := q.streams()
 	if err != nil {
 		return err
 	}
-	if err := es.Purge(ctx, jetstream.WithPurgeSubject(eventSubject(cluster, function))); err != nil {
+	if err := es.Purge(ctx, jetstream.WithPurgeSubject(events)); err != nil {
 		return unavailable(err)
 	}
-	if err := ds.Purge(ctx, jetstream.WithPurgeSubject(deadFilter(cluster, function))); err != nil {
+	if err := ds.Purge(ctx, jetstream.WithPurgeSubject(dead)); err != nil {
 		return unavailable(err)
 	}
 	return nil

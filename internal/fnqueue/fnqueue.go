@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,12 +174,28 @@ type Queue struct {
 
 var token = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
+// clusterToken is what a cluster's name may hold: a '.' too, which a
+// subject carries as '~' (subjectToken), a character no name holds.
+var clusterToken = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+
 func checkToken(what, s string) error {
+	if what == "cluster" {
+		if !clusterToken.MatchString(s) {
+			return fmt.Errorf("%w: cluster %q may contain only letters, digits, '-', '_' and '.'", ErrInvalid, s)
+		}
+		return nil
+	}
 	if !token.MatchString(s) {
 		return fmt.Errorf("%w: %s %q may contain only letters, digits, '-' and '_'", ErrInvalid, what, s)
 	}
 	return nil
 }
+
+// subjectToken is a cluster's name as one token of a subject ('.'
+// separates tokens); clusterOf reverses it.
+func subjectToken(cluster string) string { return strings.ReplaceAll(cluster, ".", "~") }
+
+func clusterOf(token string) string { return strings.ReplaceAll(token, "~", ".") }
 
 // Open starts the embedded NATS server, to which this process connects
 // in-process, or connects to Config.URL; it then creates or updates the

@@ -36,7 +36,7 @@ const (
 )
 
 func eventSubject(cluster, function string) string {
-	return eventPrefix + cluster + "." + function
+	return eventPrefix + subjectToken(cluster) + "." + function
 }
 
 // Enqueue stores ev and returns once JetStream has acknowledged it as
@@ -104,7 +104,7 @@ func decodeEvent(m jetstream.Msg) (*Event, error) {
 		return nil, fmt.Errorf("subject %q is not %s<cluster>.<function>", m.Subject(), eventPrefix)
 	}
 	h := m.Headers()
-	ev := &Event{ID: h.Get(hdrID), Cluster: parts[2], Function: parts[3], Payload: m.Data()}
+	ev := &Event{ID: h.Get(hdrID), Cluster: clusterOf(parts[2]), Function: parts[3], Payload: m.Data()}
 	var err error
 	if ev.Version, err = strconv.Atoi(h.Get(hdrVersion)); err != nil {
 		return nil, fmt.Errorf("header %s: %w", hdrVersion, err)

@@ -1,6 +1,7 @@
 package invoke
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -283,7 +284,10 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 		return
 	}
 
-	res, err := v.invoke(r.Context(), fn, fv, id, payload, tail)
+	// A client that goes away does not stop the invocation (nor does it
+	// on Lambda): the function runs to its end in its sandbox, and its
+	// concurrency slot stays taken until then.
+	res, err := v.invoke(context.WithoutCancel(r.Context()), fn, fv, id, payload, tail)
 	if err != nil {
 		switch {
 		case errors.Is(err, httpapi.ErrTooManyRequests):

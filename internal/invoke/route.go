@@ -252,7 +252,9 @@ func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*
 		r := ar.SandboxResult
 		r.Payload, r.LogTail = ar.Payload, ar.LogTail
 		if resp.StatusCode == http.StatusConflict && !r.Declined {
-			return nil, fmt.Errorf("%w: %s: 409 without declined", ErrAgent, a.Node)
+			// Not run: the node is not (yet) in the function's cluster,
+			// as just after it joined; another agent may run it.
+			return nil, fmt.Errorf("%w: %s: not in the function's cluster", errAgentRefused, a.Node)
 		}
 		io.Copy(io.Discard, resp.Body) // let the connection be reused
 		return &r, nil

@@ -66,7 +66,10 @@ func (s *Server) handleServers(w http.ResponseWriter, r *http.Request) {
 // it has heard of, from the state or from their own discovery requests. A
 // discovering server introduces itself with ?name=&raft_addr=&http_addr=.
 func (s *Server) handleSelf(w http.ResponseWriter, r *http.Request) {
-	if q := r.URL.Query(); q.Get("name") != "" {
+	// Only servers (which present the operator token) introduce
+	// themselves: a cluster's token must not add addresses this server
+	// would dial (Raft discovery, queue routes).
+	if q := r.URL.Query(); q.Get("name") != "" && principalOf(r).Operator() {
 		s.noteCaller(api.ServerInfo{Name: q.Get("name"), RaftAddr: q.Get("raft_addr"), HTTPAddr: q.Get("http_addr"), QueueAddr: q.Get("queue_addr")})
 	}
 	out := []api.ServerInfo{s.Info()}
@@ -371,7 +374,20 @@ func (s *Server) handleClusterResize(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleClusterDelete(w http.ResponseWriter, r *http.Request) {
-	s.write(w, fsm.ClusterDelete, &state.ClusterDeleteRequest{Name: r.PathValue("name"), Now: s.now()})
+	name := r.PathValue("name")
+	v, idx, err := s.apply(fsm.ClusterDelete, &state.ClusterDeleteRequest{Name: name, Now: s.now()})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	// A cluster made later with the same name must find none of this
+	// one's queued events or dead letters.
+	if q := s.queue.Load(); q != nil {
+		if err := q.PurgeCluster(r.Context(), name); err != nil {
+			s.log.Warn("purging a deleted cluster's queued events and dead letters", "cluster", name, "err", err)
+		}
+	}
+	respondWrite(w, idx, v)
 }
 
 // --- jobs ---

@@ -80,9 +80,10 @@ func (s *Server) agentTLS() *tls.Config {
 
 // runEvent is the queue's handler: it runs one asynchronous invocation.
 // A function that failed is a fnqueue.Failure (retried, then
-// dead-lettered); a function deleted meanwhile drops the event; anything
-// else (no agent, the concurrency used up) is retried later without
-// counting as an attempt.
+// dead-lettered); anything else (no agent, the concurrency used up, or a
+// function this server's state does not hold yet, as on a follower that
+// has not applied its deploy) is retried later without counting as an
+// attempt. A deleted function's events are purged with it.
 func (s *Server) runEvent(ctx context.Context, ev *fnqueue.Event) error {
 	err := s.invoker.RunEvent(ctx, &invoke.Event{ID: ev.ID, Cluster: ev.Cluster, Function: ev.Function,
 		Version: ev.Version, Payload: ev.Payload, Retries: ev.Retries})
@@ -92,9 +93,6 @@ func (s *Server) runEvent(ctx context.Context, ev *fnqueue.Event) error {
 		return nil
 	case errors.As(err, &failed):
 		return &fnqueue.Failure{Type: failed.Type, Message: failed.Message}
-	case errors.Is(err, state.ErrNotFound):
-		s.log.Info("dropping an event of a function that no longer exists", "function", ev.Function, "cluster", ev.Cluster, "id", ev.ID)
-		return nil
 	}
 	return err
 }
@@ -197,6 +195,8 @@ func queueErr(err error) error {
 		return fmt.Errorf("%w: %v", state.ErrNotFound, err)
 	case errors.Is(err, fnqueue.ErrUnavailable):
 		return fmt.Errorf("%w: %v", httpapi.ErrUnavailable, err)
+	case errors.Is(err, fnqueue.ErrInvalid):
+		return fmt.Errorf("%w: %v", state.ErrInvalid, err)
 	}
 	return err
 }
