@@ -1,6 +1,7 @@
 package api
 
 import (
+	"archive/zip"
 	"regexp"
 	"strconv"
 	"time"
@@ -32,8 +33,12 @@ const (
 	MaxAsyncRetries     = 2
 	// MaxInvokePayload is the largest request or response payload.
 	MaxInvokePayload = 6 << 20
-	// MaxBundleBytes is the largest bundle (zip) a deploy accepts.
-	MaxBundleBytes = 50 << 20
+	// MaxBundleBytes is the largest bundle (zip) a deploy accepts;
+	// MaxBundleUnpackedBytes and MaxBundleFiles bound what it unpacks to
+	// on every node of the cluster (Lambda's 250 MB).
+	MaxBundleBytes         = 50 << 20
+	MaxBundleUnpackedBytes = 250 << 20
+	MaxBundleFiles         = 20000
 	// MaxFunctionEnvBytes caps the total size of a function's environment.
 	MaxFunctionEnvBytes = 4096
 	// LogTailBytes is how much of an invocation's log X-Amz-Log-Result
@@ -404,3 +409,19 @@ type FunctionCounters struct {
 // ForecastMinutes is how many minutes of history "auto" provisioning
 // looks at.
 const ForecastMinutes = 10
+
+// CheckBundleSize checks what the entries of a bundle declare they unpack
+// to (archive/zip refuses an entry longer than it declares).
+func CheckBundleSize(files []*zip.File) error {
+	if len(files) > MaxBundleFiles {
+		return invalid("zip", "the bundle holds %d entries; at most %d are allowed", len(files), MaxBundleFiles)
+	}
+	var total uint64
+	for _, f := range files {
+		total += f.UncompressedSize64
+		if total > MaxBundleUnpackedBytes {
+			return invalid("zip", "the bundle unpacks to more than %d bytes, the most allowed", MaxBundleUnpackedBytes)
+		}
+	}
+	return nil
+}

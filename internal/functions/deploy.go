@@ -142,6 +142,9 @@ func checkBundle(zb []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: zip: the bundle is not a zip archive: %v", api.ErrInvalid, err)
 	}
+	if err := api.CheckBundleSize(zr.File); err != nil {
+		return err
+	}
 	for _, f := range zr.File {
 		if strings.TrimPrefix(strings.TrimSuffix(f.Name, "/"), "./") != api.BundleBootstrap {
 			continue

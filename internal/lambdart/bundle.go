@@ -146,6 +146,9 @@ func Unpack(r io.ReaderAt, size int64, dir string) error {
 	if err != nil {
 		return fmt.Errorf("%w: not a zip archive: %v", ErrBadBundle, err)
 	}
+	if err := api.CheckBundleSize(zr.File); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadBundle, err)
+	}
 	for _, f := range zr.File {
 		if err := unpackOne(f, dir); err != nil {
 			return err
