@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"sync"
 
 	"github.com/shoal-dev/shoal/api"
@@ -66,7 +67,11 @@ func (c *bundleCache) get(ctx context.Context, cluster string, v *api.FunctionVe
 			f = &bundleFetch{done: make(chan struct{})}
 			c.inflight[key] = f
 			c.mu.Unlock()
-			f.err = c.install(ctx, cluster, v, root)
+			// Shared by every cold start of the version that waits for
+			// it: not cut short when the first one's caller goes away.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bundleFetchTimeout)
+			f.err = c.install(fctx, cluster, v, root)
+			cancel()
 			c.mu.Lock()
 			delete(c.inflight, key)
 			c.mu.Unlock()
@@ -134,6 +139,9 @@ func (c *bundleCache) install(ctx context.Context, cluster string, v *api.Functi
 	}
 	return nil
 }
+
+// bundleFetchTimeout bounds the fetch and unpacking of one bundle.
+const bundleFetchTimeout = 5 * time.Minute
 
 // Unpack extracts the zip in r (size bytes) into dir, keeping file modes
 // (without setuid, setgid and sticky bits). It refuses entries whose path

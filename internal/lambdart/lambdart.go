@@ -136,8 +136,11 @@ type Pool struct {
 	bundles *bundleCache
 	logs    *logStore
 
-	mu        sync.Mutex
-	closed    bool
+	mu     sync.Mutex
+	closed bool
+	// retained is the cluster the node is in (RetainCluster); no sandbox
+	// of another is started. Empty until the agent says.
+	retained  string
 	sandboxes map[string]*sbox // by id
 	// provisioned is the set the servers asked for, by version.
 	provisioned map[versionKey]*provEntry
@@ -252,6 +255,7 @@ func (p *Pool) Close() error {
 // them all.
 func (p *Pool) RetainCluster(cluster string) {
 	p.mu.Lock()
+	p.retained = cluster
 	var doomed []*sbox
 	for _, s := range p.sandboxes {
 		if s.key.cluster != cluster {

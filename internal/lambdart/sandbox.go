@@ -135,6 +135,12 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		cleanup()
 		return nil, ErrClosed
 	}
+	if p.retained != "" && k.cluster != p.retained {
+		// The node left the cluster while this sandbox was being made.
+		p.mu.Unlock()
+		cleanup()
+		return nil, fmt.Errorf("%w: the node is no longer in cluster %s", ErrInvalid, k.cluster)
+	}
 	s.started = p.now()
 	s.lastUsed = s.started
 	if prov != nil {
@@ -144,6 +150,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	}
 	p.sandboxes[id] = s
 	p.starts.Add(1)
+	provisioned := s.provisioned
 	p.mu.Unlock()
 
 	s.inuse.Add(1) // the starter's hold, until its init is over: see initDone
@@ -166,7 +173,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	s.h = h
 	s.mu.Unlock()
 	p.log.Info("lambdart: sandbox started", "sandbox", id, "cluster", k.cluster, "function", k.function,
-		"version", k.version, "provisioned", s.provisioned, "netns", s.netns != "")
+		"version", k.version, "provisioned", provisioned, "netns", s.netns != "")
 	go func() { defer p.starts.Done(); p.watch(s, cleanup) }()
 	// Close may have listed the sandbox before its handle was set.
 	p.mu.Lock()
