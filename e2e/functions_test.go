@@ -88,7 +88,10 @@ func TestFunctions(t *testing.T) {
 	in := testutil.StartInstallation(t, testutil.Options{Agents: 2})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
 	bundle := writeBytes(t, "hello.zip", testutil.HelloGoBundle(t))
-	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", bundle, "--timeout", "2s", "--memory", "128")
+	var deployed api.Function
+	if err := json.Unmarshal([]byte(mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", bundle, "--timeout", "2s", "--memory", "128", "-o", "json")), &deployed); err != nil || deployed.Latest != 1 {
+		t.Fatalf("shoal fn deploy -o json: %+v %v", deployed, err)
+	}
 
 	// The first call starts a sandbox; the second finds it warm: the
 	// bootstrap's own call counter goes on.

@@ -204,15 +204,18 @@ variables.`
 		if err != nil {
 			return err
 		}
-		v := fn.Version(0)
-		if v == nil {
-			fmt.Fprintf(g.stdout, "Function %s deployed to cluster %s: version %d.\n", fn.Name, fn.Cluster, fn.Latest)
+		return g.view(fn, func() error {
+			v := fn.Version(0)
+			if v == nil {
+				fmt.Fprintf(g.stdout, "Function %s deployed to cluster %s: version %d.\n", fn.Name, fn.Cluster, fn.Latest)
+				return nil
+			}
+			fmt.Fprintf(g.stdout, "Function %s deployed to cluster %s: version %d (%s, sha256 %s), %s.\n", fn.Name, fn.Cluster,
+				v.Version, humanBytes(v.Size), shortHash(v.SHA256), configText(v.Config))
 			return nil
-		}
-		fmt.Fprintf(g.stdout, "Function %s deployed to cluster %s: version %d (%s, sha256 %s), %s.\n", fn.Name, fn.Cluster,
-			v.Version, humanBytes(v.Size), shortHash(v.SHA256), configText(v.Config))
-		return nil
+		})
 	}
+	addOutputFlag(cmd, g)
 	return cmd
 }
 
@@ -306,7 +309,7 @@ func printFunctionStatus(g *globals, s *api.FunctionStatus) {
 }
 
 func fnDeleteCmd(g *globals, f *fnFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a function, all its versions and its sandboxes", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, cluster, name, err := fnTarget(cmd.Context(), g, f, args)
@@ -316,10 +319,14 @@ func fnDeleteCmd(g *globals, f *fnFlags) *cobra.Command {
 			if err := cl.DeleteFunction(cmd.Context(), cluster, name); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "Function %s deleted from cluster %s.\n", name, cluster)
-			return nil
+			return g.view(map[string]string{"deleted": name, "cluster": cluster}, func() error {
+				fmt.Fprintf(g.stdout, "Function %s deleted from cluster %s.\n", name, cluster)
+				return nil
+			})
 		},
 	}
+	addOutputFlag(cmd, g)
+	return cmd
 }
 
 // configText shows a version's settings in one line.
