@@ -104,9 +104,11 @@ done
 `
 
 // TestFunctionEventsSurviveLeaderKill: Event invocations acknowledged
-// with 202 all run to completion although the Raft leader is killed with
-// kill -9 while they are queued or running (the queue is replicated over
-// the three servers; what the dead server was running is delivered again).
+// with 202 all run to completion although the Raft leader and an agent
+// running some of them are killed with kill -9 while they are queued or
+// running (the queue is replicated over the three servers; what the dead
+// server was running is delivered again, what the dead agent was running
+// is run again on the other).
 func TestFunctionEventsSurviveLeaderKill(t *testing.T) {
 	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 2})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
@@ -131,17 +133,20 @@ func TestFunctionEventsSurviveLeaderKill(t *testing.T) {
 			return true, ""
 		})
 	}
+	// Both agents run events (held at the gate) before the kills.
+	var busyNode string
 	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
-		busy := 0
+		nodes := map[string]bool{}
 		for _, sb := range fnStatus(t, in, "gated").Sandboxes {
 			if sb.State == api.SandboxBusy {
-				busy++
+				nodes[sb.Node], busyNode = true, sb.Node
 			}
 		}
-		return busy > 0, "no event running yet"
+		return len(nodes) == 2, fmt.Sprintf("events running on %d nodes", len(nodes))
 	})
 	old := in.Leader()
 	in.Servers[old].Kill9()
+	in.Agent(busyNode).Kill9()
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
