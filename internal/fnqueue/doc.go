@@ -33,7 +33,11 @@
 // [Failure] (no agent could take the event, or a panic in the handler) is
 // retried on the same delivery after a backoff and does not count; after
 // about ten minutes of those the event is dead-lettered with the error type
-// [ErrorTypeCouldNotRun].
+// [ErrorTypeCouldNotRun]. A server that closes while an event waits so
+// stores it again with the attempts it had used (header
+// Shoal-Attempts-Spent) and acknowledges the delivery, so that the
+// delivery does not count; one that closes while the event runs gives it
+// back with a Nak, and the delivery counts.
 //
 // # Where the data lives
 //

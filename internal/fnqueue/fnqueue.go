@@ -115,9 +115,11 @@ type Event struct {
 	// Retries is how many times the event is retried after a Failure.
 	Retries int
 	// Attempt is set by the queue: 1 for the first delivery; JetStream's
-	// delivery count.
+	// delivery count, plus the attempts used before a server closing
+	// gave the event back unrun.
 	Attempt  int
 	Enqueued time.Time // set by Enqueue when zero
+	spent    int       // attempts used before this message (hdrSpent)
 }
 
 // Failure is what a [Handler] returns when the function failed (a function

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/shoal-dev/shoal/api"
 )
@@ -164,7 +165,7 @@ func TestEnqueueRunAck(t *testing.T) {
 		got := calls[0]
 		wantEv := *ev(id, "f", 2)
 		wantEv.Attempt, wantEv.Enqueued = 1, testNow
-		if diff := cmp.Diff(wantEv, got); diff != "" {
+		if diff := cmp.Diff(wantEv, got, cmpopts.IgnoreUnexported(Event{})); diff != "" {
 			t.Errorf("event %s (-want +got):\n%s", id, diff)
 		}
 	}
@@ -522,5 +523,42 @@ func BenchmarkEnqueue(b *testing.B) {
 			b.ReportMetric(float64(durs[len(durs)/2].Microseconds()), "median-µs")
 			b.ReportMetric(float64(durs[len(durs)*99/100].Microseconds()), "p99-µs")
 		})
+	}
+}
+
+// TestClosingWhileWaitingSpendsNoAttempt: an event waiting for an agent
+// (an error that is not a Failure) when its server closes is given back
+// unrun, and its next delivery is still its first attempt, even with no
+// retries left to spend.
+func TestClosingWhileWaitingSpendsNoAttempt(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Backoff = func(int) time.Duration { return time.Hour } // waiting at Close
+	q := open(t, cfg)
+	called := make(chan struct{}, 1)
+	q.Run(func(ctx context.Context, ev *Event) error {
+		select {
+		case called <- struct{}{}:
+		default:
+		}
+		return errors.New("no agent can run it now")
+	})
+	enqueue(t, q, ev("waiting", "f", 0))
+	<-called
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.Backoff = func(int) time.Duration { return 10 * time.Millisecond }
+	q = open(t, cfg)
+	r := newRecorder()
+	q.Run(r.handler(func(*Event, int) error { return nil }))
+	waitFor(t, "the event to run", 20*time.Second, func() bool {
+		if dls, _ := q.DeadLetters(context.Background(), "c1", "f"); len(dls) > 0 {
+			t.Fatalf("dead-lettered: %+v", dls[0])
+		}
+		return r.doneCount() == 1
+	})
+	if calls := r.callsOf("waiting"); len(calls) != 1 || calls[0].Attempt != 1 {
+		t.Errorf("calls after reopening: %+v, want one, attempt 1", calls)
 	}
 }

@@ -22,6 +22,10 @@ const (
 	hdrVersion  = "Shoal-Version"
 	hdrRetries  = "Shoal-Retries"
 	hdrEnqueued = "Shoal-Enqueued"
+	// hdrSpent is the number of attempts an event had used before its
+	// message was stored again by a server giving it back unrun (see
+	// giveBack); absent means none.
+	hdrSpent = "Shoal-Attempts-Spent"
 )
 
 // Error types of the dead letters the queue makes itself, as Lambda names
@@ -74,6 +78,9 @@ func (q *Queue) publishEvent(ctx context.Context, ev *Event, msgID string) error
 	m.Header.Set(hdrVersion, strconv.Itoa(ev.Version))
 	m.Header.Set(hdrRetries, strconv.Itoa(ev.Retries))
 	m.Header.Set(hdrEnqueued, ev.Enqueued.UTC().Format(time.RFC3339Nano))
+	if ev.spent > 0 {
+		m.Header.Set(hdrSpent, strconv.Itoa(ev.spent))
+	}
 	m.Data = ev.Payload
 	return q.publish(ctx, m, msgID, EventStream)
 }
@@ -117,6 +124,11 @@ func decodeEvent(m jetstream.Msg) (*Event, error) {
 	}
 	if ev.ID == "" {
 		return nil, fmt.Errorf("no header %s", hdrID)
+	}
+	if v := h.Get(hdrSpent); v != "" {
+		if ev.spent, err = strconv.Atoi(v); err != nil || ev.spent < 0 {
+			return nil, fmt.Errorf("header %s: %q", hdrSpent, v)
+		}
 	}
 	return ev, nil
 }
@@ -220,7 +232,7 @@ func (q *Queue) process(w *workers, m jetstream.Msg) {
 		m.Term()
 		return
 	}
-	ev.Attempt = int(meta.NumDelivered)
+	ev.Attempt = ev.spent + int(meta.NumDelivered)
 	log := q.log.With("event", ev.ID, "cluster", ev.Cluster, "function", ev.Function, "attempt", ev.Attempt)
 
 	done := make(chan struct{})
@@ -267,7 +279,7 @@ func (q *Queue) process(w *workers, m jetstream.Msg) {
 		wait := q.cfg.Backoff(deferrals)
 		log.Debug("event could not run; trying again", "err", err, "after", wait)
 		if !q.wait(w, &running, wait) {
-			m.Nak() // closing
+			q.giveBack(log, m, meta.Sequence.Stream, ev) // closing
 			return
 		}
 	}
@@ -362,4 +374,24 @@ func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Ev
 		log.Warn("acknowledging a dead-lettered event", "err", err)
 	}
 	log.Info("event dead-lettered", "error_type", f.Type, "attempts", attempts)
+}
+
+// giveBack returns an event this server is closing on before it ran in
+// this delivery (it was waiting for an agent): stored again with the
+// attempts it had used, so that the delivery does not count as one (a Nak
+// would: the next delivery's count includes it). If that fails, it is
+// Nak'd and the delivery counts.
+func (q *Queue) giveBack(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Event) {
+	again := *ev
+	again.spent = ev.Attempt - 1
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := q.publishEvent(ctx, &again, fmt.Sprintf("back/%s/%d", ev.ID, seq)); err != nil {
+		log.Warn("giving an unrun event back; its delivery counts as an attempt", "err", err)
+		m.Nak()
+		return
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("acknowledging an event given back", "err", err)
+	}
 }
