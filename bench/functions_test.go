@@ -84,7 +84,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // doing the same work on the same machine: latency with 1 and 32 clients
 // (p50, p99) and throughput with 32 clients.
 func BenchmarkFunctionInvoke(b *testing.B) {
-	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true})
+	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true, AgentMemory: 16384})
 	if _, _, code := in.Shoal("cluster", "create", "c1", "--nodes", "1"); code != 0 {
 		b.Fatal("cluster create failed")
 	}
@@ -195,7 +195,7 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 // provisioned sandbox, against fork/exec of the same bootstrap answering
 // one invocation from a minimal Runtime API server in this process.
 func BenchmarkFunctionColdStart(b *testing.B) {
-	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true})
+	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true, AgentMemory: 16384})
 	if _, _, code := in.Shoal("cluster", "create", "c1", "--nodes", "1"); code != 0 {
 		b.Fatal("cluster create failed")
 	}

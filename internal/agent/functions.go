@@ -44,7 +44,7 @@ func functionsDir(dataDir string) string { return filepath.Join(dataDir, "functi
 // gets bundles (a.fetchBundle, from the DFS).
 func (a *Agent) startFunctions(fetch lambdart.FetchFunc) error {
 	cfg := lambdart.Config{Node: a.cfg.Name, Dir: functionsDir(a.cfg.DataDir), Driver: a.driver,
-		Fetch: fetch, Log: a.log, IdleTimeout: a.cfg.FunctionIdleTimeout}
+		Fetch: fetch, Log: a.log, IdleTimeout: a.cfg.FunctionIdleTimeout, Room: a.sandboxRoom}
 	if a.net != nil && a.net.mgr != nil {
 		cfg.Network = functionNetwork{a}
 	}
@@ -297,4 +297,18 @@ func (a *Agent) handleFnLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, a.fns.Logs(q.Get("cluster"), q.Get("function"), since, q.Get("request_id")))
+}
+
+// sandboxRoom is the memory (MiB) function sandboxes may take: the node's,
+// less what the tasks running on it reserve. (The servers' placement of
+// tasks does not count sandboxes: a node full of sandboxes may still be
+// given tasks, which then share its memory.)
+func (a *Agent) sandboxRoom() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	room := a.cfg.MemoryMB
+	for _, r := range a.runs {
+		room -= r.task.Resources.MemoryMB
+	}
+	return room
 }

@@ -47,6 +47,9 @@ var (
 	// ErrInvalid is returned for an invocation or provisioned entry that
 	// lacks what it needs (a function, a version with a digest).
 	ErrInvalid = errors.New("lambdart: invalid request")
+	// ErrNoRoom is returned when a sandbox's memory does not fit on the
+	// node (Config.Room).
+	ErrNoRoom = errors.New("lambdart: no room on the node for another sandbox")
 )
 
 // DefaultIdleTimeout is how long an on-demand sandbox may stay idle
@@ -96,6 +99,11 @@ type Config struct {
 	// function (0: 1000 records, 10 MiB).
 	LogRecords int
 	LogBytes   int64
+	// Room, when set, returns the memory (MiB) sandboxes may take on the
+	// node, all together: a sandbox whose function's memory does not fit
+	// beside the others is not started (ErrNoRoom). Nil: no limit. It is
+	// called without the pool's lock held.
+	Room func() int64
 }
 
 // Hooks observe the pool, for the agent's metrics. Every field may be nil;

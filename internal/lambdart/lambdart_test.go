@@ -2,6 +2,7 @@ package lambdart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -483,4 +484,25 @@ func TestConcurrentColdStarts(t *testing.T) {
 	if f := tp.Report().Functions[0]; f.Peaks[0] != n || f.ColdStarts != n {
 		t.Errorf("counters %+v, want a peak of %d and %d cold starts", f, n, n)
 	}
+}
+
+// TestNoRoom: a cold start whose memory does not fit beside the node's
+// other sandboxes (Config.Room) is refused with ErrNoRoom, and nothing is
+// left of it.
+func TestNoRoom(t *testing.T) {
+	tp := newTestPool(t, func(c *Config) { c.Room = func() int64 { return 200 } })
+	v := tp.b.version("fn", 1, goBootstrap(t), api.FunctionConfig{MemoryMiB: 128, Timeout: api.Duration(20 * time.Second)})
+	done := make(chan *api.SandboxResult)
+	go func() { done <- tp.invoke(t, v, `{"sleep_ms":20000}`, true) }()
+	waitFor(t, "a busy sandbox", func() bool { return len(tp.sandboxesOf(api.SandboxBusy)) == 1 })
+	_, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: "second", Function: "fn",
+		Cluster: testCluster, Version: v, Payload: []byte(`{}`), Start: true})
+	if !errors.Is(err, ErrNoRoom) {
+		t.Errorf("a second 128 MiB sandbox in 200 MiB: %v, want ErrNoRoom", err)
+	}
+	if n := len(tp.Report().Sandboxes); n != 1 {
+		t.Errorf("%d sandboxes after the refusal, want 1", n)
+	}
+	tp.Close()
+	<-done
 }

@@ -129,6 +129,10 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		Env: p.sandboxEnv(s, root, work, tmp, ln.Addr().String(), prov != nil), Stdout: s.logPath, Stderr: s.logPath,
 		MemoryMB: int64(s.conf.MemoryMiB), NetNS: s.netns}
 
+	room := int64(-1) // called without p.mu: Room may take its caller's locks
+	if p.cfg.Room != nil {
+		room = p.cfg.Room()
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -140,6 +144,19 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		p.mu.Unlock()
 		cleanup()
 		return nil, fmt.Errorf("%w: the node is no longer in cluster %s", ErrInvalid, k.cluster)
+	}
+	if room >= 0 {
+		used := int64(s.conf.MemoryMiB)
+		for _, o := range p.sandboxes {
+			if !o.gone {
+				used += int64(o.conf.MemoryMiB)
+			}
+		}
+		if used > room {
+			p.mu.Unlock()
+			cleanup()
+			return nil, fmt.Errorf("%w: %d MiB for function sandboxes, %d MiB free for them", ErrNoRoom, used, room)
+		}
 	}
 	s.started = p.now()
 	s.lastUsed = s.started
