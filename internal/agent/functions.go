@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -304,6 +305,9 @@ func (a *Agent) handleFnLogs(w http.ResponseWriter, r *http.Request) {
 // tasks does not count sandboxes: a node full of sandboxes may still be
 // given tasks, which then share its memory.)
 func (a *Agent) sandboxRoom() int64 {
+	if a.cfg.MemoryMB <= 0 {
+		return math.MaxInt64 // not known: no limit
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	room := a.cfg.MemoryMB

@@ -216,9 +216,19 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 	var fe *fnError
 	var resp []byte
 	killed := false
+	timedOut := func() *fnError {
+		return &fnError{Type: "Sandbox.Timedout", outcome: outcomeTimeout,
+			Message: fmt.Sprintf("%s %s Task timed out after %.2f seconds", p.now().UTC().Format("2006-01-02T15:04:05.000Z"), reqID, timeout.Seconds())}
+	}
 	select {
 	case <-c.done:
 		resp, fe = c.response, c.ferr
+		if !p.now().Before(c.deadline) {
+			// Answered at the deadline (a runtime whose context
+			// expired, as aws-lambda-go's does, answers then): a
+			// timeout all the same, as on Lambda.
+			resp, fe, killed = nil, timedOut(), true
+		}
 	case <-s.exited:
 		select {
 		case <-c.done: // answered, then exited
@@ -233,8 +243,7 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 		case <-c.done: // answered just in time
 			resp, fe = c.response, c.ferr
 		default:
-			fe = &fnError{Type: "Sandbox.Timedout", outcome: outcomeTimeout,
-				Message: fmt.Sprintf("%s %s Task timed out after %.2f seconds", p.now().UTC().Format("2006-01-02T15:04:05.000Z"), reqID, timeout.Seconds())}
+			fe = timedOut()
 		}
 	}
 	timer.Stop()

@@ -160,7 +160,9 @@ func (s *sbox) handleNext(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	h := w.Header()
 	h.Set(headerRequestID, c.reqID)
-	h.Set(headerDeadline, strconv.FormatInt(c.deadline.UnixMilli(), 10))
+	// Rounded up to the millisecond: a runtime's own deadline must not
+	// come before the pool's, which times the invocation out.
+	h.Set(headerDeadline, strconv.FormatInt(c.deadline.Add(time.Millisecond-1).UnixMilli(), 10))
 	h.Set(headerFunctionARN, c.arn)
 	h.Set(headerTraceID, c.traceID)
 	h.Set("Content-Type", "application/json")
