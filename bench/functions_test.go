@@ -333,3 +333,60 @@ func forkExecBootstrap(b *testing.B, bootstrap string, payload []byte) time.Dura
 	cmd.Wait()
 	return d
 }
+
+// BenchmarkFunctionProvisionedAuto measures what --provisioned auto buys:
+// bursts of 8 concurrent calls, each after the agents reclaimed idle
+// on-demand sandboxes (--fn-idle-timeout 2s), to a function with
+// provisioned "auto" and, as the baseline, to the same function without
+// provisioned sandboxes. It reports the share of the calls of bursts 2 to
+// 6 that found a warm sandbox (the first burst has no history).
+func BenchmarkFunctionProvisionedAuto(b *testing.B) {
+	in := testutil.StartInstallation(b, testutil.Options{Agents: 2, Insecure: true, AgentMemory: 16384,
+		AgentArgs: []string{"--fn-idle-timeout", "2s"}})
+	if _, _, code := in.Shoal("cluster", "create", "c1", "--nodes", "2"); code != 0 {
+		b.Fatal("cluster create failed")
+	}
+	ctx := context.Background()
+	bundle := testutil.HelloGoBundle(b)
+	for name, prov := range map[string]string{"auto": "auto", "none": "0"} {
+		if _, err := in.Client.DeployFunction(ctx, "c1", name, &api.FunctionDeploy{Cluster: "c1", Zip: bundle,
+			Config: api.FunctionConfig{Provisioned: prov}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	burst := func(name string) {
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := in.Client.InvokeFunction(ctx, "c1", name, &api.InvokeOptions{Payload: []byte(`{"name":"b","sleep_ms":200}`)})
+				if err != nil || r.FunctionError != "" {
+					b.Errorf("invoke %s: %v %+v", name, err, r)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	counts := func(name string) (warm, total uint64) {
+		st, err := in.Client.FunctionStatus(ctx, "c1", name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return st.WarmHits, st.Invocations
+	}
+	for i := 0; i < b.N; i++ {
+		for _, name := range []string{"auto", "none"} {
+			burst(name)
+			w0, n0 := counts(name)
+			for k := 0; k < 5; k++ {
+				time.Sleep(4 * time.Second) // past the idle timeout: on-demand sandboxes are gone
+				burst(name)
+			}
+			w1, n1 := counts(name)
+			st, _ := in.Client.FunctionStatus(ctx, "c1", name)
+			b.Logf("%s: warm hit rate of bursts 2-6: %.2f (%d of %d); provisioned target %d", name,
+				float64(w1-w0)/float64(n1-n0), w1-w0, n1-n0, st.ProvisionedTarget)
+		}
+	}
+}
