@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -345,53 +344,34 @@ func waitCarrier(h *netlink.Handle, hostVeth string) error {
 	}
 }
 
-// newNamedNS creates a network namespace and bind-mounts it at path. It
-// switches a locked thread into the new namespace and back; if switching
-// back fails, the thread stays locked and dies with its goroutine rather
-// than serve other goroutines in the wrong namespace.
+// newNamedNS creates a network namespace and bind-mounts it at path, on
+// a thread switched into it and back (onSwitchedThread).
 func newNamedNS(path string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
 		return fmt.Errorf("clusternet: netns file: %w", err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("clusternet: current netns: %w", err)
-			return
-		}
-		defer orig.Close()
+	unshare := func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("clusternet: new netns: %w", err)
-			return
+			return fmt.Errorf("clusternet: new netns: %w", err)
 		}
-		err = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
-		if err == nil {
-			// New devices, eth0 included, get no IPv6: tasks would
-			// otherwise solicit routers on the bridge, which the
-			// firewall drops and counts as refused. And eth0
-			// announces its address when it comes up (gratuitous
-			// ARP), so that peers drop what they cached for an
-			// earlier task with the same address.
-			_ = writeSysctl("net/ipv6/conf/all/disable_ipv6", "1")
-			_ = writeSysctl("net/ipv6/conf/default/disable_ipv6", "1")
-			_ = writeSysctl("net/ipv4/conf/default/arp_notify", "1")
-		} else {
-			err = fmt.Errorf("clusternet: bind-mount netns at %s: %w", path, err)
+		return nil
+	}
+	return onSwitchedThread(unshare, func() error {
+		if err := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("clusternet: bind-mount netns at %s: %w", path, err)
 		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("clusternet: back to the host netns: %w", serr))
-			return // the thread stays locked and exits with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+		// New devices, eth0 included, get no IPv6: tasks would otherwise
+		// solicit routers on the bridge, which the firewall drops and
+		// counts as refused. And eth0 announces its address when it comes
+		// up (gratuitous ARP), so that peers drop what they cached for an
+		// earlier task with the same address.
+		_ = writeSysctl("net/ipv6/conf/all/disable_ipv6", "1")
+		_ = writeSysctl("net/ipv6/conf/default/disable_ipv6", "1")
+		_ = writeSysctl("net/ipv4/conf/default/arp_notify", "1")
+		return nil
+	})
 }
 
 // destroyNS removes t's veth and unmounts and removes its namespace file.
