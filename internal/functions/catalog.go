@@ -6,6 +6,7 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/httpapi"
+	"github.com/shoal-dev/shoal/internal/invoke"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -23,8 +24,9 @@ type Catalog struct {
 }
 
 // Agent is a ready member node of a cluster, where the cluster's
-// functions run: its name, its agent's address (host:port) and its zone.
-type Agent struct{ Node, Addr, Zone string }
+// functions run: the invoke path's own description of one, so that
+// Catalog is the invoke path's catalog as it is.
+type Agent = invoke.Agent
 
 // Function returns a cluster's function; the error wraps
 // state.ErrNotFound when there is none.
@@ -87,3 +89,6 @@ func (c *Catalog) SigningSecret(accessKey string) (secret string, p httpapi.Prin
 	}
 	return cl.Token, httpapi.Principal{Cluster: cl.Name}, true
 }
+
+// The invoke path reads functions through a Catalog.
+var _ invoke.Catalog = (*Catalog)(nil)

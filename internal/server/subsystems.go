@@ -55,7 +55,7 @@ func (s *Server) setupSubsystems() error {
 		Metrics:       s.metrics.reg,
 	})
 	inv := invoke.New(invoke.Config{
-		Catalog:          catalog{fns.Catalog()},
+		Catalog:          fns.Catalog(),
 		Queue:            eventQueue{s},
 		Agents:           invoke.NewAgentClient(agentTLS),
 		AgentScheme:      s.scheme(),
@@ -95,17 +95,6 @@ func (s *Server) runEvent(ctx context.Context, ev *fnqueue.Event) error {
 		return &fnqueue.Failure{Type: failed.Type, Message: failed.Message}
 	}
 	return err
-}
-
-// catalog is invoke's Catalog over the functions' one.
-type catalog struct{ *functions.Catalog }
-
-func (c catalog) Agents(cluster string) []invoke.Agent {
-	var out []invoke.Agent
-	for _, a := range c.Catalog.Agents(cluster) {
-		out = append(out, invoke.Agent{Node: a.Node, Addr: a.Addr, Zone: a.Zone})
-	}
-	return out
 }
 
 // closeSubsystems closes the subsystems, last built first.
