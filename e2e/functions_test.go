@@ -236,11 +236,7 @@ func TestFunctionsBadInput(t *testing.T) {
 // request signed by the cluster's name and token, and a wrong secret is
 // refused.
 func TestFunctionsAWSCLI(t *testing.T) {
-	// Debian's aws CLI (v2), which .ci/run installs, before any other.
-	aws := "/usr/bin/aws"
-	if _, err := os.Stat(aws); err != nil {
-		t.Skip("/usr/bin/aws is not installed (.ci/run installs Debian's awscli)")
-	}
+	requireAWSCLI(t)
 	in := testutil.StartInstallation(t, testutil.Options{Agents: 1})
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
 	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", writeBytes(t, "hello.zip", testutil.HelloGoBundle(t)))
@@ -249,17 +245,7 @@ func TestFunctionsAWSCLI(t *testing.T) {
 		t.Fatalf("cluster token: %v %q", err, c.Token)
 	}
 	run := func(key, secret string, args ...string) (string, string, error) {
-		dir := t.TempDir()
-		cmd := exec.Command(aws, append([]string{"lambda", "invoke", "--endpoint-url", "https://" + in.Servers[0].HTTPAddr,
-			"--cli-binary-format", "raw-in-base64-out"}, args...)...)
-		cmd.Dir = dir
-		cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "AWS_ACCESS_KEY_ID=" + key, "AWS_SECRET_ACCESS_KEY=" + secret,
-			"AWS_DEFAULT_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true", "AWS_CA_BUNDLE=" + in.TLS.Files(tlsfiles.RoleClient).CACert}
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		b, _ := os.ReadFile(filepath.Join(dir, "out.json"))
-		return string(b) + stdout.String(), stderr.String(), err
+		return awsLambdaInvoke(t, in, key, secret, args...)
 	}
 	out, errOut, err := run("c1", c.Token, "--function-name", "hello", "--payload", `{"name":"aws"}`, "--log-type", "Tail", "out.json")
 	if err != nil || !strings.Contains(out, "Hello, aws") || !strings.Contains(out, "LogResult") {
@@ -275,6 +261,59 @@ func TestFunctionsAWSCLI(t *testing.T) {
 	}
 	if _, errOut, err := run("c1", c.Token, "--function-name", "nosuch", "out.json"); err == nil || !strings.Contains(errOut, "ResourceNotFoundException") {
 		t.Errorf("an unknown function: %v, stderr %q", err, errOut)
+	}
+}
+
+// awsCLI is Debian's aws CLI (v2), which .ci/run installs, used before
+// any other on PATH.
+const awsCLI = "/usr/bin/aws"
+
+func requireAWSCLI(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(awsCLI); err != nil {
+		t.Skip("/usr/bin/aws is not installed (.ci/run installs Debian's awscli)")
+	}
+}
+
+// awsLambdaInvoke runs `aws lambda invoke ... out.json` against the
+// installation's first server with the given credentials and returns
+// out.json plus stdout, stderr and the exit error. An empty key sends
+// the request unsigned.
+func awsLambdaInvoke(t *testing.T, in *testutil.Installation, key, secret string, args ...string) (string, string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	base := []string{"lambda", "invoke", "--endpoint-url", "https://" + in.Servers[0].HTTPAddr, "--cli-binary-format", "raw-in-base64-out"}
+	if key == "" {
+		base = append(base, "--no-sign-request")
+	}
+	cmd := exec.Command(awsCLI, append(base, args...)...)
+	cmd.Dir = dir
+	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "AWS_ACCESS_KEY_ID=" + key, "AWS_SECRET_ACCESS_KEY=" + secret,
+		"AWS_DEFAULT_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true", "AWS_CA_BUNDLE=" + in.TLS.Files(tlsfiles.RoleClient).CACert}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	b, _ := os.ReadFile(filepath.Join(dir, "out.json"))
+	return string(b) + stdout.String(), stderr.String(), err
+}
+
+// TestFunctionsAWSCLIOperatorToken: on an installation with an operator
+// token, the operator signs with access key id "operator" and that token;
+// another secret, and an unsigned request, are refused.
+func TestFunctionsAWSCLIOperatorToken(t *testing.T) {
+	requireAWSCLI(t)
+	const token = "operator-secret-for-the-test"
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 1, Token: token})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	mustShoal(t, in, "fn", "deploy", "hello", "--cluster", "c1", "--zip", writeBytes(t, "hello.zip", testutil.HelloGoBundle(t)))
+	if out, errOut, err := awsLambdaInvoke(t, in, "operator", token, "--function-name", "hello", "--payload", `{"name":"op"}`, "out.json"); err != nil || !strings.Contains(out, "Hello, op") {
+		t.Errorf("as operator with the operator token: %v\n%s\n%s", err, out, errOut)
+	}
+	if _, errOut, err := awsLambdaInvoke(t, in, "operator", token+"x", "--function-name", "hello", "out.json"); err == nil || !strings.Contains(errOut, "InvalidSignatureException") {
+		t.Errorf("as operator with another secret: %v, stderr %q", err, errOut)
+	}
+	if out, errOut, err := awsLambdaInvoke(t, in, "", "", "--function-name", "hello", "out.json"); err == nil {
+		t.Errorf("an unsigned request was served: %s %s", out, errOut)
 	}
 }
 
