@@ -254,6 +254,7 @@ func (p *Pool) Close() error {
 	}
 	wg.Wait()
 	p.starts.Wait()
+	p.logs.close()
 	return nil
 }
 

@@ -105,6 +105,9 @@ type logStore struct {
 
 	mu    sync.Mutex
 	sizes map[fnKey]*logSize // loaded on first use
+	// files are the functions' record files, kept open for appending:
+	// a record is added at every invocation.
+	files map[fnKey]*os.File
 }
 
 type logSize struct {
@@ -119,7 +122,7 @@ func newLogStore(dir string, maxRecords int, maxBytes int64) *logStore {
 	if maxBytes <= 0 {
 		maxBytes = 10 << 20
 	}
-	return &logStore{dir: dir, maxRecords: maxRecords, maxBytes: maxBytes, sizes: map[fnKey]*logSize{}}
+	return &logStore{dir: dir, maxRecords: maxRecords, maxBytes: maxBytes, sizes: map[fnKey]*logSize{}, files: map[fnKey]*os.File{}}
 }
 
 func (l *logStore) path(k fnKey) string {
@@ -133,6 +136,12 @@ func (l *logStore) removeOthers(keep string) error {
 	for k := range l.sizes {
 		if k.cluster != keep {
 			delete(l.sizes, k)
+		}
+	}
+	for k, f := range l.files {
+		if k.cluster != keep {
+			f.Close()
+			delete(l.files, k)
 		}
 	}
 	return removeOtherDirs(l.dir, keep)
@@ -157,17 +166,18 @@ func (l *logStore) add(k fnKey, rec *api.FunctionLogRecord) {
 		}
 		l.sizes[k] = sz
 	}
-	p := l.path(k)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return
+	f := l.files[k]
+	if f == nil {
+		p := l.path(k)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return
+		}
+		if f, err = os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
+			return
+		}
+		l.files[k] = f
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return
-	}
-	_, err = f.Write(line)
-	f.Close()
-	if err != nil {
+	if _, err := f.Write(line); err != nil {
 		return
 	}
 	sz.records++
@@ -196,6 +206,20 @@ func (l *logStore) compact(k fnKey, sz *logSize) {
 	}
 	if os.Rename(tmp, l.path(k)) == nil {
 		sz.records, sz.bytes = n, b
+		if f := l.files[k]; f != nil {
+			f.Close() // the next record opens the new file
+			delete(l.files, k)
+		}
+	}
+}
+
+// close closes the record files.
+func (l *logStore) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, f := range l.files {
+		f.Close()
+		delete(l.files, k)
 	}
 }
 
