@@ -30,7 +30,6 @@ const (
 
 // logSegment is one invocation's part of a sandbox's log file.
 type logSegment struct {
-	path  string
 	start int64 // offset of the START line
 	f     *os.File
 }
@@ -38,8 +37,8 @@ type logSegment struct {
 // beginLog writes the START line and notes where the invocation's log
 // starts. A log that cannot be written does not fail the invocation.
 func beginLog(path, reqID string, version int) *logSegment {
-	seg := &logSegment{path: path}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	seg := &logSegment{}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644) // read back by end
 	if err != nil {
 		return seg
 	}
@@ -82,17 +81,12 @@ func (seg *logSegment) end(reqID string, dur, initDur time.Duration, memMiB int)
 	if err != nil {
 		return nil
 	}
-	r, err := os.Open(seg.path)
-	if err != nil {
-		return nil
-	}
-	defer r.Close()
 	from := seg.start
 	if fi.Size()-from > maxRecordLog {
 		from = fi.Size() - maxRecordLog
 	}
 	b := make([]byte, fi.Size()-from)
-	n, _ := r.ReadAt(b, from)
+	n, _ := seg.f.ReadAt(b, from)
 	return b[:n]
 }
 
