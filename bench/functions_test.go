@@ -191,9 +191,10 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 
 // BenchmarkFunctionColdStart measures an invocation that finds no warm
 // sandbox (each of a new version, so the agent starts one: bundle from
-// its cache, sandbox, bootstrap, first /next) and one that meets a
-// provisioned sandbox, against fork/exec of the same bootstrap answering
-// one invocation from a minimal Runtime API server in this process.
+// its cache, sandbox, bootstrap, first /next), against fork/exec of the
+// same bootstrap answering one invocation from a minimal Runtime API
+// server in this process; and the first invocation of a provisioned
+// sandbox, against the next (warm) one of the same sandbox.
 func BenchmarkFunctionColdStart(b *testing.B) {
 	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true, AgentMemory: 16384})
 	if _, _, code := in.Shoal("cluster", "create", "c1", "--nodes", "1"); code != 0 {
@@ -206,11 +207,11 @@ func BenchmarkFunctionColdStart(b *testing.B) {
 	}
 	payload := []byte(`{"name":"cold"}`)
 	const perRound = 10
-	var cold, prov, fork []float64
+	var cold, prov, warm, fork []float64
 	bootstrap := unpackBootstrap(b, bundle)
 	for i := 0; i < b.N; i++ {
 		for round := 0; round < fnRounds; round++ {
-			var cs, ps, fs []time.Duration
+			var cs, ps, ws, fs []time.Duration
 			for k := 0; k < perRound; k++ {
 				// A new version has no sandbox yet.
 				env := map[string]string{"ROUND": fmt.Sprint(round*perRound + k)}
@@ -239,21 +240,33 @@ func BenchmarkFunctionColdStart(b *testing.B) {
 					b.Fatalf("provisioned invoke: %v %+v", err, r)
 				}
 				ps = append(ps, time.Since(t0))
+				// The baseline of a provisioned start: a warm call of the
+				// same sandbox, once it waits for the next invocation.
+				waitProvisioned(b, in, name)
+				t0 = time.Now()
+				if r, err := in.Client.InvokeFunction(ctx, "c1", name, &api.InvokeOptions{Payload: payload}); err != nil || r.FunctionError != "" {
+					b.Fatalf("warm invoke: %v %+v", err, r)
+				}
+				ws = append(ws, time.Since(t0))
 				in.Client.DeleteFunction(ctx, "c1", name)
 			}
 			slices.Sort(cs)
 			slices.Sort(ps)
+			slices.Sort(ws)
 			slices.Sort(fs)
 			cold = append(cold, ms(cs[len(cs)/2]))
 			prov = append(prov, ms(ps[len(ps)/2]))
+			warm = append(warm, ms(ws[len(ws)/2]))
 			fork = append(fork, ms(fs[len(fs)/2]))
 		}
 	}
 	c, clo, chi := medianRange(cold)
 	p, plo, phi := medianRange(prov)
 	f, flo, fhi := medianRange(fork)
+	wm, wlo, whi := medianRange(warm)
 	b.Logf("cold start p50 %.2f ms (%.2f–%.2f); provisioned %.2f ms (%.2f–%.2f); fork/exec of the bootstrap %.2f ms (%.2f–%.2f); cold / (2 x fork/exec + 10 ms) = %.2f",
 		c, clo, chi, p, plo, phi, f, flo, fhi, c/(2*f+10))
+	b.Logf("provisioned start %.2f ms against a warm call of the same sandbox %.2f ms (%.2f–%.2f): ratio %.2f", p, wm, wlo, whi, p/wm)
 	b.ReportMetric(c, "cold-ms")
 	b.ReportMetric(f, "forkexec-ms")
 }
