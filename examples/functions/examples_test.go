@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,11 +37,12 @@ type runtimeAPI struct {
 	*httptest.Server
 	events  chan [2]string // request id, payload
 	results chan runtimeResult
+	closed  chan struct{} // closed at cleanup: a waiting /next returns
 }
 
 func newRuntimeAPI(t *testing.T) *runtimeAPI {
 	t.Helper()
-	rt := &runtimeAPI{events: make(chan [2]string), results: make(chan runtimeResult, 16)}
+	rt := &runtimeAPI{events: make(chan [2]string), results: make(chan runtimeResult, 16), closed: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /2018-06-01/runtime/invocation/next", func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -53,12 +55,17 @@ func newRuntimeAPI(t *testing.T) *runtimeAPI {
 			h.Set("Content-Type", "application/json")
 			io.WriteString(w, ev[1])
 		case <-r.Context().Done():
+		case <-rt.closed:
+			w.WriteHeader(http.StatusGone)
 		}
 	})
 	post := func(kind string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			b, _ := io.ReadAll(r.Body)
-			rt.results <- runtimeResult{ID: r.PathValue("id"), Kind: kind, Body: string(b)}
+			select {
+			case rt.results <- runtimeResult{ID: r.PathValue("id"), Kind: kind, Body: string(b)}:
+			case <-rt.closed:
+			}
 			w.WriteHeader(http.StatusAccepted)
 			io.WriteString(w, `{"status":"OK"}`)
 		}
@@ -67,7 +74,10 @@ func newRuntimeAPI(t *testing.T) *runtimeAPI {
 	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/error", post("error"))
 	mux.HandleFunc("POST /2018-06-01/runtime/init/error", post("init"))
 	rt.Server = httptest.NewServer(mux)
-	t.Cleanup(rt.Close)
+	t.Cleanup(func() {
+		close(rt.closed)
+		rt.Close()
+	})
 	return rt
 }
 
@@ -89,10 +99,15 @@ func (rt *runtimeAPI) invoke(t *testing.T, id, payload string) runtimeResult {
 }
 
 // startFunction runs the bootstrap at path against rt until the test
-// ends; its output is logged if the test fails.
+// ends; its output is logged if the test fails. The bootstrap runs in a
+// process group of its own, killed whole at the end: a shell bootstrap's
+// curl, waiting on /next, would otherwise outlive it and hold its output
+// pipe (and the test) open.
 func startFunction(t *testing.T, rt *runtimeAPI, path string) {
 	t.Helper()
 	cmd := exec.Command(path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Env = append(os.Environ(), "AWS_LAMBDA_RUNTIME_API="+strings.TrimPrefix(rt.URL, "http://"),
 		"AWS_LAMBDA_FUNCTION_NAME=hello", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128", "AWS_LAMBDA_FUNCTION_VERSION=1")
 	var out lockedBuffer
@@ -101,7 +116,7 @@ func startFunction(t *testing.T, rt *runtimeAPI, path string) {
 		t.Fatalf("starting %s: %v", path, err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 		if t.Failed() {
 			t.Logf("output of %s:\n%s", path, out.String())
