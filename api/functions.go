@@ -330,13 +330,14 @@ type RedriveResult struct {
 // over the agents' HTTP port (mutual TLS; only servers may call them).
 
 // SandboxInvocation is the body of POST /v1/agent/functions/invoke: one
-// invocation for the agent to run in a warm sandbox of the version.
+// invocation for the agent to run in a warm sandbox of the version. It
+// travels as a framed body (see WriteFramed), the payload raw after it.
 type SandboxInvocation struct {
 	RequestID string           `json:"request_id"`
 	Function  string           `json:"function"`
 	Cluster   string           `json:"cluster"`
 	Version   *FunctionVersion `json:"version"`
-	Payload   []byte           `json:"payload"`
+	Payload   []byte           `json:"-"` // the frame's payload
 	// Start lets the agent start a sandbox when none of the version is
 	// idle (a cold start). Without it the agent declines at once (409
 	// with Declined set) and the server probes another agent.
@@ -345,7 +346,8 @@ type SandboxInvocation struct {
 	Tail bool `json:"tail,omitempty"`
 }
 
-// SandboxResult is the agent's answer to a SandboxInvocation.
+// SandboxResult is the agent's answer to a SandboxInvocation, a framed
+// body like it.
 type SandboxResult struct {
 	// Declined: the agent had no idle sandbox of the version and was not
 	// asked to start one.
@@ -358,8 +360,9 @@ type SandboxResult struct {
 	// Cold: a sandbox was started for this invocation.
 	Cold bool `json:"cold,omitempty"`
 	// Payload is the function's response, or, when FunctionError is set,
-	// Lambda's {"errorMessage","errorType"} error document.
-	Payload       []byte   `json:"payload,omitempty"`
+	// Lambda's {"errorMessage","errorType"} error document; the frame's
+	// payload.
+	Payload       []byte   `json:"-"`
 	FunctionError string   `json:"function_error,omitempty"` // "" or "Unhandled"
 	ErrorType     string   `json:"error_type,omitempty"`
 	LogTail       []byte   `json:"log_tail,omitempty"`
@@ -401,14 +404,20 @@ type FunctionCounters struct {
 	ColdStarts  uint64 `json:"cold_starts"`
 	Busy        int    `json:"busy"`
 	// Peaks holds the largest number of the function's sandboxes busy at
-	// once on the agent in each of the last ForecastMinutes minutes, the
-	// current minute first.
-	Peaks []int `json:"peaks"`
+	// once on the agent in each of the last ForecastSlots slots of
+	// ForecastSlot, the current slot first. PeakSlot numbers the current
+	// slot (Unix time / ForecastSlot), so that the servers add up the
+	// agents' peaks of the same moments.
+	Peaks    []int `json:"peaks"`
+	PeakSlot int64 `json:"peak_slot"`
 }
 
-// ForecastMinutes is how many minutes of history "auto" provisioning
-// looks at.
-const ForecastMinutes = 10
+// "auto" provisioning looks at the last ForecastSlots slots of
+// ForecastSlot each (10 minutes).
+const (
+	ForecastSlot  = 5 * time.Second
+	ForecastSlots = 120
+)
 
 // CheckBundleSize checks what the entries of a bundle declare they unpack
 // to (archive/zip refuses an entry longer than it declares).

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,7 +83,9 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // API of `shoal dev`-like processes (one server, one agent, plain HTTP as
 // the baseline uses) against a plain HTTP request to a Go HTTP server
 // doing the same work on the same machine: latency with 1 and 32 clients
-// (p50, p99) and throughput with 32 clients.
+// (p50, p99) and throughput with 32 clients, with a small payload; and
+// latency with 1 client and a 64 KiB payload (a 64 KiB name, so a 64 KiB
+// greeting back).
 func BenchmarkFunctionInvoke(b *testing.B) {
 	in := testutil.StartInstallation(b, testutil.Options{Agents: 1, Insecure: true, AgentMemory: 16384})
 	if _, _, code := in.Shoal("cluster", "create", "c1", "--nodes", "1"); code != 0 {
@@ -93,20 +96,23 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 		Config: api.FunctionConfig{Concurrency: 64}}); err != nil {
 		b.Fatal(err)
 	}
-	payload := []byte(`{"name":"bench"}`)
+	small := []byte(`{"name":"bench"}`)
+	large := []byte(`{"name":"` + strings.Repeat("x", 64<<10) + `"}`)
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	invokeURL := "http://" + in.Servers[0].HTTPAddr + "/2015-03-31/functions/hello/invocations"
-	shoalCall := func() error {
-		resp, err := hc.Post(invokeURL, "application/json", bytes.NewReader(payload))
-		if err != nil {
-			return err
+	shoalCall := func(payload []byte) func() error {
+		return func() error {
+			resp, err := hc.Post(invokeURL, "application/json", bytes.NewReader(payload))
+			if err != nil {
+				return err
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("X-Amz-Function-Error") != "" {
+				return fmt.Errorf("invoke: %s %s", resp.Status, body)
+			}
+			return nil
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.Header.Get("X-Amz-Function-Error") != "" {
-			return fmt.Errorf("invoke: %s %s", resp.Status, body)
-		}
-		return nil
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -124,36 +130,39 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 	go base.Serve(ln)
 	defer base.Close()
 	baseURL := "http://" + ln.Addr().String() + "/"
-	baseCall := func() error {
-		resp, err := hc.Post(baseURL, "application/json", bytes.NewReader(payload))
-		if err != nil {
-			return err
+	baseCall := func(payload []byte) func() error {
+		return func() error {
+			resp, err := hc.Post(baseURL, "application/json", bytes.NewReader(payload))
+			if err != nil {
+				return err
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return nil
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return nil
 	}
 	// Warm up: sandboxes for 32 concurrent clients, connections.
-	latencies(b, 32, 320, shoalCall)
-	latencies(b, 32, 320, baseCall)
+	latencies(b, 32, 320, shoalCall(small))
+	latencies(b, 32, 320, baseCall(small))
 
 	type figures struct{ p50, p99, base50, base99 []float64 }
-	var one, many figures
+	var one, many, big figures
 	var ratio, srates, brates []float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for round := 0; round < fnRounds; round++ {
 			for _, c := range []struct {
 				clients, total int
+				payload        []byte
 				f              *figures
-			}{{1, 1000, &one}, {32, 4000, &many}} {
-				s, srate := latencies(b, c.clients, c.total, shoalCall)
-				bl, brate := latencies(b, c.clients, c.total, baseCall)
+			}{{1, 1000, small, &one}, {32, 4000, small, &many}, {1, 300, large, &big}} {
+				s, srate := latencies(b, c.clients, c.total, shoalCall(c.payload))
+				bl, brate := latencies(b, c.clients, c.total, baseCall(c.payload))
 				c.f.p50 = append(c.f.p50, ms(pct(s, 0.5)))
 				c.f.p99 = append(c.f.p99, ms(pct(s, 0.99)))
 				c.f.base50 = append(c.f.base50, ms(pct(bl, 0.5)))
 				c.f.base99 = append(c.f.base99, ms(pct(bl, 0.99)))
-				if c.clients == 32 {
+				if c.f == &many {
 					ratio = append(ratio, srate/brate)
 					srates, brates = append(srates, srate), append(brates, brate)
 				}
@@ -164,7 +173,7 @@ func BenchmarkFunctionInvoke(b *testing.B) {
 	for _, f := range []struct {
 		name string
 		f    figures
-	}{{"1 client", one}, {"32 clients", many}} {
+	}{{"1 client", one}, {"32 clients", many}, {"1 client, 64 KiB payload", big}} {
 		var over50, over99 []float64
 		for r := range f.f.p50 {
 			over50 = append(over50, f.f.p50[r]-f.f.base50[r])

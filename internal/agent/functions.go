@@ -24,6 +24,7 @@ import (
 //
 //	POST /v1/agent/functions/invoke       SandboxInvocation -> 200 SandboxResult,
 //	                                      409 SandboxResult{Declined} when no sandbox is idle
+//	                                      (framed bodies, payloads raw: see api.WriteFramed)
 //	PUT  /v1/agent/functions/provisioned  ProvisionedSet -> 204
 //	GET  /v1/agent/functions              -> 200 SandboxReport
 //	GET  /v1/agent/functions/logs?cluster=C&function=F&since=RFC3339Nano&request_id=ID
@@ -33,10 +34,6 @@ import (
 // otherwise). A function must be of the node's current cluster (409
 // otherwise). Sandboxes get a network namespace on the cluster network
 // when tasks do, and their bundles come from the DFS.
-
-// maxInvocationBody bounds an invocation's JSON: the payload in base64
-// and the version's description.
-const maxInvocationBody = api.MaxInvokePayload*4/3 + 1<<20
 
 // functionsDir holds the agent's function bundles, sandboxes and logs.
 func functionsDir(dataDir string) string { return filepath.Join(dataDir, "functions") }
@@ -204,10 +201,12 @@ func (a *Agent) checkFnCluster(w http.ResponseWriter, cluster string) bool {
 
 func (a *Agent) handleFnInvoke(w http.ResponseWriter, r *http.Request) {
 	var inv api.SandboxInvocation
-	if err := json.NewDecoder(io.LimitReader(r.Body, maxInvocationBody)).Decode(&inv); err != nil {
-		logError(w, http.StatusBadRequest, api.CodeInvalid, "decoding the invocation: "+err.Error())
+	payload, err := api.ReadFramed(r.Header, r.Body, api.MaxInvokePayload, &inv)
+	if err != nil {
+		logError(w, http.StatusBadRequest, api.CodeInvalid, "reading the invocation: "+err.Error())
 		return
 	}
+	inv.Payload = payload
 	if err := api.ValidateFunctionName("function", inv.Function); err != nil {
 		logError(w, http.StatusBadRequest, api.CodeInvalid, err.Error())
 		return
@@ -232,11 +231,11 @@ func (a *Agent) handleFnInvoke(w http.ResponseWriter, r *http.Request) {
 		logError(w, status, code, err.Error())
 		return
 	}
+	status := http.StatusOK
 	if res.Declined {
-		writeJSON(w, http.StatusConflict, res)
-		return
+		status = http.StatusConflict
 	}
-	writeJSON(w, http.StatusOK, res)
+	api.WriteFramed(w, status, res, res.Payload)
 }
 
 func (a *Agent) handleFnProvisioned(w http.ResponseWriter, r *http.Request) {

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	neturl "net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +99,24 @@ func call(h http.Handler, method, path string, body any, cs *tls.ConnectionState
 	return rec.Code, rec.Body.Bytes()
 }
 
+// callInvoke posts inv to the agent's invoke route as a framed body and
+// reads a framed answer back into res (left zero for an error answer).
+func callInvoke(h http.Handler, inv *api.SandboxInvocation) (code int, res api.SandboxResult, body []byte) {
+	meta, _ := json.Marshal(inv)
+	r := httptest.NewRequest("POST", "/v1/agent/functions/invoke", io.MultiReader(bytes.NewReader(meta), bytes.NewReader(inv.Payload)))
+	r.Header.Set(api.HeaderMetaLength, strconv.Itoa(len(meta)))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	if api.IsFramed(rec.Header()) {
+		p, err := api.ReadFramed(rec.Header(), bytes.NewReader(rec.Body.Bytes()), api.MaxInvokePayload, &res)
+		if err != nil {
+			panic(err)
+		}
+		res.Payload = p
+	}
+	return rec.Code, res, rec.Body.Bytes()
+}
+
 func TestFunctionRoutes(t *testing.T) {
 	z, v := echoBundle(t)
 	a, h := newFunctionAgent(t, z)
@@ -106,15 +125,11 @@ func TestFunctionRoutes(t *testing.T) {
 			Payload: []byte("hello"), Start: start}
 	}
 
-	code, body := call(h, "POST", "/v1/agent/functions/invoke", inv(false, "c1"), nil)
-	var res api.SandboxResult
-	json.Unmarshal(body, &res)
+	code, res, body := callInvoke(h, inv(false, "c1"))
 	if code != http.StatusConflict || !res.Declined || res.Node != "n1" {
 		t.Errorf("invoke without an idle sandbox: %d %s, want 409 declined", code, body)
 	}
-	code, body = call(h, "POST", "/v1/agent/functions/invoke", inv(true, "c1"), nil)
-	res = api.SandboxResult{}
-	json.Unmarshal(body, &res)
+	code, res, body = callInvoke(h, inv(true, "c1"))
 	if code != http.StatusOK || string(res.Payload) != "hello" || !res.Cold {
 		t.Fatalf("cold invocation: %d %s, want 200 and the payload echoed", code, body)
 	}
@@ -122,17 +137,21 @@ func TestFunctionRoutes(t *testing.T) {
 		r := a.fns.Report()
 		return len(r.Sandboxes) == 1 && r.Sandboxes[0].State == api.SandboxIdle
 	})
-	code, body = call(h, "POST", "/v1/agent/functions/invoke", inv(false, "c1"), nil)
-	if code != http.StatusOK {
-		t.Errorf("warm invocation: %d %s, want 200", code, body)
+	code, res, body = callInvoke(h, inv(false, "c1"))
+	if code != http.StatusOK || string(res.Payload) != "hello" || res.Cold {
+		t.Errorf("warm invocation: %d %s, want 200 and the payload echoed", code, body)
 	}
-	code, body = call(h, "POST", "/v1/agent/functions/invoke", inv(true, "c2"), nil)
+	code, _, body = callInvoke(h, inv(true, "c2"))
 	if code != http.StatusConflict || !strings.Contains(string(body), "not a member of cluster") {
 		t.Errorf("invocation of another cluster's function: %d %s, want 409 naming the cluster", code, body)
 	}
-	code, body = call(h, "POST", "/v1/agent/functions/invoke", &api.SandboxInvocation{Function: "bad/name", Cluster: "c1", Version: v}, nil)
+	code, _, body = callInvoke(h, &api.SandboxInvocation{Function: "bad/name", Cluster: "c1", Version: v})
 	if code != http.StatusBadRequest {
 		t.Errorf("invalid function name: %d %s, want 400", code, body)
+	}
+	code, body = call(h, "POST", "/v1/agent/functions/invoke", inv(true, "c1"), nil) // plain JSON, no frame
+	if code != http.StatusBadRequest || !strings.Contains(string(body), api.HeaderMetaLength) {
+		t.Errorf("an unframed invocation: %d %s, want 400 naming the missing header", code, body)
 	}
 
 	code, body = call(h, "GET", "/v1/agent/functions", nil, nil)

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,10 +29,13 @@ func BenchmarkWarmInvoke(b *testing.B) {
 		client := NewAgentClient(nil)
 		defer client.CloseIdleConnections()
 
-		direct, _ := json.Marshal(&api.SandboxInvocation{RequestID: "r", Function: "hello", Cluster: "c1",
-			Version: cat.fns[0].Versions[0], Payload: payload})
+		meta, _ := json.Marshal(&api.SandboxInvocation{RequestID: "r", Function: "hello", Cluster: "c1",
+			Version: cat.fns[0].Versions[0]})
+		direct := append(meta, payload...)
 		post := func(b *testing.B, url string, body []byte) {
-			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+			req.Header.Set(api.HeaderMetaLength, strconv.Itoa(len(meta))) // read by the agent only
+			resp, err := client.Do(req)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -70,12 +70,12 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var inv api.SandboxInvocation
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&inv); err != nil {
+	payload, err := api.ReadFramed(r.Header, r.Body, api.MaxInvokePayload, &inv)
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	inv.Payload = payload
 	a.mu.Lock()
 	a.calls++
 	if a.refuseAll {
@@ -100,7 +100,7 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 			a.srv.Listener.Close()
 		}
-		httpapi.WriteJSON(w, http.StatusConflict, res)
+		api.WriteFramed(w, http.StatusConflict, res, nil)
 		return
 	case a.noRoom:
 		a.mu.Unlock()
@@ -135,7 +135,7 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	a.running--
 	a.warm[v]++ // the sandbox is idle again
 	a.mu.Unlock()
-	httpapi.WriteJSON(w, http.StatusOK, res)
+	api.WriteFramed(w, http.StatusOK, res, res.Payload)
 }
 
 // fakeCatalog is a Catalog over fixed data.

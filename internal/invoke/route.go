@@ -1,9 +1,7 @@
 package invoke
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,11 +66,11 @@ func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.Function
 	defer cancel()
 
 	start := v.now()
-	body, err := st.encodeInvocation(fn, fv, id, payload, tail)
+	meta, err := st.encodeInvocation(fn, fv, id, tail)
 	if err != nil {
 		return nil, err
 	}
-	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, body)
+	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, meta, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -93,10 +92,10 @@ type candidate struct {
 }
 
 // route probes agents for a warm sandbox and falls back to a cold start
-// (see the package comment). body is the encoded SandboxInvocation
-// without Start; cold reports whether the result came from a sandbox
-// started for it.
-func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version int, body []byte) (res *api.SandboxResult, cold bool, err error) {
+// (see the package comment). meta is the invocation's encoded JSON
+// document, without Start; cold reports whether the result came from a
+// sandbox started for it.
+func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version int, meta, payload []byte) (res *api.SandboxResult, cold bool, err error) {
 	agents := v.cfg.Catalog.Agents(cluster)
 	if len(agents) == 0 {
 		return nil, false, fmt.Errorf("%w: cluster %s has no ready node", ErrNoAgent, cluster)
@@ -116,7 +115,7 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 		}
 		a := order[i]
 		tried++
-		r, err := v.call(ctx, a, body, false)
+		r, err := v.call(ctx, a, meta, payload, false)
 		if errors.Is(err, errUnreachable) {
 			v.metrics.unreachable.Inc()
 			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
@@ -148,7 +147,7 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 	next = append(next, order[tried:]...)
 	var last error
 	for _, a := range next {
-		r, err := v.call(ctx, a, body, true)
+		r, err := v.call(ctx, a, meta, payload, true)
 		switch {
 		case errors.Is(err, errUnreachable):
 			v.metrics.unreachable.Inc()
@@ -201,36 +200,33 @@ func (v *Invoker) shuffle(order []Agent, from, to int) {
 // function and another agent may.
 var errAgentRefused = errors.New("invoke: agent cannot run the function now")
 
-// startSuffix turns an encoded SandboxInvocation (which has no "start"
+// startSuffix turns an invocation's JSON document (which has no "start"
 // field: Start is false and omitempty) into one with Start set.
 var startSuffix = []byte(`,"start":true}`)
 
-// call sends one invocation to an agent. It returns the agent's result
-// for 200 and 409 (declined); errUnreachable when the agent could not be
-// dialled; errAgentRefused for 503 and 429; ErrAgent for anything else.
-func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*api.SandboxResult, error) {
+// call sends one invocation to an agent: a framed body of meta (the
+// invocation's JSON document) and the payload. It returns the agent's
+// result for 200 and 409 (declined); errUnreachable when the agent could
+// not be dialled; errAgentRefused for 503 and 429; ErrAgent for anything
+// else.
+func (v *Invoker) call(ctx context.Context, a Agent, meta, payload []byte, start bool) (*api.SandboxResult, error) {
 	url := v.scheme + "://" + a.Addr + agentInvokePath
-	var req *http.Request
-	var err error
 	if start {
-		// The payload is encoded once: a cold start sends the same bytes
-		// with the start field spliced in before the closing brace.
-		head := body[:len(body)-1]
-		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix)))
-		if err != nil {
-			return nil, err
-		}
-		req.ContentLength = int64(len(head) + len(startSuffix))
-		req.GetBody = func() (io.ReadCloser, error) {
-			return io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(startSuffix))), nil
-		}
-	} else {
-		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-		if err != nil {
-			return nil, err
-		}
+		// The document is encoded once: a cold start sends it with the
+		// start field spliced in before the closing brace.
+		meta = append(meta[:len(meta)-1:len(meta)-1], startSuffix...)
 	}
-	req.Header["Content-Type"] = jsonContentType
+	// net.Buffers, not io.MultiReader: the latter's WriteTo allocates
+	// 32 KiB at each request when the transport drains the body.
+	body := func() io.Reader { return &net.Buffers{meta, payload} }
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, body())
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = int64(len(meta) + len(payload))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(body()), nil }
+	req.Header["Content-Type"] = framedContentType
+	req.Header[api.HeaderMetaLength] = []string{strconv.Itoa(len(meta))}
 	resp, err := v.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -243,20 +239,16 @@ func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*
 		return nil, fmt.Errorf("%w: %s: %v", ErrAgent, a.Node, err)
 	}
 	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK, http.StatusConflict:
-		var ar agentResult
-		if err := json.NewDecoder(resp.Body).Decode(&ar); err != nil {
+	if (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusConflict) && api.IsFramed(resp.Header) {
+		var r api.SandboxResult
+		p, err := api.ReadFramed(resp.Header, resp.Body, api.MaxInvokePayload, &r)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s: bad answer: %v", ErrAgent, a.Node, err)
 		}
-		r := ar.SandboxResult
-		r.Payload, r.LogTail = ar.Payload, ar.LogTail
+		r.Payload = p
 		if resp.StatusCode == http.StatusConflict && !r.Declined {
-			// Not run: the node is not (yet) in the function's cluster,
-			// as just after it joined; another agent may run it.
-			return nil, fmt.Errorf("%w: %s: not in the function's cluster", errAgentRefused, a.Node)
+			return nil, fmt.Errorf("%w: %s: a 409 that declines nothing", ErrAgent, a.Node)
 		}
-		io.Copy(io.Discard, resp.Body) // let the connection be reused
 		return &r, nil
 	}
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -264,19 +256,27 @@ func (v *Invoker) call(ctx context.Context, a Agent, body []byte, start bool) (*
 	if json.Unmarshal(msg, &e) == nil && e.Error.Message != "" {
 		msg = []byte(e.Error.Message)
 	}
-	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+	switch resp.StatusCode {
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusConflict:
+		// Not run: busy, draining, or (409 without a result) not yet
+		// in the function's cluster, as just after it joined; another
+		// agent may run it.
 		return nil, fmt.Errorf("%w: %s: %s", errAgentRefused, a.Node, strings.TrimSpace(string(msg)))
 	}
 	return nil, fmt.Errorf("%w: %s answered %s: %s", ErrAgent, a.Node, resp.Status, strings.TrimSpace(string(msg)))
 }
 
-var jsonContentType = []string{"application/json"}
+var (
+	framedContentType = []string{api.ContentTypeFramed}
+	jsonContentType   = []string{"application/json"}
+)
 
-// encodeInvocation encodes the SandboxInvocation of one invocation, as
+// encodeInvocation encodes the JSON document of one invocation (the
+// SandboxInvocation without its payload, which follows it raw), as
 // json.Marshal would but with the version's encoding cached (a version
-// is immutable) and the payload's base64 appended in place: the payload
-// is encoded once per invocation, whatever the number of probes.
-func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) ([]byte, error) {
+// is immutable): it is encoded once per invocation, whatever the number
+// of probes.
+func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id string, tail bool) ([]byte, error) {
 	ver, err := s.versionJSON(fv)
 	if err != nil {
 		return nil, err
@@ -284,7 +284,7 @@ func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id
 	rid, _ := json.Marshal(id)
 	name, _ := json.Marshal(fn.Name)
 	cluster, _ := json.Marshal(fn.Cluster)
-	n := 80 + len(rid) + len(name) + len(cluster) + len(ver) + base64.StdEncoding.EncodedLen(len(payload))
+	n := 80 + len(rid) + len(name) + len(cluster) + len(ver)
 	b := make([]byte, 0, n)
 	b = append(b, `{"request_id":`...)
 	b = append(b, rid...)
@@ -294,9 +294,6 @@ func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id
 	b = append(b, cluster...)
 	b = append(b, `,"version":`...)
 	b = append(b, ver...)
-	b = append(b, `,"payload":"`...)
-	b = base64.StdEncoding.AppendEncode(b, payload)
-	b = append(b, '"')
 	if tail {
 		b = append(b, `,"tail":true`...)
 	}
@@ -330,35 +327,4 @@ type versionCache struct {
 	sha, bundle string
 	created     time.Time
 	json        []byte
-}
-
-// agentResult decodes an api.SandboxResult with its base64 fields decoded
-// directly: encoding/json would first unquote the string rune by rune,
-// a third of the cost of decoding a large payload.
-type agentResult struct {
-	api.SandboxResult
-	Payload base64Bytes `json:"payload,omitempty"`
-	LogTail base64Bytes `json:"log_tail,omitempty"`
-}
-
-// base64Bytes is a []byte as encoding/json encodes it.
-type base64Bytes []byte
-
-func (b *base64Bytes) UnmarshalJSON(data []byte) error {
-	if len(data) >= 2 && data[0] == '"' && data[len(data)-1] == '"' && bytes.IndexByte(data, '\\') < 0 {
-		s := data[1 : len(data)-1]
-		out := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
-		n, err := base64.StdEncoding.Decode(out, s)
-		if err != nil {
-			return err
-		}
-		*b = out[:n]
-		return nil
-	}
-	var raw []byte // null, or a string with escapes
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return err
-	}
-	*b = raw
-	return nil
 }

@@ -1,7 +1,6 @@
 package invoke
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -259,20 +258,19 @@ func TestEncodeInvocation(t *testing.T) {
 	fn.Versions[0].Created = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	st := &fnState{hints: map[int]string{}}
 	for _, tc := range []struct {
-		fv      *api.FunctionVersion
-		id      string
-		payload []byte
-		tail    bool
+		fv   *api.FunctionVersion
+		id   string
+		tail bool
 	}{
-		{fn.Versions[0], "id-1", []byte(`{"a":"\u00e9"}`), false},
-		{fn.Versions[1], "id \"2\"", []byte(`[]`), true},
-		{fn.Versions[0], "", nil, false},
+		{fn.Versions[0], "id-1", false},
+		{fn.Versions[1], "id \"2\"", true},
+		{fn.Versions[0], "", false},
 	} {
-		got, err := st.encodeInvocation(fn, tc.fv, tc.id, tc.payload, tc.tail)
+		got, err := st.encodeInvocation(fn, tc.fv, tc.id, tc.tail)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := &api.SandboxInvocation{RequestID: tc.id, Function: "hello", Cluster: "c1", Version: tc.fv, Payload: tc.payload, Tail: tc.tail}
+		want := &api.SandboxInvocation{RequestID: tc.id, Function: "hello", Cluster: "c1", Version: tc.fv, Tail: tc.tail}
 		var dec api.SandboxInvocation
 		if err := json.Unmarshal(got, &dec); err != nil {
 			t.Fatalf("%s: %v", got, err)
@@ -327,37 +325,5 @@ func TestRefusingAgentSkipped(t *testing.T) {
 		if res := invokeHello(t, e); res.Node != "n2" {
 			t.Fatalf("got node %q, want n2 (n1 refuses everything)", res.Node)
 		}
-	}
-}
-
-func TestAgentResultDecoding(t *testing.T) {
-	for _, want := range []*api.SandboxResult{
-		{Node: "n1", Payload: []byte(`{"a":"é"}`), LogTail: []byte("log\xff\xff\n"), FunctionError: "Unhandled", Duration: api.Duration(time.Second)},
-		{Node: "n2", Declined: true, Load: 3},
-		{Node: "n3", Payload: []byte{}, LogTail: nil},
-	} {
-		data, err := json.Marshal(want)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range [][]byte{data, bytes.ReplaceAll(data, []byte("/"), []byte(`\/`))} {
-			var ar agentResult
-			if err := json.Unmarshal(doc, &ar); err != nil {
-				t.Fatalf("%s: %v", doc, err)
-			}
-			got := ar.SandboxResult
-			got.Payload, got.LogTail = ar.Payload, ar.LogTail
-			if diff := cmp.Diff(want, &got, cmpopts.EquateEmpty()); diff != "" {
-				t.Errorf("%s: (-want +got):\n%s", doc, diff)
-			}
-		}
-	}
-	var ar agentResult
-	if err := json.Unmarshal([]byte(`{"node":"n","payload":null}`), &ar); err != nil || ar.Payload != nil {
-		t.Errorf("null payload: got %q, %v; want nil", ar.Payload, err)
-	}
-	var b base64Bytes
-	if err := json.Unmarshal([]byte(`"!!!"`), &b); err == nil {
-		t.Errorf("bad base64 decoded without an error")
 	}
 }
