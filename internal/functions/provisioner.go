@@ -40,22 +40,26 @@ func Target(cfg api.FunctionConfig, counters []*api.FunctionCounters) int {
 
 // Forecast is the "auto" provisioned target from the agents' counters
 // of one function. The function's recent peak is the largest number of
-// its sandboxes busy at once in any of the last api.ForecastMinutes
-// minutes, summed over the agents minute by minute (Peaks[i] of every
-// agent is the same minute i); the target is that peak plus a quarter
-// of it for growth, rounded up, and at least one spare sandbox:
+// its sandboxes busy at once in any slot of api.ForecastSlot (5 s) of the
+// last ten minutes, summed over the agents slot by slot (each agent
+// numbers its slots, so a poll that straddles a slot's end still adds up
+// the same moments); the target is that peak plus a quarter of it for
+// growth, rounded up, and at least one spare sandbox:
 //
-//	peak = max over i < ForecastMinutes of (sum over agents of Peaks[i])
+//	peak = max over slots s of (sum over agents of their peak in s)
 //	target = 0 when peak is 0, else peak + max(1, ceil(peak/4))
 //
 // so 1 -> 2, 4 -> 5, 8 -> 10, 100 -> 125. A function idle for the whole
 // window gets no provisioned sandbox: its next invocation starts cold.
+// Summing per-agent peaks of a slot over-counts when the agents' peaks
+// fall at different moments of the same 5 s, a far smaller error than
+// with slots of a minute.
 func Forecast(counters []*api.FunctionCounters) int {
-	var sums [api.ForecastMinutes]int
+	sums := map[int64]int{}
 	for _, c := range counters {
 		for i, p := range c.Peaks {
-			if i < len(sums) && p > 0 {
-				sums[i] += p
+			if i < api.ForecastSlots && p > 0 {
+				sums[c.PeakSlot-int64(i)] += p
 			}
 		}
 	}

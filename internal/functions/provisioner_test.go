@@ -65,7 +65,12 @@ func TestSpread(t *testing.T) {
 }
 
 func TestForecastAndTarget(t *testing.T) {
-	peaks := func(p ...int) *api.FunctionCounters { return &api.FunctionCounters{Peaks: p} }
+	peaks := func(p ...int) *api.FunctionCounters { return &api.FunctionCounters{Peaks: p, PeakSlot: 1000} }
+	at := func(slot int64, p ...int) *api.FunctionCounters {
+		return &api.FunctionCounters{Peaks: p, PeakSlot: slot}
+	}
+	old := make([]int, api.ForecastSlots+1)
+	old[api.ForecastSlots-1], old[api.ForecastSlots] = 8, 50
 	for _, tt := range []struct {
 		name     string
 		counters []*api.FunctionCounters
@@ -74,9 +79,10 @@ func TestForecastAndTarget(t *testing.T) {
 		{"no agents", nil, 0},
 		{"idle", []*api.FunctionCounters{peaks(0, 0, 0)}, 0},
 		{"one busy", []*api.FunctionCounters{peaks(1)}, 2},
-		{"peak summed minute by minute", []*api.FunctionCounters{peaks(3, 0, 1), peaks(1, 4, 0)}, 5},  // peak 4
-		{"peak in an older minute", []*api.FunctionCounters{peaks(0, 0, 0, 0, 0, 0, 0, 0, 0, 8)}, 10}, // 8 + 2
-		{"beyond the window", []*api.FunctionCounters{peaks(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 50)}, 0},
+		{"peak summed slot by slot", []*api.FunctionCounters{peaks(3, 0, 1), peaks(1, 4, 0)}, 5}, // peak 4
+		// Polled across a slot's end: the second agent's slot 1000 is its Peaks[1].
+		{"slots aligned by number", []*api.FunctionCounters{at(1000, 3, 0, 1), at(1001, 0, 1, 4, 0)}, 5},
+		{"peak in the oldest slot, one beyond the window", []*api.FunctionCounters{peaks(old...)}, 10}, // 8 + 2
 		{"large", []*api.FunctionCounters{peaks(60), peaks(40)}, 125},
 	} {
 		if got := functions.Forecast(tt.counters); got != tt.want {

@@ -11,46 +11,45 @@ import (
 )
 
 func TestPeaks(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
-	at := func(min, sec int) time.Time {
-		return t0.Add(time.Duration(min)*time.Minute + time.Duration(sec)*time.Second)
-	}
+	t0 := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC) // the start of a slot
+	const n = api.ForecastSlots
+	at := func(slot int, d time.Duration) time.Time { return t0.Add(time.Duration(slot)*api.ForecastSlot + d) }
 	c := &counters{}
-	// Minute 0: up to 3 busy. Minute 2: up to 1. Minute 3: 1 still busy.
-	c.busyChange(1, at(0, 1))
-	c.busyChange(1, at(0, 2))
-	c.busyChange(1, at(0, 3))
-	c.busyChange(-1, at(0, 4))
-	c.busyChange(-1, at(0, 5))
+	// Slot 0: up to 3 busy. Slot 2: up to 1. Slot 3: 1 still busy.
+	c.busyChange(1, at(0, 100*time.Millisecond))
+	c.busyChange(1, at(0, 200*time.Millisecond))
+	c.busyChange(1, at(0, 300*time.Millisecond))
+	c.busyChange(-1, at(0, 400*time.Millisecond))
+	c.busyChange(-1, at(0, 500*time.Millisecond))
 	c.busyChange(-1, at(2, 0))
-	c.busyChange(1, at(2, 30))
-	want := make([]int, api.ForecastMinutes)
-	want[0], want[1], want[2], want[3] = 1, 1, 1, 3 // minute 1 had one busy throughout
-	if diff := cmp.Diff(want, c.peakList(at(3, 0))); diff != "" {
-		t.Errorf("peaks at minute 3, current first (-want +got):\n%s", diff)
+	c.busyChange(1, at(2, time.Second))
+	want := make([]int, n)
+	want[0], want[1], want[2], want[3] = 1, 1, 1, 3 // slot 1 had one busy throughout
+	peaks, slot := c.peakList(at(3, 0))
+	if diff := cmp.Diff(want, peaks); diff != "" {
+		t.Errorf("peaks at slot 3, current first (-want +got):\n%s", diff)
 	}
-	// One invocation busy all along: every minute of the window saw it.
-	late := at(api.ForecastMinutes+5, 0)
-	want = make([]int, api.ForecastMinutes)
-	for i := range want {
-		want[i] = 1
+	if slot != slotOf(t0)+3 {
+		t.Errorf("current slot %d, want %d", slot, slotOf(t0)+3)
 	}
-	if diff := cmp.Diff(want, c.peakList(late)); diff != "" {
-		t.Errorf("peaks much later (-want +got):\n%s", diff)
+	// One invocation busy all along: every slot of the window saw it.
+	late := at(n+5, 0)
+	ones := make([]int, n)
+	for i := range ones {
+		ones[i] = 1
 	}
-	// Once it ends, older minutes fall out of the window.
+	if peaks, _ := c.peakList(late); !cmp.Equal(ones, peaks) {
+		t.Errorf("peaks much later: %v, want all 1", peaks)
+	}
+	// Once it ends, older slots fall out of the window.
 	c.busyChange(-1, late)
-	want = make([]int, api.ForecastMinutes)
-	for i := range want {
-		want[i] = 1
+	if peaks, _ := c.peakList(late); !cmp.Equal(ones, peaks) {
+		t.Errorf("peaks right after the end: %v, want all 1", peaks)
 	}
-	if diff := cmp.Diff(want, c.peakList(late)); diff != "" {
-		t.Errorf("peaks right after the end (-want +got):\n%s", diff)
-	}
-	want = make([]int, api.ForecastMinutes)
-	want[api.ForecastMinutes-1] = 1 // only the minute it ended is still in the window
-	if diff := cmp.Diff(want, c.peakList(late.Add((api.ForecastMinutes-1)*time.Minute))); diff != "" {
-		t.Errorf("peaks a window later (-want +got):\n%s", diff)
+	want = make([]int, n)
+	want[n-1] = 1 // only the slot it ended in is still in the window
+	if peaks, _ := c.peakList(late.Add((n - 1) * api.ForecastSlot)); !cmp.Equal(want, peaks) {
+		t.Errorf("peaks a window later: %v, want %v", peaks, want)
 	}
 }
 

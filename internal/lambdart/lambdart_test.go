@@ -53,7 +53,7 @@ func TestGoBootstrapWarmReuse(t *testing.T) {
 		t.Fatalf("functions: %+v", rep.Functions)
 	}
 	f := rep.Functions[0]
-	if f.Invocations != 4 || f.WarmHits != 3 || f.ColdStarts != 1 || f.Busy != 0 || len(f.Peaks) != api.ForecastMinutes || f.Peaks[0] != 1 {
+	if f.Invocations != 4 || f.WarmHits != 3 || f.ColdStarts != 1 || f.Busy != 0 || len(f.Peaks) != api.ForecastSlots || f.Peaks[0] != 1 {
 		t.Errorf("counters: %+v", f)
 	}
 	recs := tp.Logs(testCluster, "fn", time.Time{}, "")

@@ -197,13 +197,16 @@ func (p *Pool) reclaimIdle() {
 type counters struct {
 	invocations, warm, cold uint64
 	busy                    int
-	// peaks[i] is the peak busy count of minute peakMin[i] (minutes
-	// since the epoch), for the last api.ForecastMinutes minutes;
-	// lastMin is the minute of the last change of busy.
-	peaks   [api.ForecastMinutes]int
-	peakMin [api.ForecastMinutes]int64
-	lastMin int64
+	// peaks[i] is the peak busy count of slot peakSlot[i] (see
+	// api.ForecastSlot), for the last api.ForecastSlots slots; lastSlot
+	// is the slot of the last change of busy.
+	peaks    [api.ForecastSlots]int
+	peakSlot [api.ForecastSlots]int64
+	lastSlot int64
 }
+
+// slotOf is the forecast slot of t.
+func slotOf(t time.Time) int64 { return t.UnixNano() / int64(api.ForecastSlot) }
 
 func (p *Pool) countersLocked(k versionKey) *counters {
 	c := p.counters[fnKey{k.cluster, k.function}]
@@ -214,42 +217,42 @@ func (p *Pool) countersLocked(k versionKey) *counters {
 	return c
 }
 
-// busyChange adds d to the busy count and keeps this minute's peak. The
-// minutes since the last change, in which nothing changed, had the busy
+// busyChange adds d to the busy count and keeps this slot's peak. The
+// slots since the last change, in which nothing changed, had the busy
 // count of then as their peak.
 func (c *counters) busyChange(d int, now time.Time) {
-	m := now.Unix() / 60
-	if c.lastMin != 0 {
-		for mm := max(c.lastMin+1, m-api.ForecastMinutes+1); mm <= m; mm++ {
-			i := mm % api.ForecastMinutes
-			c.peakMin[i], c.peaks[i] = mm, c.busy
+	m := slotOf(now)
+	if c.lastSlot != 0 {
+		for mm := max(c.lastSlot+1, m-api.ForecastSlots+1); mm <= m; mm++ {
+			i := mm % api.ForecastSlots
+			c.peakSlot[i], c.peaks[i] = mm, c.busy
 		}
 	}
-	c.lastMin = max(c.lastMin, m)
-	i := m % api.ForecastMinutes
-	if c.peakMin[i] != m {
-		c.peakMin[i], c.peaks[i] = m, c.busy
+	c.lastSlot = max(c.lastSlot, m)
+	i := m % api.ForecastSlots
+	if c.peakSlot[i] != m {
+		c.peakSlot[i], c.peaks[i] = m, c.busy
 	}
 	c.busy += d
 	c.peaks[i] = max(c.peaks[i], c.busy)
 }
 
-// peakList is the peaks of the last api.ForecastMinutes minutes, the
-// current one first.
-func (c *counters) peakList(now time.Time) []int {
-	out := make([]int, api.ForecastMinutes)
-	m := now.Unix() / 60
+// peakList is the peaks of the last api.ForecastSlots slots, the current
+// one (slot m) first.
+func (c *counters) peakList(now time.Time) (peaks []int, m int64) {
+	out := make([]int, api.ForecastSlots)
+	m = slotOf(now)
 	for j := range out {
 		mm := m - int64(j)
-		i := mm % api.ForecastMinutes
+		i := mm % api.ForecastSlots
 		switch {
-		case mm > c.lastMin:
+		case mm > c.lastSlot:
 			out[j] = c.busy // nothing changed since
-		case c.peakMin[i] == mm:
+		case c.peakSlot[i] == mm:
 			out[j] = c.peaks[i]
 		}
 	}
-	return out
+	return out, m
 }
 
 // Report lists the node's sandboxes and its counters per function.
@@ -268,8 +271,9 @@ func (p *Pool) Report() *api.SandboxReport {
 	}
 	slices.SortFunc(r.Sandboxes, func(a, b *api.SandboxInfo) int { return strings.Compare(a.ID, b.ID) })
 	for k, c := range p.counters {
+		peaks, slot := c.peakList(now)
 		r.Functions = append(r.Functions, &api.FunctionCounters{Function: k.function, Cluster: k.cluster,
-			Invocations: c.invocations, WarmHits: c.warm, ColdStarts: c.cold, Busy: c.busy, Peaks: c.peakList(now)})
+			Invocations: c.invocations, WarmHits: c.warm, ColdStarts: c.cold, Busy: c.busy, Peaks: peaks, PeakSlot: slot})
 	}
 	slices.SortFunc(r.Functions, func(a, b *api.FunctionCounters) int {
 		return strings.Compare(a.Cluster+"/"+a.Function, b.Cluster+"/"+b.Function)
