@@ -2,10 +2,11 @@ package lambdart
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -90,15 +91,20 @@ func (seg *logSegment) end(reqID string, dur, initDur time.Duration, memMiB int)
 	return b[:n]
 }
 
-// logStore keeps invocation log records per function in DIR/<cluster>/
-// <function>.jsonl, oldest first.
+// logStore keeps invocation log records per function, oldest first, in
+// two files: DIR/<cluster>/<function>.jsonl, appended to, and
+// <function>.jsonl.1, the one before. When the current file would pass
+// half of either bound it becomes the previous one (a rename, replacing
+// the older), so a function keeps between half and all of its bounds and
+// no record is ever rewritten: adding one costs a write, whatever the
+// bounds.
 type logStore struct {
 	dir        string
 	maxRecords int
 	maxBytes   int64
 
 	mu    sync.Mutex
-	sizes map[fnKey]*logSize // loaded on first use
+	sizes map[fnKey]*logSize // of the current files; loaded on first use
 	// files are the functions' record files, kept open for appending:
 	// a record is added at every invocation.
 	files map[fnKey]*os.File
@@ -142,7 +148,7 @@ func (l *logStore) removeOthers(keep string) error {
 }
 
 // add appends a record, dropping the oldest ones when the function's
-// records exceed their bounds.
+// records would exceed their bounds.
 func (l *logStore) add(k fnKey, rec *api.FunctionLogRecord) {
 	line, err := json.Marshal(rec)
 	if err != nil {
@@ -154,11 +160,17 @@ func (l *logStore) add(k fnKey, rec *api.FunctionLogRecord) {
 	sz := l.sizes[k]
 	if sz == nil {
 		sz = &logSize{}
-		for _, ln := range l.readLines(k) {
+		for _, ln := range readLines(l.path(k)) {
 			sz.records++
 			sz.bytes += int64(len(ln))
 		}
 		l.sizes[k] = sz
+	}
+	if sz.records > 0 && (sz.records+1 > max(1, l.maxRecords/2) || sz.bytes+int64(len(line)) > l.maxBytes/2) {
+		if !l.rotate(k) {
+			return
+		}
+		sz.records, sz.bytes = 0, 0
 	}
 	f := l.files[k]
 	if f == nil {
@@ -176,35 +188,16 @@ func (l *logStore) add(k fnKey, rec *api.FunctionLogRecord) {
 	}
 	sz.records++
 	sz.bytes += int64(len(line))
-	if sz.records > l.maxRecords || sz.bytes > l.maxBytes {
-		l.compact(k, sz)
-	}
 }
 
-// compact rewrites a function's records keeping the newest nine tenths
-// of the bounds, so that not every add rewrites the file.
-func (l *logStore) compact(k fnKey, sz *logSize) {
-	lines := l.readLines(k)
-	keepN, keepB := l.maxRecords*9/10, l.maxBytes*9/10
-	var n int
-	var b int64
-	i := len(lines)
-	for i > 0 && n+1 <= keepN && b+int64(len(lines[i-1])) <= keepB {
-		i--
-		n++
-		b += int64(len(lines[i]))
+// rotate makes a function's current record file the previous one.
+func (l *logStore) rotate(k fnKey) bool {
+	if f := l.files[k]; f != nil {
+		f.Close() // the next record opens a new file
+		delete(l.files, k)
 	}
-	tmp := l.path(k) + ".tmp"
-	if err := os.WriteFile(tmp, bytes.Join(lines[i:], nil), 0o644); err != nil {
-		return
-	}
-	if os.Rename(tmp, l.path(k)) == nil {
-		sz.records, sz.bytes = n, b
-		if f := l.files[k]; f != nil {
-			f.Close() // the next record opens the new file
-			delete(l.files, k)
-		}
-	}
+	err := os.Rename(l.path(k), l.path(k)+".1")
+	return err == nil || errors.Is(err, fs.ErrNotExist)
 }
 
 // close closes the record files.
@@ -217,9 +210,15 @@ func (l *logStore) close() {
 	}
 }
 
-// readLines returns a function's record lines, each with its newline.
-func (l *logStore) readLines(k fnKey) [][]byte {
-	f, err := os.Open(l.path(k))
+// lines returns a function's record lines, oldest first, each with its
+// newline.
+func (l *logStore) lines(k fnKey) [][]byte {
+	return append(readLines(l.path(k)+".1"), readLines(l.path(k))...)
+}
+
+// readLines returns the lines of the file at path, each with its newline.
+func readLines(path string) [][]byte {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil
 	}
@@ -247,7 +246,7 @@ func (p *Pool) Logs(cluster, function string, since time.Time, requestID string)
 	}
 	l := p.logs
 	l.mu.Lock()
-	lines := l.readLines(fnKey{cluster, function})
+	lines := l.lines(fnKey{cluster, function})
 	l.mu.Unlock()
 	for _, ln := range lines {
 		var rec api.FunctionLogRecord
