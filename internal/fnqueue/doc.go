@@ -36,8 +36,10 @@
 // [ErrorTypeCouldNotRun]. A server that closes while an event waits so
 // stores it again with the attempts it had used (header
 // Shoal-Attempts-Spent) and acknowledges the delivery, so that the
-// delivery does not count; one that closes while the event runs gives it
-// back with a Nak, and the delivery counts.
+// delivery does not count. One that closes while the event runs lets it
+// finish for up to Config.Drain, then gives it back with a Nak, and the
+// delivery counts. Acknowledgements are confirmed by JetStream (a double
+// ack): one lost as the connection closes would run the event again.
 //
 // # Where the data lives
 //

@@ -43,6 +43,9 @@ const (
 const (
 	// DefaultWorkers is how many events a server runs at once.
 	DefaultWorkers = 32
+	// DefaultDrain is Config.Drain's default: a server restarting lets
+	// the events it runs finish, unless they take longer than this.
+	DefaultDrain = 20 * time.Second
 	// DeadLetterMaxAge is how long a dead letter is kept (as SQS keeps a
 	// message at most).
 	DeadLetterMaxAge = 14 * 24 * time.Hour
@@ -98,6 +101,10 @@ type Config struct {
 	// Backoff returns the wait before retry n (1-based); nil means 1 s
 	// before the first retry and 5 s before later ones.
 	Backoff func(attempt int) time.Duration
+	// Drain is how long Close lets the events running on this server
+	// finish before it cancels them (they are then delivered again, and
+	// may run twice); 0 means DefaultDrain, negative none.
+	Drain time.Duration
 
 	// ackWait overrides the consumer's ack wait (tests).
 	ackWait time.Duration
@@ -156,10 +163,11 @@ type Queue struct {
 
 	ctx    context.Context // ends at Close, after fetchCtx
 	cancel context.CancelFunc
-	// fetchCtx ends first at Close: no more events are taken before the
-	// running ones are cancelled and nacked, so that none of those is
-	// delivered again to this closing server (a lost delivery, which would
-	// count as an attempt).
+	// fetchCtx ends first at Close: no more events are taken, the
+	// waiting ones are given back, and the running ones have
+	// Config.Drain to finish before ctx ends and they are cancelled and
+	// nacked; none is delivered again to this closing server (a lost
+	// delivery, which would count as an attempt).
 	fetchCtx    context.Context
 	fetchCancel context.CancelFunc
 	fetchWG     sync.WaitGroup
@@ -216,6 +224,9 @@ func Open(cfg Config) (*Queue, error) {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = DefaultWorkers
+	}
+	if cfg.Drain == 0 {
+		cfg.Drain = DefaultDrain
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
@@ -277,9 +288,11 @@ func redactURL(s string) string {
 	return u.Redacted()
 }
 
-// Close stops the workers (cancelling the handlers' context and waiting for
-// them), then the connection and the embedded server. Events in flight
-// that did not finish are delivered again.
+// Close stops the workers: it takes no more events, gives back those
+// waiting to try again, lets the running ones finish for up to
+// Config.Drain, then cancels the handlers' context and waits for them.
+// Then it closes the connection and the embedded server. Events in
+// flight that did not finish are delivered again.
 func (q *Queue) Close() error {
 	q.mu.Lock()
 	if q.closed {
@@ -290,6 +303,17 @@ func (q *Queue) Close() error {
 	q.mu.Unlock()
 	q.fetchCancel()
 	q.fetchWG.Wait()
+	if q.cfg.Drain > 0 {
+		drained := make(chan struct{})
+		go func() { q.wg.Wait(); close(drained) }()
+		t := time.NewTimer(q.cfg.Drain)
+		select {
+		case <-drained:
+		case <-t.C:
+			q.log.Warn("closing the queue: events still running after the drain are cancelled and will run again elsewhere", "drain", q.cfg.Drain)
+		}
+		t.Stop()
+	}
 	q.cancel()
 	q.wg.Wait()
 	if q.nc != nil {

@@ -31,7 +31,7 @@ func testLog(t testing.TB) *slog.Logger {
 // testConfig is a standalone queue's configuration with short waits.
 func testConfig(t testing.TB, dir string) Config {
 	return Config{Name: "s1", DataDir: dir, Log: testLog(t), Now: func() time.Time { return testNow },
-		Backoff: func(int) time.Duration { return 10 * time.Millisecond }, ackWait: 3 * time.Second}
+		Backoff: func(int) time.Duration { return 10 * time.Millisecond }, ackWait: 3 * time.Second, Drain: 200 * time.Millisecond}
 }
 
 // open opens a queue, closed at the end of the test, and waits until it is
@@ -560,5 +560,66 @@ func TestClosingWhileWaitingSpendsNoAttempt(t *testing.T) {
 	})
 	if calls := r.callsOf("waiting"); len(calls) != 1 || calls[0].Attempt != 1 {
 		t.Errorf("calls after reopening: %+v, want one, attempt 1", calls)
+	}
+}
+
+// TestCloseLetsRunningEventsFinish: a server closing lets the event it
+// runs finish and acknowledges it, so that it does not run again
+// elsewhere; one that outlasts the drain is cancelled and delivered again.
+func TestCloseLetsRunningEventsFinish(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Drain = 10 * time.Second
+	q := open(t, cfg)
+	started := make(chan string, 2)
+	var mu sync.Mutex
+	outcome := map[string]error{}
+	q.Run(func(ctx context.Context, ev *Event) error {
+		started <- ev.ID
+		d := 300 * time.Millisecond
+		if ev.ID == "long" {
+			d = time.Hour
+		}
+		var err error
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		mu.Lock()
+		outcome[ev.ID] = err
+		mu.Unlock()
+		return err
+	})
+	enqueue(t, q, ev("short", "f", 0))
+	<-started
+	t0 := time.Now()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err, ok := outcome["short"]; !ok || err != nil {
+		t.Errorf("the running event: finished %v, error %v; want finished without an error", ok, err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("Close took %s; want it back once the event finished", d)
+	}
+
+	cfg.Drain = 300 * time.Millisecond
+	q = open(t, cfg)
+	if n, _ := depth(t, q, "f"); n != 0 {
+		t.Errorf("%d events queued after reopening; want 0 (the finished one acknowledged)", n)
+	}
+	q.Run(func(ctx context.Context, ev *Event) error {
+		started <- ev.ID
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	enqueue(t, q, ev("long", "f", 1))
+	<-started
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = open(t, cfg)
+	if n, _ := depth(t, q, "f"); n != 1 {
+		t.Errorf("%d events queued after a close cut one short; want 1", n)
 	}
 }

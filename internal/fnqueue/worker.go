@@ -251,7 +251,7 @@ func (q *Queue) process(w *workers, m jetstream.Msg) {
 		var f *Failure
 		switch {
 		case err == nil:
-			if err := m.Ack(); err != nil {
+			if err := ack(m); err != nil {
 				log.Warn("acknowledging a finished event", "err", err)
 			}
 			return
@@ -287,7 +287,7 @@ func (q *Queue) process(w *workers, m jetstream.Msg) {
 
 // wait waits d before an event tries again, giving its run token back
 // meanwhile when a waiting token is free; *running says whether it holds
-// its run token. It reports false when the queue closes first.
+// its run token. It reports false when the queue starts closing first.
 func (q *Queue) wait(w *workers, running *bool, d time.Duration) bool {
 	select {
 	case w.waiting <- struct{}{}:
@@ -296,18 +296,27 @@ func (q *Queue) wait(w *workers, running *bool, d time.Duration) bool {
 		defer func() { <-w.waiting }()
 	default:
 	}
-	if !sleep(q.ctx, d) {
+	if !sleep(q.fetchCtx, d) {
 		return false
 	}
 	if !*running {
 		select {
 		case w.run <- struct{}{}:
 			*running = true
-		case <-q.ctx.Done():
+		case <-q.fetchCtx.Done():
 			return false
 		}
 	}
 	return true
+}
+
+// ack acknowledges m and waits for JetStream to confirm it: an
+// acknowledgement lost on the way (the connection or this server closing
+// right after) would have the event run again.
+func ack(m jetstream.Msg) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return m.DoubleAck(ctx)
 }
 
 // call runs h, turning a panic into an error.
@@ -370,7 +379,7 @@ func (q *Queue) deadLetter(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Ev
 			return
 		}
 	}
-	if err := m.Ack(); err != nil {
+	if err := ack(m); err != nil {
 		log.Warn("acknowledging a dead-lettered event", "err", err)
 	}
 	log.Info("event dead-lettered", "error_type", f.Type, "attempts", attempts)
@@ -391,7 +400,7 @@ func (q *Queue) giveBack(log *slog.Logger, m jetstream.Msg, seq uint64, ev *Even
 		m.Nak()
 		return
 	}
-	if err := m.Ack(); err != nil {
+	if err := ack(m); err != nil {
 		log.Warn("acknowledging an event given back", "err", err)
 	}
 }
