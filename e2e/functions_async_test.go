@@ -155,3 +155,45 @@ func TestFunctionEventsSurviveLeaderKill(t *testing.T) {
 	}
 	in.Servers[old].Restart(t)
 }
+
+// TestFunctionEventFinishesAcrossRestart: a server stopped (SIGTERM) while
+// it runs an event lets the event finish and acknowledges it before it
+// exits: after a restart nothing is queued and the function ran once.
+func TestFunctionEventFinishesAcrossRestart(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Agents: 1})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	gate := filepath.Join(t.TempDir(), "gate")
+	bundle := writeBytes(t, "gated.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(gated), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s")
+	r, err := in.Client.InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(`{}`)})
+	if err != nil || r.StatusCode != 202 {
+		t.Fatalf("Event: %v %+v", err, r)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		for _, sb := range fnStatus(t, in, "gated").Sandboxes {
+			if sb.State == api.SandboxBusy {
+				return true, ""
+			}
+		}
+		return false, "the event is not running yet"
+	})
+	go func() {
+		time.Sleep(time.Second) // the server is shutting down by then
+		os.WriteFile(gate, nil, 0o644)
+	}()
+	t0 := time.Now()
+	in.Servers[0].Stop()
+	if d := time.Since(t0); d < time.Second {
+		t.Errorf("the server stopped after %s, before the event it ran could finish", d)
+	}
+	in.Servers[0].Restart(t)
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "gated", r.RequestID) })
+	st := fnStatus(t, in, "gated")
+	if st.Queued != 0 {
+		t.Errorf("%d events queued after the restart; want 0 (the one that finished acknowledged)", st.Queued)
+	}
+	recs, err := in.Client.FunctionLogs(context.Background(), "c1", "gated", time.Time{}, r.RequestID)
+	if err != nil || len(recs) != 1 {
+		t.Errorf("runs of the event: %d (%v); want exactly 1", len(recs), err)
+	}
+}
