@@ -158,6 +158,7 @@ func TestFunctions(t *testing.T) {
 	if out := mustShoal(t, in, "fn", "logs", "hello"); !strings.Contains(out, r.RequestID) {
 		t.Errorf("shoal fn logs does not show %s:\n%s", r.RequestID, out)
 	}
+	followLogs(t, in)
 
 	// A new deploy is a new version; the old one can still be named.
 	mustShoal(t, in, "fn", "update", "hello", "--env", "GREETING=Hi")
@@ -473,3 +474,52 @@ func TestFunctionsProvisionedAuto(t *testing.T) {
 		t.Errorf("second burst: %d cold starts, %d warm hits, want 0 and 4", after.ColdStarts-before.ColdStarts, after.WarmHits-before.WarmHits)
 	}
 }
+
+// followLogs checks that shoal fn logs --follow prints each new
+// invocation of c1's hello once, as it ends, and nothing from before
+// --since.
+func followLogs(t *testing.T, in *testutil.Installation) {
+	t.Helper()
+	before := invoke(t, in, "c1", "hello", &api.InvokeOptions{Payload: []byte(`{"name":"before"}`)})
+	time.Sleep(10 * time.Millisecond)
+	since := time.Now()
+	cmd := exec.Command(in.Bin, "fn", "logs", "hello", "--follow", "--since", since.Format(time.RFC3339Nano))
+	cmd.Env = append(append(os.Environ(), in.CLIEnv()...), "SHOAL_ADDR="+in.Addrs(), "SHOAL_TOKEN="+in.Opts.Token)
+	var out strings.Builder
+	var mu sync.Mutex
+	cmd.Stdout = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	var ids []string
+	for _, name := range []string{"followed-1", "followed-2"} {
+		ids = append(ids, invoke(t, in, "c1", "hello", &api.InvokeOptions{Payload: []byte(`{"name":"` + name + `"}`)}).RequestID)
+		time.Sleep(600 * time.Millisecond) // more than one poll between them
+	}
+	testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+		o := output()
+		for _, id := range ids {
+			if !strings.Contains(o, "END RequestId: "+id) {
+				return false, "shoal fn logs --follow has not printed " + id + ":\n" + o
+			}
+		}
+		return true, ""
+	})
+	time.Sleep(time.Second) // two more polls: nothing is printed twice
+	o := output()
+	for _, id := range ids {
+		if n := strings.Count(o, "START RequestId: "+id); n != 1 {
+			t.Errorf("shoal fn logs --follow printed %s %d times, want once:\n%s", id, n, o)
+		}
+	}
+	if strings.Contains(o, before.RequestID) {
+		t.Errorf("shoal fn logs --follow --since %s printed %s, which ended before then:\n%s", since.Format(time.RFC3339Nano), before.RequestID, o)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
