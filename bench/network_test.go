@@ -21,11 +21,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/clusternet"
 	"github.com/shoal-dev/shoal/internal/testutil"
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // netPath is a pair of network namespaces that can reach each other: a
@@ -74,16 +74,16 @@ func BenchmarkClusterNetworkTCP(b *testing.B) {
 	dur := time.Duration(envInt(b, "SHOAL_BENCH_NET_SECONDS", 3)) * time.Second
 	trips := envInt(b, "SHOAL_BENCH_NET_TRIPS", 20000)
 
-	subnet := pickPrefix(b, clusterRange, 20)
+	subnet := freenet.Prefix(b, clusterRange, 20)
 	pa, pb := freeUDPPort(b), freeUDPPort(b)
 	loop := netip.MustParseAddr("127.0.0.1")
 	netA := clusternet.Network{
-		Cluster: "bench", VNI: 4601, Subnet: subnet, Block: subPrefix(subnet, 1, 24),
+		Cluster: "bench", VNI: 4601, Subnet: subnet, Block: freenet.Sub(subnet, 1, 24),
 		Overlay: netip.AddrPortFrom(loop, pa), Peers: []netip.AddrPort{netip.AddrPortFrom(loop, pb)},
 		EndpointPort: 1,
 	}
 	netB := netA
-	netB.Block, netB.Overlay, netB.Peers = subPrefix(subnet, 2, 24), netip.AddrPortFrom(loop, pb), []netip.AddrPort{netip.AddrPortFrom(loop, pa)}
+	netB.Block, netB.Overlay, netB.Peers = freenet.Sub(subnet, 2, 24), netip.AddrPortFrom(loop, pb), []netip.AddrPort{netip.AddrPortFrom(loop, pa)}
 	ma, mb := newBenchManager(b, "bench-a"), newBenchManager(b, "bench-b")
 	if err := ma.Apply(netA); err != nil {
 		b.Fatal(err)
@@ -489,46 +489,6 @@ func waitUntil(b *testing.B, what string, cond func() bool) {
 // (RFC 2544), as in the clusternet tests.
 var clusterRange = netip.MustParsePrefix("198.18.0.0/15")
 
-// pickPrefix returns a random prefix of length bits inside within that
-// overlaps no route of the host: other engineers' tests may use the same
-// range at the same time.
-func pickPrefix(b *testing.B, within netip.Prefix, bits int) netip.Prefix {
-	b.Helper()
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := 1 << (bits - within.Bits())
-	for range 100 {
-		x := make([]byte, 4)
-		_, _ = rand.Read(x)
-		p := subPrefix(within, int(binary.BigEndian.Uint32(x)%uint32(n)), bits)
-		clash := false
-		for _, r := range routes {
-			if r.Dst == nil {
-				continue
-			}
-			ip, _ := netip.AddrFromSlice(r.Dst.IP)
-			ones, _ := r.Dst.Mask.Size()
-			if ones > 0 && netip.PrefixFrom(ip.Unmap(), ones).Overlaps(p) {
-				clash = true
-			}
-		}
-		if !clash {
-			return p
-		}
-	}
-	b.Fatalf("no free /%d in %v", bits, within)
-	return netip.Prefix{}
-}
-
-// subPrefix returns the i-th prefix of length bits inside IPv4 prefix p.
-func subPrefix(p netip.Prefix, i, bits int) netip.Prefix {
-	a := p.Masked().Addr().As4()
-	v := binary.BigEndian.Uint32(a[:]) + uint32(i)<<(32-bits)
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), bits)
-}
-
 // BenchmarkTaskStartNetwork compares task starts with and without a
 // network namespace of their own: two installations of three agents
 // (2,000 millicores each, one cluster over all three, its subnet from
@@ -554,7 +514,7 @@ func BenchmarkTaskStartNetwork(b *testing.B) {
 		// Every installation's servers would give their first cluster
 		// the same subnet (10.128.0.0/18), whose gateways clash with
 		// those of other installations on this host.
-		nets := pickPrefix(b, taskStartNetworks, 18)
+		nets := freenet.Prefix(b, taskStartNetworks, 18)
 		in := testutil.StartInstallation(b, testutil.Options{Agents: 3, AgentCPU: 2000, AgentMemory: 8192,
 			AgentArgs:  []string{"--task-network", mode},
 			ServerArgs: []string{"--cluster-networks", nets.String()}})

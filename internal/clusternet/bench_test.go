@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // BenchmarkAddTask measures AddTask+RemoveTask: with a pool whose
@@ -24,9 +26,9 @@ func BenchmarkAddTask(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			m := newTestManager(b, uniqueNode(b, "bench"), bc.pool)
-			subnet := pickPrefix(b, clusterRange, 20)
+			subnet := freenet.Prefix(b, clusterRange, 20)
 			n := Network{
-				Cluster: "bench", VNI: 4501, Subnet: subnet, Block: subPrefix(subnet, 1, 24),
+				Cluster: "bench", VNI: 4501, Subnet: subnet, Block: freenet.Sub(subnet, 1, 24),
 				Overlay: netip.AddrPortFrom(loop, freeUDPPort(b)), EndpointPort: 1,
 			}
 			if err := m.Apply(n); err != nil {

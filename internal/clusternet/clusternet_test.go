@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // loop is the underlay address of every node in these tests.
@@ -44,9 +46,9 @@ func TestClusterNetwork(t *testing.T) {
 	endpoint := listenTCP(t, "", "0.0.0.0:0")
 	other := listenTCP(t, "", "0.0.0.0:0") // a host service tasks must not reach
 
-	subnet1, subnet2 := pickPrefix(t, clusterRange, 20), pickPrefix(t, clusterRange, 20)
-	blockA, blockB, blockC := subPrefix(subnet1, 1, 24), subPrefix(subnet1, 2, 24), subPrefix(subnet2, 1, 24)
-	egress := pickPrefix(t, outsideRange, 24)
+	subnet1, subnet2 := freenet.Prefix(t, clusterRange, 20), freenet.Prefix(t, clusterRange, 20)
+	blockA, blockB, blockC := freenet.Sub(subnet1, 1, 24), freenet.Sub(subnet1, 2, 24), freenet.Sub(subnet2, 1, 24)
+	egress := freenet.Prefix(t, outsideRange, 24)
 	outside, denied := nthAddr(egress, 2), nthAddr(egress, 3)
 
 	pa, pb, pc := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
@@ -258,9 +260,9 @@ func TestSweepAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	subnet1 := pickPrefix(t, clusterRange, 20)
+	subnet1 := freenet.Prefix(t, clusterRange, 20)
 	n := Network{
-		Cluster: "one", VNI: 4201, Subnet: subnet1, Block: subPrefix(subnet1, 1, 24),
+		Cluster: "one", VNI: 4201, Subnet: subnet1, Block: freenet.Sub(subnet1, 1, 24),
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
 	}
 	if err := m.Apply(n); err != nil {
@@ -300,8 +302,8 @@ func TestAddresses(t *testing.T) {
 	if _, err := m.AddTask("x"); !errors.Is(err, ErrNoNetwork) {
 		t.Fatalf("AddTask before Apply: %v, want ErrNoNetwork", err)
 	}
-	subnet1 := pickPrefix(t, clusterRange, 20)
-	block := subPrefix(subnet1, 3*32, 29)
+	subnet1 := freenet.Prefix(t, clusterRange, 20)
+	block := freenet.Sub(subnet1, 3*32, 29)
 	n := Network{
 		Cluster: "one", VNI: 4301, Subnet: subnet1, Block: block,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
@@ -356,8 +358,8 @@ func TestAddresses(t *testing.T) {
 func TestTaskNamespace(t *testing.T) {
 	needRoot(t)
 	m := newTestManager(t, uniqueNode(t, "ns"), -1)
-	subnet1 := pickPrefix(t, clusterRange, 20)
-	blockA := subPrefix(subnet1, 1, 24)
+	subnet1 := freenet.Prefix(t, clusterRange, 20)
+	blockA := freenet.Sub(subnet1, 1, 24)
 	n := Network{
 		Cluster: "one", VNI: 4401, Subnet: subnet1, Block: blockA,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,

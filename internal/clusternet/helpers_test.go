@@ -2,7 +2,6 @@ package clusternet
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -10,16 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // needRoot skips tests that build kernel objects when not root.
@@ -319,56 +315,6 @@ func waitFor(tb testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// picked are the prefixes tests of this process took, so that no two
-// take the same.
-var (
-	pickedMu sync.Mutex
-	picked   []netip.Prefix
-)
-
-// pickPrefix returns a random prefix of length bits inside within that
-// overlaps no route of the host and no earlier pick: the machine may be
-// shared with other tests that use the same documentation ranges.
-func pickPrefix(tb testing.TB, within netip.Prefix, bits int) netip.Prefix {
-	tb.Helper()
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pickedMu.Lock()
-	defer pickedMu.Unlock()
-	n := 1 << (bits - within.Bits())
-	for range 100 {
-		b := make([]byte, 4)
-		_, _ = rand.Read(b)
-		p := subPrefix(within, int(binary.BigEndian.Uint32(b)%uint32(n)), bits)
-		clash := slices.ContainsFunc(picked, p.Overlaps)
-		for _, r := range routes {
-			if r.Dst == nil {
-				continue
-			}
-			ip, _ := netip.AddrFromSlice(r.Dst.IP)
-			ones, _ := r.Dst.Mask.Size()
-			if ones > 0 && netip.PrefixFrom(ip.Unmap(), ones).Overlaps(p) {
-				clash = true
-			}
-		}
-		if !clash {
-			picked = append(picked, p)
-			return p
-		}
-	}
-	tb.Fatalf("no free /%d in %v", bits, within)
-	return netip.Prefix{}
-}
-
-// subPrefix returns the i-th prefix of length bits inside IPv4 prefix p.
-func subPrefix(p netip.Prefix, i, bits int) netip.Prefix {
-	a := p.Masked().Addr().As4()
-	v := binary.BigEndian.Uint32(a[:]) + uint32(i)<<(32-bits)
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), bits)
 }
 
 // nthAddr returns the address i after the start of prefix p.

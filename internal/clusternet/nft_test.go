@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // TestDNSRedirect checks that a task's DNS queries reach the node's
@@ -14,9 +16,9 @@ import (
 func TestDNSRedirect(t *testing.T) {
 	needRoot(t)
 	m := newTestManager(t, uniqueNode(t, "dns"), -1)
-	subnet := pickPrefix(t, clusterRange, 20)
+	subnet := freenet.Prefix(t, clusterRange, 20)
 	n := Network{
-		Cluster: "one", VNI: 4701, Subnet: subnet, Block: subPrefix(subnet, 1, 24),
+		Cluster: "one", VNI: 4701, Subnet: subnet, Block: freenet.Sub(subnet, 1, 24),
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
 	}
 	if err := m.Apply(n); err != nil {

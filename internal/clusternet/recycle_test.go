@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // nsState is what a task sees of its namespace's network.
@@ -96,8 +98,8 @@ func readNS(t *testing.T, path string) nsState {
 func TestRecycle(t *testing.T) {
 	needRoot(t)
 	m := newTestManager(t, uniqueNode(t, "recycle"), -1)
-	subnet := pickPrefix(t, clusterRange, 20)
-	block := subPrefix(subnet, 2, 24)
+	subnet := freenet.Prefix(t, clusterRange, 20)
+	block := freenet.Sub(subnet, 2, 24)
 	n := Network{
 		Cluster: "one", VNI: 4611, Subnet: subnet, Block: block,
 		Overlay: netip.AddrPortFrom(loop, freeUDPPort(t)), EndpointPort: 1,
