@@ -1,11 +1,8 @@
 package agent
 
 import (
-	"archive/zip"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"io"
@@ -17,12 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/capability"
 	"github.com/shoal-dev/shoal/internal/sandbox"
+	"github.com/shoal-dev/shoal/internal/testutil/freenet"
 )
 
 // TestFunctionSandboxOnClusterNetwork: on a node with a cluster network,
@@ -61,32 +56,15 @@ func TestFunctionSandboxOnClusterNetwork(t *testing.T) {
 		d.Close()
 		c.Close()
 	})
-	subnet := pickSubnet(t)
+	subnet := freenet.Prefix(t, netip.MustParsePrefix("198.18.0.0/15"), 24)
 	a.syncNetwork(&api.NodeNetwork{Cluster: "c1", VNI: 100000 + binary.BigEndian.Uint32(rnd)%1000000, Subnet: subnet.String(), Block: subnet.String()})
 	if a.endpointAddr("c1") == "" {
 		t.Fatal("the cluster network was not applied")
 	}
 
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	h := &zip.FileHeader{Name: "bootstrap", Method: zip.Deflate}
-	h.SetMode(0o755)
-	w, _ := zw.CreateHeader(h)
-	io.WriteString(w, `#!/bin/sh
-API="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
-while true; do
-  H="$(mktemp)"
-  BODY="$(curl -sS -D "$H" "$API/invocation/next")"
-  ID="$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$H" | cut -d' ' -f2 | tr -d '\r\n')"
-  curl -sS -X POST --data-binary "$BODY via $AWS_LAMBDA_RUNTIME_API" "$API/invocation/$ID/response" >/dev/null
-done
-`)
-	zw.Close()
-	sum := sha256.Sum256(buf.Bytes())
-	v := &api.FunctionVersion{Version: 1, Bundle: "/clusters/c1/.functions/net/1.zip", SHA256: hex.EncodeToString(sum[:]),
-		Size: int64(buf.Len()), Config: api.FunctionConfig{}.Resolved()}
+	zipBytes, v := shellBundle(t, "net", `curl -sS -X POST --data-binary "$BODY via $AWS_LAMBDA_RUNTIME_API" "$API/invocation/$ID/response" >/dev/null`)
 	fetch := func(ctx context.Context, cluster string, v *api.FunctionVersion, w io.Writer) error {
-		_, err := w.Write(buf.Bytes())
+		_, err := w.Write(zipBytes)
 		return err
 	}
 	if err := a.startFunctions(fetch); err != nil {
@@ -119,34 +97,4 @@ func freeUDPPort(t *testing.T) int {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// pickSubnet returns a random /24 of the benchmarking range 198.18.0.0/15
-// that no route of the host overlaps: the host may be shared with other
-// tests.
-func pickSubnet(t *testing.T) netip.Prefix {
-	t.Helper()
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 100 {
-		b := make([]byte, 2)
-		rand.Read(b)
-		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + b[0]%2, b[1], 0}), 24)
-		clash := false
-		for _, r := range routes {
-			if r.Dst == nil {
-				continue
-			}
-			ip, _ := netip.AddrFromSlice(r.Dst.IP)
-			ones, _ := r.Dst.Mask.Size()
-			clash = clash || ones > 0 && netip.PrefixFrom(ip.Unmap(), ones).Overlaps(p)
-		}
-		if !clash {
-			return p
-		}
-	}
-	t.Fatal("no free /24 in 198.18.0.0/15")
-	return netip.Prefix{}
 }

@@ -30,6 +30,16 @@ import (
 // with its payload, and its version.
 func echoBundle(t *testing.T) ([]byte, *api.FunctionVersion) {
 	t.Helper()
+	return shellBundle(t, "echo", `echo "echoing $BODY"
+  curl -sS -X POST --data-binary "$BODY" "$API/invocation/$ID/response" >/dev/null`)
+}
+
+// shellBundle is a bundle of function fn whose shell bootstrap runs
+// answer for each invocation, with the invocation's payload in $BODY, its
+// request id in $ID and the Runtime API's base URL in $API; and its
+// version 1.
+func shellBundle(t *testing.T, fn, answer string) ([]byte, *api.FunctionVersion) {
+	t.Helper()
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl is not installed: the test bootstrap needs it")
 	}
@@ -44,13 +54,12 @@ while true; do
   H="$(mktemp)"
   BODY="$(curl -sS -D "$H" "$API/invocation/next")"
   ID="$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$H" | cut -d' ' -f2 | tr -d '\r\n')"
-  echo "echoing $BODY"
-  curl -sS -X POST --data-binary "$BODY" "$API/invocation/$ID/response" >/dev/null
+  `+answer+`
 done
 `)
 	zw.Close()
 	sum := sha256.Sum256(buf.Bytes())
-	return buf.Bytes(), &api.FunctionVersion{Version: 1, Bundle: "/clusters/c1/.functions/echo/1.zip",
+	return buf.Bytes(), &api.FunctionVersion{Version: 1, Bundle: "/clusters/c1/.functions/" + fn + "/1.zip",
 		SHA256: hex.EncodeToString(sum[:]), Size: int64(buf.Len()), Config: api.FunctionConfig{}.Resolved()}
 }
 

@@ -11,47 +11,22 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
-
-// zipEntry is one file of a zip made by makeZip.
-type zipEntry struct {
-	name    string
-	mode    fs.FileMode
-	content string
-}
-
-// makeZip returns a zip archive of entries, with their modes.
-func makeZip(t *testing.T, entries ...zipEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for _, e := range entries {
-		h := &zip.FileHeader{Name: e.name, Method: zip.Deflate}
-		h.SetMode(e.mode)
-		w, err := zw.CreateHeader(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(w, e.content)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // writeZip writes a zip of entries into a temporary file and returns its
 // path.
-func writeZip(t *testing.T, entries ...zipEntry) string {
+func writeZip(t *testing.T, entries ...testzip.File) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "bundle.zip")
-	if err := os.WriteFile(p, makeZip(t, entries...), 0o644); err != nil {
+	if err := os.WriteFile(p, testzip.Bytes(t, entries...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-var bootstrapOK = zipEntry{"bootstrap", 0o755, "#!/bin/sh\n"}
+var bootstrapOK = testzip.File{Name: "bootstrap", Mode: 0o755, Data: "#!/bin/sh\n"}
 
 func TestCheckBundle(t *testing.T) {
 	tests := []struct {
@@ -59,15 +34,15 @@ func TestCheckBundle(t *testing.T) {
 		zip     []byte
 		wantErr string // "" for none
 	}{
-		{"executable bootstrap", makeZip(t, bootstrapOK, zipEntry{"lib/x.so", 0o644, "x"}), ""},
-		{"bootstrap as ./bootstrap", makeZip(t, zipEntry{"./bootstrap", 0o700, "x"}), ""},
+		{"executable bootstrap", testzip.Bytes(t, bootstrapOK, testzip.File{Name: "lib/x.so", Mode: 0o644, Data: "x"}), ""},
+		{"bootstrap as ./bootstrap", testzip.Bytes(t, testzip.File{Name: "./bootstrap", Mode: 0o700, Data: "x"}), ""},
 		{"not a zip", []byte("#!/bin/sh\necho hi\n"), "not a zip archive"},
 		{"empty file", nil, "not a zip archive"},
-		{"no bootstrap", makeZip(t, zipEntry{"main", 0o755, "x"}), "no bootstrap at the root"},
-		{"bootstrap in a directory", makeZip(t, zipEntry{"hello/bootstrap", 0o755, "x"}), "only hello/bootstrap: zip it with 'zip -j'"},
-		{"bootstrap not executable", makeZip(t, zipEntry{"bootstrap", 0o644, "x"}), "bootstrap is not executable (mode -rw-r--r--)"},
-		{"bootstrap a symbolic link", makeZip(t, zipEntry{"bootstrap", fs.ModeSymlink | 0o777, "main"}), "bootstrap is a symbolic link"},
-		{"bootstrap a directory", makeZip(t, zipEntry{"bootstrap/", fs.ModeDir | 0o755, ""}), "bootstrap is a directory"},
+		{"no bootstrap", testzip.Bytes(t, testzip.File{Name: "main", Mode: 0o755, Data: "x"}), "no bootstrap at the root"},
+		{"bootstrap in a directory", testzip.Bytes(t, testzip.File{Name: "hello/bootstrap", Mode: 0o755, Data: "x"}), "only hello/bootstrap: zip it with 'zip -j'"},
+		{"bootstrap not executable", testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o644, Data: "x"}), "bootstrap is not executable (mode -rw-r--r--)"},
+		{"bootstrap a symbolic link", testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: fs.ModeSymlink | 0o777, Data: "main"}), "bootstrap is a symbolic link"},
+		{"bootstrap a directory", testzip.Bytes(t, testzip.File{Name: "bootstrap/", Mode: fs.ModeDir | 0o755, Data: ""}), "bootstrap is a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
 
 // fnFake is a fake server for the fn commands: it answers each
@@ -92,8 +93,8 @@ func jsonOf(t *testing.T, v any) string {
 func TestRunFnUsageErrors(t *testing.T) {
 	zipOK := writeZip(t, bootstrapOK)
 	notZip := writeFile(t, "bootstrap", "#!/bin/sh\n")
-	noBootstrap := writeZip(t, zipEntry{"main", 0o755, "x"})
-	notExec := writeZip(t, zipEntry{"bootstrap", 0o644, "x"})
+	noBootstrap := writeZip(t, testzip.File{Name: "main", Mode: 0o755, Data: "x"})
+	notExec := writeZip(t, testzip.File{Name: "bootstrap", Mode: 0o644, Data: "x"})
 	badJSON := writeFile(t, "event.json", `{"name":`)
 	big := writeFile(t, "big.json", `"`+strings.Repeat("x", api.MaxInvokePayload)+`"`)
 	tests := []struct {

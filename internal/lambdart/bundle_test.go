@@ -9,33 +9,34 @@ import (
 	"testing"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
 
 func TestUnpack(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		files []bundleFile
+		files []testzip.File
 		ok    bool
 	}{
-		{"good", []bundleFile{{"bootstrap", 0o755, "#!/bin/sh\n"}, {"lib/", 0o755 | os.ModeDir, ""},
-			{"lib/data.txt", 0o640, "data"}, {"lib/link", 0o777 | os.ModeSymlink, "data.txt"}}, true},
-		{"parent escape", []bundleFile{{"bootstrap", 0o755, "x"}, {"../evil", 0o644, "x"}}, false},
-		{"nested escape", []bundleFile{{"bootstrap", 0o755, "x"}, {"a/../../evil", 0o644, "x"}}, false},
-		{"absolute", []bundleFile{{"bootstrap", 0o755, "x"}, {"/tmp/evil", 0o644, "x"}}, false},
-		{"backslash escape", []bundleFile{{"bootstrap", 0o755, "x"}, {`..\evil`, 0o644, "x"}}, false},
-		{"symlink out", []bundleFile{{"bootstrap", 0o755, "x"}, {"out", 0o777 | os.ModeSymlink, "../../etc"}}, false},
-		{"absolute symlink", []bundleFile{{"bootstrap", 0o755, "x"}, {"out", 0o777 | os.ModeSymlink, "/etc"}}, false},
-		{"through symlink", []bundleFile{{"bootstrap", 0o755, "x"}, {"d", 0o777 | os.ModeSymlink, "."},
-			{"d/evil", 0o644, "x"}}, false},
-		{"no bootstrap", []bundleFile{{"main", 0o755, "x"}}, false},
-		{"bootstrap not executable", []bundleFile{{"bootstrap", 0o644, "x"}}, false},
-		{"device", []bundleFile{{"bootstrap", 0o755, "x"}, {"dev", 0o644 | os.ModeDevice, ""}}, false},
+		{"good", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "#!/bin/sh\n"}, {Name: "lib/", Mode: 0o755 | os.ModeDir, Data: ""},
+			{Name: "lib/data.txt", Mode: 0o640, Data: "data"}, {Name: "lib/link", Mode: 0o777 | os.ModeSymlink, Data: "data.txt"}}, true},
+		{"parent escape", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "../evil", Mode: 0o644, Data: "x"}}, false},
+		{"nested escape", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "a/../../evil", Mode: 0o644, Data: "x"}}, false},
+		{"absolute", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "/tmp/evil", Mode: 0o644, Data: "x"}}, false},
+		{"backslash escape", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: `..\evil`, Mode: 0o644, Data: "x"}}, false},
+		{"symlink out", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "out", Mode: 0o777 | os.ModeSymlink, Data: "../../etc"}}, false},
+		{"absolute symlink", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "out", Mode: 0o777 | os.ModeSymlink, Data: "/etc"}}, false},
+		{"through symlink", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "d", Mode: 0o777 | os.ModeSymlink, Data: "."},
+			{Name: "d/evil", Mode: 0o644, Data: "x"}}, false},
+		{"no bootstrap", []testzip.File{{Name: "main", Mode: 0o755, Data: "x"}}, false},
+		{"bootstrap not executable", []testzip.File{{Name: "bootstrap", Mode: 0o644, Data: "x"}}, false},
+		{"device", []testzip.File{{Name: "bootstrap", Mode: 0o755, Data: "x"}, {Name: "dev", Mode: 0o644 | os.ModeDevice, Data: ""}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "b")
 			os.Mkdir(dir, 0o755)
-			z := makeZip(t, tc.files...)
+			z := testzip.Bytes(t, tc.files...)
 			err := Unpack(bytes.NewReader(z), int64(len(z)), dir)
 			if tc.ok != (err == nil) {
 				t.Fatalf("Unpack: %v, want ok=%v", err, tc.ok)
@@ -67,11 +68,11 @@ func TestUnpack(t *testing.T) {
 // starts nothing.
 func TestBundleChecked(t *testing.T) {
 	tp := newTestPool(t, nil)
-	good := tp.b.version("fn", 1, makeZip(t, bundleFile{"bootstrap", 0o755, "#!/bin/sh\n"}), api.FunctionConfig{})
+	good := tp.b.version("fn", 1, testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o755, Data: "#!/bin/sh\n"}), api.FunctionConfig{})
 	tampered := *good
-	tampered.SHA256 = tp.b.version("fn", 2, makeZip(t, bundleFile{"other", 0o755, "x"}), api.FunctionConfig{}).SHA256
+	tampered.SHA256 = tp.b.version("fn", 2, testzip.Bytes(t, testzip.File{Name: "other", Mode: 0o755, Data: "x"}), api.FunctionConfig{}).SHA256
 	tp.b.byHash[tampered.SHA256] = tp.b.byHash[good.SHA256]
-	slip := tp.b.version("fn", 3, makeZip(t, bundleFile{"bootstrap", 0o755, "x"}, bundleFile{"../../../escape", 0o644, "x"}), api.FunctionConfig{})
+	slip := tp.b.version("fn", 3, testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o755, Data: "x"}, testzip.File{Name: "../../../escape", Mode: 0o644, Data: "x"}), api.FunctionConfig{})
 	for name, v := range map[string]*api.FunctionVersion{"wrong digest": &tampered, "zip slip": slip} {
 		t.Run(name, func(t *testing.T) {
 			_, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: "r1", Function: "fn", Cluster: testCluster, Version: v, Start: true})

@@ -1,7 +1,6 @@
 package lambdart
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -21,41 +19,11 @@ import (
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/sandbox"
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
 
 // testCluster is the cluster of every test function.
 const testCluster = "c1"
-
-// bundleFile is one file of a test bundle.
-type bundleFile struct {
-	name string
-	mode fs.FileMode
-	body string
-}
-
-// makeZip returns a zip of files.
-func makeZip(t *testing.T, files ...bundleFile) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for _, f := range files {
-		method := zip.Deflate
-		if len(f.body) > 1<<20 {
-			method = zip.Store // quick to unpack under the race detector
-		}
-		h := &zip.FileHeader{Name: f.name, Method: method}
-		h.SetMode(f.mode)
-		w, err := zw.CreateHeader(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(w, f.body)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // bundles is an in-memory store of bundles, the tests' FetchFunc.
 type bundles struct {
@@ -179,7 +147,7 @@ func goBootstrap(t *testing.T) []byte {
 			testfnErr = err
 			return
 		}
-		testfnZip = makeZip(t, bundleFile{"bootstrap", 0o755, string(bin)})
+		testfnZip = testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o755, Data: string(bin)})
 	})
 	if testfnErr != nil {
 		t.Fatal(testfnErr)
@@ -193,7 +161,7 @@ func shBootstrap(t *testing.T, script string) []byte {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl is not installed: the shell bootstraps need it")
 	}
-	return makeZip(t, bundleFile{"bootstrap", 0o755, "#!/bin/sh\n" + script})
+	return testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o755, Data: "#!/bin/sh\n" + script})
 }
 
 // invoke runs one invocation and fails the test on a pool error.

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
 
 // TestGoBootstrapWarmReuse runs an unmodified aws-lambda-go bootstrap:
@@ -81,7 +82,7 @@ func TestGoBootstrapWarmReuse(t *testing.T) {
 // Start, the pool declines at once and starts nothing.
 func TestDeclineWithoutIdleSandbox(t *testing.T) {
 	tp := newTestPool(t, nil)
-	v := tp.b.version("fn", 1, makeZip(t, bundleFile{"bootstrap", 0o755, "#!/bin/sh\nexit 1\n"}), api.FunctionConfig{})
+	v := tp.b.version("fn", 1, testzip.Bytes(t, testzip.File{Name: "bootstrap", Mode: 0o755, Data: "#!/bin/sh\nexit 1\n"}), api.FunctionConfig{})
 	res := tp.invoke(t, v, `{}`, false)
 	if diff := cmp.Diff(&api.SandboxResult{Declined: true, Node: "n1"}, res); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)

@@ -1,14 +1,16 @@
 package testutil
 
 import (
-	"archive/zip"
-	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
+
+	"github.com/shoal-dev/shoal/internal/testutil/testzip"
 )
 
 var (
@@ -73,24 +75,15 @@ type BundleFile struct {
 	Mode os.FileMode
 }
 
-// ZipBundle zips files (name -> content and mode) into a bundle.
+// ZipBundle zips files (name -> content and mode) into a bundle, in the
+// order of their names.
 func ZipBundle(t testing.TB, files map[string]BundleFile) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for name, f := range files {
-		h := &zip.FileHeader{Name: name, Method: zip.Deflate}
-		h.SetMode(f.Mode)
-		w, err := zw.CreateHeader(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(f.Data)
+	var entries []testzip.File
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		entries = append(entries, testzip.File{Name: name, Mode: files[name].Mode, Data: string(files[name].Data)})
 	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testzip.Bytes(t, entries...)
 }
 
 type buildError struct {
