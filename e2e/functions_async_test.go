@@ -6,9 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/testutil"
@@ -196,4 +201,80 @@ func TestFunctionEventFinishesAcrossRestart(t *testing.T) {
 	if err != nil || len(recs) != 1 {
 		t.Errorf("runs of the event: %d (%v); want exactly 1", len(recs), err)
 	}
+}
+
+// TestFunctionEventsExternalNATS: servers given --queue-url keep Event
+// invocations and dead letters in that NATS (here a NATS server with
+// JetStream started by the test, on loopback) and embed none: an event
+// queued through one server runs after that server is killed with kill
+// -9, and dead letters are listed through another.
+func TestFunctionEventsExternalNATS(t *testing.T) {
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: natsserver.RANDOM_PORT, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: 8 << 20, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the NATS server did not start")
+	}
+	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 1, ServerArgs: []string{"--queue-url", ns.ClientURL()}})
+	for i := range in.Servers {
+		if strings.Contains(in.Servers[i].Log(), "JetStream") {
+			t.Errorf("server %d started an embedded JetStream although it was given --queue-url", i)
+		}
+	}
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
+	gate := filepath.Join(t.TempDir(), "gate")
+	bundle := writeBytes(t, "gated.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(gated), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s", "--retries", "0")
+
+	// Queued through the leader, which is then killed: the event is in
+	// the external NATS and another server runs it.
+	lead := in.Leader()
+	c := in.NewClient([]string{in.Servers[lead].HTTPAddr}, in.Opts.Token)
+	defer c.Close()
+	var id string
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		r, err := c.InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Type: api.InvokeEvent, Payload: []byte(`{}`)})
+		if err != nil {
+			return false, err.Error()
+		}
+		id = r.RequestID
+		return r.StatusCode == 202, fmt.Sprintf("status %d", r.StatusCode)
+	})
+	in.Servers[lead].Kill9()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 90*time.Second, func() (bool, string) { return ranOK(t, in, "c1", "gated", id) })
+
+	// A failing event's dead letter is kept there too.
+	bundle = writeBytes(t, "flaky.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(flaky), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "flaky", "--cluster", "c1", "--zip", bundle, "--env", "FAIL=1", "--retries", "0")
+	mustShoal(t, in, "fn", "invoke", "flaky", "--async", "--payload", `{"n":1}`)
+	testutil.WaitFor(t, 60*time.Second, func() (bool, string) {
+		var dead []*api.DeadLetter
+		json.Unmarshal([]byte(mustShoal(t, in, "fn", "dlq", "list", "flaky", "-o", "json")), &dead)
+		return len(dead) == 1, fmt.Sprintf("%d dead letters", len(dead))
+	})
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streams []string
+	names := js.StreamNames(context.Background())
+	for n := range names.Name() {
+		streams = append(streams, n)
+	}
+	if !slices.Contains(streams, "FN_EVENTS") || !slices.Contains(streams, "FN_DEAD") {
+		t.Errorf("streams in the external NATS: %v, want FN_EVENTS and FN_DEAD", streams)
+	}
+	in.Servers[lead].Restart(t)
 }

@@ -3,7 +3,9 @@ package fnqueue
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -216,5 +218,65 @@ func TestExternalNATS(t *testing.T) {
 	waitFor(t, "the event done on its second attempt", 20*time.Second, func() bool { return r.doneCount() == 1 })
 	if err := q.SetRoutes([]string{"127.0.0.1:1"}); err != nil {
 		t.Errorf("SetRoutes with a URL: %v, want nil (nothing to do)", err)
+	}
+}
+
+// TestExternalNATSReplicas: with URL the streams' replicas follow the
+// external NATS, not Config.Replicas: one on a single server, three on a
+// cluster of three.
+func TestExternalNATSReplicas(t *testing.T) {
+	startNATS := func(name string, cluster *server.ClusterOpts, routes []string) *server.Server {
+		t.Helper()
+		opts := &server.Options{ServerName: name, Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+			StoreDir: t.TempDir(), MaxPayload: maxMsgBytes, NoSigs: true, NoLog: true}
+		if cluster != nil {
+			opts.Cluster = *cluster
+			opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		}
+		ns, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns.Start()
+		t.Cleanup(ns.Shutdown)
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("NATS server %s did not start", name)
+		}
+		return ns
+	}
+	streamReplicas := func(q *Queue) int {
+		t.Helper()
+		st, err := q.js.Stream(context.Background(), EventStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().Config.Replicas
+	}
+
+	single := startNATS("single", nil, nil)
+	cfg := testConfig(t, "")
+	cfg.URL, cfg.Replicas = single.ClientURL(), 3
+	if got := streamReplicas(open(t, cfg)); got != 1 {
+		t.Errorf("on a single NATS server: %d replicas, want 1", got)
+	}
+
+	var routeAddrs, urls []string
+	for range 3 {
+		routeAddrs = append(routeAddrs, freeAddr(t))
+	}
+	var routes []string
+	for _, a := range routeAddrs {
+		routes = append(routes, "nats-route://"+a)
+	}
+	for i, a := range routeAddrs {
+		host, port, _ := net.SplitHostPort(a)
+		p, _ := strconv.Atoi(port)
+		ns := startNATS("n"+strconv.Itoa(i), &server.ClusterOpts{Name: "ext", Host: host, Port: p}, routes)
+		urls = append(urls, ns.ClientURL())
+	}
+	cfg = testConfig(t, "")
+	cfg.URL, cfg.Replicas = strings.Join(urls, ","), 1
+	if got := streamReplicas(open(t, cfg)); got != 3 {
+		t.Errorf("on a NATS cluster of three: %d replicas, want 3", got)
 	}
 }

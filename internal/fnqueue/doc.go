@@ -56,8 +56,8 @@
 // An installation that outgrows the embedded servers sets Config.URL
 // (nats://user:password@host:4222, or tls:// with Config.ClientTLS) to an
 // external NATS cluster with JetStream enabled and max_payload of at least
-// 8 MiB; the queue then embeds nothing and creates the same streams there
-// with Config.Replicas replicas. Events stored in the embedded servers are
+// 8 MiB; the queue then embeds nothing and creates the same streams there,
+// with 1 replica on a single NATS server and up to 3 on a cluster. Events stored in the embedded servers are
 // not moved to it.
 //
 // The package does not import the server, state or FSM packages: servers

@@ -87,8 +87,10 @@ type Config struct {
 	// embedding a server (credentials may be given in the URL). Its
 	// max_payload must be at least 8 MiB.
 	URL string
-	// Replicas is the streams' replica count: 1, or 3 when there are 3
-	// or more servers.
+	// Replicas is the embedded streams' replica count: 1, or 3 when
+	// there are 3 or more servers. With URL it is ignored: the queue
+	// sizes the streams from the NATS it connects to (1 for a single
+	// server, up to 3 for a cluster).
 	Replicas int
 	// Workers is how many events this server runs at once; 0 means
 	// DefaultWorkers.

@@ -20,10 +20,13 @@ func (q *Queue) setup() {
 	timeout := 2 * time.Second
 	start, warned := time.Now(), time.Time{}
 	for {
-		err := q.createStreams(timeout)
+		replicas, err := q.replicas()
+		if err == nil {
+			err = q.createStreams(timeout, replicas)
+		}
 		if err == nil {
 			close(q.ready)
-			q.log.Info("event queue ready", "replicas", q.cfg.Replicas, "after", time.Since(start).Round(time.Millisecond))
+			q.log.Info("event queue ready", "replicas", replicas, "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
 		if time.Since(start) > 15*time.Second && time.Since(warned) > time.Minute {
@@ -39,14 +42,31 @@ func (q *Queue) setup() {
 	}
 }
 
-func (q *Queue) createStreams(timeout time.Duration) error {
+// replicas is the streams' replica count: Config.Replicas for the
+// embedded servers; with Config.URL, 1 when that NATS is a single server,
+// else up to 3 (as many servers as the connection knows of the cluster,
+// given or discovered), whatever the number of Shoal servers.
+func (q *Queue) replicas() (int, error) {
+	if q.cfg.URL == "" {
+		return q.cfg.Replicas, nil
+	}
+	if !q.nc.IsConnected() {
+		return 0, fmt.Errorf("not connected to %s", redactURL(q.cfg.URL))
+	}
+	if q.nc.ConnectedClusterName() == "" {
+		return 1, nil
+	}
+	return min(3, max(1, len(q.nc.Servers()))), nil
+}
+
+func (q *Queue) createStreams(timeout time.Duration, replicas int) error {
 	events, err := q.ensureStream(timeout, jetstream.StreamConfig{
 		Name:        EventStream,
 		Description: "Shoal: Event invocations of functions waiting to run",
 		Subjects:    []string{eventPrefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
-		Replicas:    q.cfg.Replicas,
+		Replicas:    replicas,
 		Duplicates:  dedupWindow,
 		MaxMsgSize:  maxMsgBytes,
 		Discard:     jetstream.DiscardOld,
@@ -60,7 +80,7 @@ func (q *Queue) createStreams(timeout time.Duration) error {
 		Subjects:          []string{deadPrefix + ">"},
 		Retention:         jetstream.LimitsPolicy,
 		Storage:           jetstream.FileStorage,
-		Replicas:          q.cfg.Replicas,
+		Replicas:          replicas,
 		Duplicates:        dedupWindow,
 		MaxMsgSize:        maxMsgBytes,
 		MaxMsgsPerSubject: 1,

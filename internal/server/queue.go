@@ -82,7 +82,11 @@ func (s *Server) runQueue(run fnqueue.Handler) {
 			q.Run(run)
 			s.queue.Store(q)
 			defer q.Close()
-			s.log.Info("invocation queue open", "routes", routes, "replicas", cfg.Replicas)
+			if cfg.URL != "" {
+				s.log.Info("invocation queue open on an external NATS")
+			} else {
+				s.log.Info("invocation queue open", "routes", routes, "replicas", cfg.Replicas)
+			}
 		} else if err := q.SetRoutes(routes); err != nil {
 			s.log.Warn("updating the queue's routes", "err", err)
 		}
