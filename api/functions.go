@@ -344,14 +344,20 @@ type SandboxInvocation struct {
 	Start bool `json:"start,omitempty"`
 	// Tail asks for the last LogTailBytes of the invocation's log.
 	Tail bool `json:"tail,omitempty"`
+	// Share, when set, is how many invocations of the function the agent
+	// may run at once: its share of the function's concurrency limit.
+	// At its share the agent declines (409 with Declined and AtShare).
+	Share int `json:"share,omitempty"`
 }
 
 // SandboxResult is the agent's answer to a SandboxInvocation, a framed
 // body like it.
 type SandboxResult struct {
 	// Declined: the agent had no idle sandbox of the version and was not
-	// asked to start one.
+	// asked to start one, or (AtShare) it runs its share of the
+	// function's concurrency limit already.
 	Declined bool `json:"declined,omitempty"`
+	AtShare  bool `json:"at_share,omitempty"`
 	// Load is the number of busy function sandboxes on the agent, all
 	// functions counted, for the servers' least-loaded choice.
 	Load    int    `json:"load"`

@@ -523,3 +523,57 @@ func followLogs(t *testing.T, in *testutil.Installation) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestFunctionConcurrencyAcrossServers: a function's concurrency limit
+// holds for the whole cluster, whichever servers the invocations come
+// through: with a limit of 2, two invocations held at a gate run (one
+// through each of two servers) and a third, through the third server, is
+// refused with TooManyRequestsException; once they end, calls run again.
+func TestFunctionConcurrencyAcrossServers(t *testing.T) {
+	in := testutil.StartInstallation(t, testutil.Options{Servers: 3, Agents: 2})
+	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "2")
+	gate := filepath.Join(t.TempDir(), "gate")
+	bundle := writeBytes(t, "gated.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(gated), Mode: 0o755}}))
+	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s", "--concurrency", "2")
+	clients := make([]*api.Client, 3)
+	for i := range clients {
+		clients[i] = in.NewClient([]string{in.Servers[i].HTTPAddr}, in.Opts.Token)
+		defer clients[i].Close()
+	}
+	call := func(i int) (*api.FunctionResult, error) {
+		return clients[i].InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Payload: []byte(`{}`)})
+	}
+	held := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			r, err := call(i)
+			if err == nil && (r.StatusCode != 200 || r.FunctionError != "") {
+				err = fmt.Errorf("status %d, function error %q", r.StatusCode, r.FunctionError)
+			}
+			held <- err
+		}()
+	}
+	testutil.WaitFor(t, 30*time.Second, func() (bool, string) {
+		busy := 0
+		for _, sb := range fnStatus(t, in, "gated").Sandboxes {
+			if sb.State == api.SandboxBusy {
+				busy++
+			}
+		}
+		return busy == 2, fmt.Sprintf("%d invocations running", busy)
+	})
+	if _, err := call(2); err == nil || !strings.Contains(err.Error(), "concurrency limit") {
+		t.Errorf("a third invocation through the third server: %v, want it refused at the concurrency limit", err)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-held; err != nil {
+			t.Errorf("a held invocation: %v", err)
+		}
+	}
+	if r, err := call(2); err != nil || r.StatusCode != 200 {
+		t.Errorf("after the held ones ended: %v %+v, want it run", err, r)
+	}
+}

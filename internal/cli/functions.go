@@ -102,7 +102,7 @@ func (d *deployFlags) add(fl *pflag.FlagSet, update bool) {
 		api.MinFunctionMemoryMiB, api.MaxFunctionMemoryMiB, api.DefaultFunctionMemoryMiB))
 	fl.DurationVar(&d.timeout, "timeout", 0, fmt.Sprintf("longest an invocation may run: whole seconds such as 30s or 5m, at most %s (default %s)",
 		api.MaxFunctionTimeout, api.DefaultFunctionTimeout))
-	fl.IntVar(&d.concurrency, "concurrency", 0, fmt.Sprintf("most simultaneous invocations, up to %d (default %d)",
+	fl.IntVar(&d.concurrency, "concurrency", 0, fmt.Sprintf("most simultaneous invocations in the whole cluster, up to %d (default %d)",
 		api.MaxFunctionConcurrency, api.DefaultFunctionConcurrency))
 	fl.StringVar(&d.provisioned, "provisioned", "", fmt.Sprintf("sandboxes kept initialised at all times: a count up to %d, or auto (sized from recent concurrency) (default 0)",
 		api.MaxProvisioned))

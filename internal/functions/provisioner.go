@@ -3,14 +3,15 @@ package functions
 import (
 	"context"
 	"encoding/json"
-	"hash/fnv"
 	"net/http"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/invoke"
 	"github.com/shoal-dev/shoal/internal/state"
 )
 
@@ -73,33 +74,6 @@ func Forecast(counters []*api.FunctionCounters) int {
 	return peak + max(1, (peak+3)/4)
 }
 
-// Spread divides target sandboxes over nodes as evenly as possible: each
-// node gets target/len(nodes), and the remainder goes one each to the
-// nodes following an offset drawn from key (the function), so that the
-// remainders of a cluster's functions do not all land on its first
-// nodes. The result depends only on its arguments; nodes must be sorted.
-// Nodes that get none are left out.
-func Spread(target int, nodes []string, key string) map[string]int {
-	out := map[string]int{}
-	if target <= 0 || len(nodes) == 0 {
-		return out
-	}
-	base, rem := target/len(nodes), target%len(nodes)
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	off := int(h.Sum32() % uint32(len(nodes)))
-	for i, n := range nodes {
-		c := base
-		if (i-off+len(nodes))%len(nodes) < rem {
-			c++
-		}
-		if c > 0 {
-			out[n] = c
-		}
-	}
-	return out
-}
-
 // Plan computes one cluster's provisioned sandboxes: the target of each
 // of its functions (by name) and the set each of its ready nodes (sorted
 // by name) should hold, with the latest version of every function it
@@ -117,7 +91,7 @@ func Plan(fns []*api.Function, nodes []string, counters map[string][]*api.Functi
 		}
 		t := Target(v.Config, counters[f.Name])
 		targets[f.Name] = t
-		for node, n := range Spread(t, nodes, f.Cluster+"/"+f.Name) {
+		for node, n := range invoke.Spread(t, nodes, f.Cluster+"/"+f.Name) {
 			set := sets[node]
 			if set == nil {
 				set = &api.ProvisionedSet{}

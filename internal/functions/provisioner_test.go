@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/fsm"
 	"github.com/shoal-dev/shoal/internal/functions"
+	"github.com/shoal-dev/shoal/internal/invoke"
 	"github.com/shoal-dev/shoal/internal/state"
 	shoaltest "github.com/shoal-dev/shoal/internal/testutil"
 )
@@ -32,7 +34,7 @@ func TestSpread(t *testing.T) {
 		{5, []string{"a"}}, {5, nil}, {2, []string{"a", "b", "c", "d", "e"}},
 	} {
 		t.Run(fmt.Sprintf("%d over %d", tt.target, len(tt.nodes)), func(t *testing.T) {
-			got := functions.Spread(tt.target, tt.nodes, "c/f")
+			got := invoke.Spread(tt.target, tt.nodes, "c/f")
 			want := tt.target
 			if len(tt.nodes) == 0 {
 				want = 0
@@ -47,7 +49,7 @@ func TestSpread(t *testing.T) {
 			if len(tt.nodes) > 0 && hi-lo > 1 {
 				t.Errorf("got %v: uneven", got)
 			}
-			if again := functions.Spread(tt.target, tt.nodes, "c/f"); !cmp.Equal(again, got) {
+			if again := invoke.Spread(tt.target, tt.nodes, "c/f"); !cmp.Equal(again, got) {
 				t.Errorf("not stable: %v, then %v", got, again)
 			}
 		})
@@ -55,7 +57,7 @@ func TestSpread(t *testing.T) {
 	// Remainders of different functions do not all land on one node.
 	first := map[string]int{}
 	for i := range 30 {
-		for n, c := range functions.Spread(1, nodes, fmt.Sprintf("c/f%d", i)) {
+		for n, c := range invoke.Spread(1, nodes, fmt.Sprintf("c/f%d", i)) {
 			first[n] += c
 		}
 	}

@@ -86,6 +86,12 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	a.lastBody = inv
 	v := inv.Version.Version
 	res := api.SandboxResult{Node: a.node, Load: a.load}
+	if inv.Share > 0 && a.running >= inv.Share {
+		a.mu.Unlock()
+		res.Declined, res.AtShare = true, true
+		api.WriteFramed(w, http.StatusConflict, res, nil)
+		return
+	}
 	if inv.Start {
 		a.starts++
 	}

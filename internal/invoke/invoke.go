@@ -16,9 +16,11 @@
 // loaded, then any agent not yet tried. An agent that cannot be dialled
 // is skipped and counted; it does not use up a probe.
 //
-// Each server enforces a function's concurrency limit on the invocations
-// it routes itself: with several servers the cluster-wide number of
-// simultaneous invocations can exceed the limit by up to that factor.
+// A function's concurrency limit holds for its cluster: every server
+// divides it over the ready agents the same way (shareOut) and sends each
+// agent its share; an agent at its share declines, and when all are, the
+// invocation is throttled (429). Each server also caps its own
+// invocations of a function at the whole limit.
 package invoke
 
 import (

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -70,7 +71,7 @@ func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.Function
 	if err != nil {
 		return nil, err
 	}
-	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, meta, payload)
+	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, conf.Concurrency, meta, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -94,11 +95,19 @@ type candidate struct {
 // route probes agents for a warm sandbox and falls back to a cold start
 // (see the package comment). meta is the invocation's encoded JSON
 // document, without Start; cold reports whether the result came from a
-// sandbox started for it.
-func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version int, meta, payload []byte) (res *api.SandboxResult, cold bool, err error) {
-	agents := v.cfg.Catalog.Agents(cluster)
+// sandbox started for it. Each agent is sent its share of the function's
+// concurrency limit (see shareOut); when every agent runs its share
+// already, the invocation is throttled (httpapi.ErrTooManyRequests).
+func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, version, limit int, meta, payload []byte) (res *api.SandboxResult, cold bool, err error) {
+	agents, shares := shareOut(v.cfg.Catalog.Agents(cluster), limit, st.label)
 	if len(agents) == 0 {
 		return nil, false, fmt.Errorf("%w: cluster %s has no ready node", ErrNoAgent, cluster)
+	}
+	atShare := 0
+	throttled := func() error {
+		v.metrics.throttles.WithLabelValues(st.label).Inc()
+		return fmt.Errorf("%w: function %s runs %d invocations on the agents of cluster %s, its concurrency limit",
+			httpapi.ErrTooManyRequests, st.label, limit, cluster)
 	}
 	order, first := v.probeOrder(agents, st.hint(version))
 
@@ -115,7 +124,7 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 		}
 		a := order[i]
 		tried++
-		r, err := v.call(ctx, a, meta, payload, false)
+		r, err := v.call(ctx, a, meta, payload, false, shares[a.Node])
 		if errors.Is(err, errUnreachable) {
 			v.metrics.unreachable.Inc()
 			v.log.Warn("function agent unreachable", "node", a.Node, "addr", a.Addr, "err", err)
@@ -132,6 +141,10 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 			st.setHint(version, a.Addr)
 			return r, r.Cold, nil
 		}
+		if r.AtShare {
+			atShare++ // not a cold start candidate either
+			continue
+		}
 		declined = append(declined, candidate{a, r.Load})
 	}
 
@@ -147,7 +160,7 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 	next = append(next, order[tried:]...)
 	var last error
 	for _, a := range next {
-		r, err := v.call(ctx, a, meta, payload, true)
+		r, err := v.call(ctx, a, meta, payload, true, shares[a.Node])
 		switch {
 		case errors.Is(err, errUnreachable):
 			v.metrics.unreachable.Inc()
@@ -161,6 +174,10 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 			continue
 		case err != nil:
 			return nil, false, err
+		case r.Declined && r.AtShare:
+			atShare++
+			last = fmt.Errorf("agent %s runs its share of the function's concurrency limit", a.Node)
+			continue
 		case r.Declined:
 			last = fmt.Errorf("agent %s declined even a cold start", a.Node)
 			continue
@@ -168,7 +185,54 @@ func (v *Invoker) route(ctx context.Context, st *fnState, cluster string, versio
 		st.setHint(version, a.Addr)
 		return r, r.Cold, nil
 	}
+	if atShare == len(agents) {
+		return nil, false, throttled()
+	}
 	return nil, false, fmt.Errorf("%w: no agent of cluster %s could run it (%d tried; last: %v)", ErrNoAgent, cluster, len(next), last)
+}
+
+// shareOut divides a function's concurrency limit over the agents of its
+// cluster, as Spread divides provisioned sandboxes: every server computes
+// the same shares from the same ready agents, so that the agents, each
+// refusing more than its share at once, hold the whole cluster to the
+// limit without the servers talking to each other. Agents whose share is
+// zero (more agents than the limit) are left out. key is the function.
+func shareOut(agents []Agent, limit int, key string) ([]Agent, map[string]int) {
+	agents = slices.Clone(agents)
+	slices.SortFunc(agents, func(a, b Agent) int { return strings.Compare(a.Node, b.Node) })
+	names := make([]string, len(agents))
+	for i, a := range agents {
+		names[i] = a.Node
+	}
+	shares := Spread(limit, names, key)
+	return slices.DeleteFunc(agents, func(a Agent) bool { return shares[a.Node] == 0 }), shares
+}
+
+// Spread divides n over nodes as evenly as possible: each node gets
+// n/len(nodes), and the remainder goes one each to the nodes following
+// an offset drawn from key (the function), so that the remainders of a
+// cluster's functions do not all land on its first nodes. The result
+// depends only on its arguments; nodes must be sorted. Nodes that get
+// none are left out.
+func Spread(n int, nodes []string, key string) map[string]int {
+	out := map[string]int{}
+	if n <= 0 || len(nodes) == 0 {
+		return out
+	}
+	base, rem := n/len(nodes), n%len(nodes)
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	off := int(h.Sum32() % uint32(len(nodes)))
+	for i, node := range nodes {
+		c := base
+		if (i-off+len(nodes))%len(nodes) < rem {
+			c++
+		}
+		if c > 0 {
+			out[node] = c
+		}
+	}
+	return out
 }
 
 // probeOrder returns the agents in probe order: the hinted one first when
@@ -200,21 +264,26 @@ func (v *Invoker) shuffle(order []Agent, from, to int) {
 // function and another agent may.
 var errAgentRefused = errors.New("invoke: agent cannot run the function now")
 
-// startSuffix turns an invocation's JSON document (which has no "start"
-// field: Start is false and omitempty) into one with Start set.
-var startSuffix = []byte(`,"start":true}`)
-
 // call sends one invocation to an agent: a framed body of meta (the
-// invocation's JSON document) and the payload. It returns the agent's
+// invocation's JSON document, without Start and Share, which call adds)
+// and the payload. It returns the agent's
 // result for 200 and 409 (declined); errUnreachable when the agent could
 // not be dialled; errAgentRefused for 503 and 429; ErrAgent for anything
 // else.
-func (v *Invoker) call(ctx context.Context, a Agent, meta, payload []byte, start bool) (*api.SandboxResult, error) {
+func (v *Invoker) call(ctx context.Context, a Agent, meta, payload []byte, start bool, share int) (*api.SandboxResult, error) {
 	url := v.scheme + "://" + a.Addr + agentInvokePath
-	if start {
-		// The document is encoded once: a cold start sends it with the
-		// start field spliced in before the closing brace.
-		meta = append(meta[:len(meta)-1:len(meta)-1], startSuffix...)
+	if start || share > 0 {
+		// The document is encoded once per invocation; the fields that
+		// differ between calls are spliced in before its closing brace.
+		m := make([]byte, 0, len(meta)+32)
+		m = append(m, meta[:len(meta)-1]...)
+		if share > 0 {
+			m = strconv.AppendInt(append(m, `,"share":`...), int64(share), 10)
+		}
+		if start {
+			m = append(m, `,"start":true`...)
+		}
+		meta = append(m, '}')
 	}
 	// net.Buffers, not io.MultiReader: the latter's WriteTo allocates
 	// 32 KiB at each request when the transport drains the body.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,6 +195,68 @@ func TestConcurrencyLimit(t *testing.T) {
 	invokeHello(t, e) // the slot is free again
 }
 
+// TestConcurrencyLimitAcrossServers: two servers routing to the same two
+// agents hold the function to its limit together, each agent taking its
+// share; the third invocation, on either server, is throttled, and one
+// runs again once a slot frees.
+func TestConcurrencyLimitAcrossServers(t *testing.T) {
+	a1, a2 := newFakeAgent(t, "n1", 0), newFakeAgent(t, "n2", 0)
+	cat := &fakeCatalog{fns: []*api.Function{testFunction("c1", "hello", 1, api.FunctionConfig{Concurrency: 2})},
+		agents: map[string][]Agent{"c1": {a2.agent(), a1.agent()}}}
+	s1, s2 := newTestEnv(t, cat, nil, true), newTestEnv(t, cat, nil, true)
+	done := make(chan error, 2)
+	for _, e := range []*testEnv{s1, s2} {
+		go func() {
+			_, err := e.v.Invoke(context.Background(), &Request{Cluster: "c1", Function: "hello", Payload: []byte(`{"block":true}`)})
+			done <- err
+		}()
+	}
+	waitFor(t, "one invocation on each agent", func() bool {
+		_, _, r1 := a1.counts()
+		_, _, r2 := a2.counts()
+		return r1 == 1 && r2 == 1
+	})
+	for i, e := range []*testEnv{s1, s2} {
+		_, err := e.v.Invoke(context.Background(), &Request{Cluster: "c1", Function: "hello", Payload: []byte(`{}`)})
+		if !errors.Is(err, httpapi.ErrTooManyRequests) {
+			t.Errorf("a third invocation through server %d: got %v, want ErrTooManyRequests", i+1, err)
+		}
+	}
+	if a1.lastBody.Share != 1 || a2.lastBody.Share != 1 {
+		t.Errorf("shares sent: n1 %d, n2 %d; want 1 each", a1.lastBody.Share, a2.lastBody.Share)
+	}
+	close(a1.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if res := invokeHello(t, s2); res.Node != "n1" {
+		t.Errorf("after n1's invocation ended: ran on %s, want n1 (n2 is at its share)", res.Node)
+	}
+	close(a2.release)
+	<-done
+}
+
+// TestShareOut: a limit smaller than the agents leaves some out, the
+// same way on every server whatever the order it lists them in.
+func TestShareOut(t *testing.T) {
+	agents := []Agent{{Node: "c"}, {Node: "a"}, {Node: "b"}}
+	got, shares := shareOut(agents, 2, "c1/f")
+	if len(got) != 2 || shares[got[0].Node]+shares[got[1].Node] != 2 {
+		t.Fatalf("a limit of 2 over 3 agents: %v %v, want two agents with 1 each", got, shares)
+	}
+	again, _ := shareOut([]Agent{{Node: "b"}, {Node: "c"}, {Node: "a"}}, 2, "c1/f")
+	if !slices.Equal(got, again) {
+		t.Errorf("shares depend on the order of the agents: %v, then %v", got, again)
+	}
+	if agents[0].Node != "c" {
+		t.Errorf("shareOut reordered its argument: %v", agents)
+	}
+	got, shares = shareOut(agents, 100, "c1/f")
+	if len(got) != 3 || shares["a"]+shares["b"]+shares["c"] != 100 {
+		t.Errorf("a limit of 100 over 3 agents: %v", shares)
+	}
+}
+
 func TestClientCancelReachesAgent(t *testing.T) {
 	a := newFakeAgent(t, "n1", 0, 2)
 	e := routeEnv(t, api.FunctionConfig{}, a)
@@ -278,11 +341,13 @@ func TestEncodeInvocation(t *testing.T) {
 		if diff := cmp.Diff(want, &dec, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("decoded (-want +got):\n%s", diff)
 		}
-		// The cold-start splice keeps it valid.
-		cold := append(append([]byte{}, got[:len(got)-1]...), startSuffix...)
-		dec = api.SandboxInvocation{}
-		if err := json.Unmarshal(cold, &dec); err != nil || !dec.Start {
-			t.Errorf("cold body %s: start %v, err %v", cold, dec.Start, err)
+		// What call splices in keeps it valid.
+		a := newFakeAgent(t, "n1", 0)
+		if _, err := New(Config{Catalog: &fakeCatalog{}}).call(context.Background(), a.agent(), got, []byte(`{}`), true, 3); err != nil {
+			t.Fatal(err)
+		}
+		if in := a.lastBody; !in.Start || in.Share != 3 || in.RequestID != tc.id {
+			t.Errorf("the agent got %+v, want start, share 3 and request id %q", in, tc.id)
 		}
 	}
 }

@@ -49,22 +49,37 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 		return nil, ErrClosed
 	}
 	hooks := p.hooks
+	fk := fnKey{k.cluster, k.function}
+	decline := func(atShare bool) (*api.SandboxResult, error) {
+		res := &api.SandboxResult{Declined: true, AtShare: atShare, Load: p.loadLocked(), Node: p.cfg.Node}
+		p.mu.Unlock()
+		if hooks.Invoked != nil {
+			hooks.Invoked(inv.Function, outcomeDeclined)
+		}
+		return res, nil
+	}
+	if inv.Share > 0 && p.running[fk] >= inv.Share {
+		return decline(true)
+	}
 	s := p.pickIdleLocked(k)
 	var backoff *fnError
 	if s != nil {
 		p.takeLocked(s)
 		p.countersLocked(k).warm++
 	} else if !inv.Start {
-		res := &api.SandboxResult{Declined: true, Load: p.loadLocked(), Node: p.cfg.Node}
-		p.mu.Unlock()
-		if hooks.Invoked != nil {
-			hooks.Invoked(inv.Function, outcomeDeclined)
-		}
-		return res, nil
+		return decline(false)
 	} else if b := p.backoff[k]; b != nil && b.err != nil && p.now().Before(b.until) {
 		backoff = b.err
 	}
+	p.running[fk]++
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		if p.running[fk]--; p.running[fk] <= 0 {
+			delete(p.running, fk)
+		}
+		p.mu.Unlock()
+	}()
 
 	if s != nil {
 		if hooks.WarmHit != nil {

@@ -2,6 +2,7 @@ package lambdart
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -506,4 +507,49 @@ func TestNoRoom(t *testing.T) {
 	}
 	tp.Close()
 	<-done
+}
+
+// TestShare: an invocation with a share is declined (AtShare) while the
+// agent runs that many invocations of the function, whatever the version,
+// warm or starting; without a share, or below it, it runs.
+func TestShare(t *testing.T) {
+	tp := newTestPool(t, nil)
+	v1 := tp.b.version("fn", 1, goBootstrap(t), api.FunctionConfig{Timeout: api.Duration(20 * time.Second)})
+	v2 := tp.b.version("fn", 2, goBootstrap(t), api.FunctionConfig{})
+	call := func(v *api.FunctionVersion, payload string, share int) *api.SandboxResult {
+		t.Helper()
+		res, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: newRequestID(rand.Reader), Function: "fn",
+			Cluster: testCluster, Version: v, Payload: []byte(payload), Start: true, Share: share})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	done := make(chan *api.SandboxResult)
+	go func() { done <- call(v1, `{"sleep_ms":1000}`, 1) }()
+	waitFor(t, "a running invocation", func() bool {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		return tp.running[fnKey{testCluster, "fn"}] == 1
+	})
+	if res := call(v2, `{}`, 1); !res.Declined || !res.AtShare {
+		t.Errorf("another version at a share of 1 while one runs: %+v, want declined at its share", res)
+	}
+	if res := call(v2, `{}`, 2); res.Declined || res.FunctionError != "" {
+		t.Errorf("at a share of 2 while one runs: %+v, want it run", res)
+	}
+	if res := call(v2, `{}`, 0); res.Declined || res.FunctionError != "" {
+		t.Errorf("without a share: %+v, want it run", res)
+	}
+	if res := <-done; res.Declined || res.FunctionError != "" {
+		t.Errorf("the first invocation: %+v", res)
+	}
+	if res := call(v1, `{}`, 1); res.Declined {
+		t.Errorf("after the first ended, at a share of 1: %+v, want it run", res)
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if len(tp.running) != 0 {
+		t.Errorf("running after every invocation ended: %v, want none", tp.running)
+	}
 }
