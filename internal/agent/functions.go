@@ -23,7 +23,8 @@ import (
 // it, on its HTTP port:
 //
 //	POST /v1/agent/functions/invoke       SandboxInvocation -> 200 SandboxResult,
-//	                                      409 SandboxResult{Declined} when no sandbox is idle
+//	                                      409 SandboxResult{Declined} when no sandbox is idle,
+//	                                      or {Declined, AtShare} at the function's share
 //	                                      (framed bodies, payloads raw: see api.WriteFramed)
 //	PUT  /v1/agent/functions/provisioned  ProvisionedSet -> 204
 //	GET  /v1/agent/functions              -> 200 SandboxReport
