@@ -16,6 +16,7 @@ import (
 const (
 	InvocationTypeHeader  = "X-Amz-Invocation-Type"
 	LogTypeHeader         = "X-Amz-Log-Type"
+	ClientContextHeader   = "X-Amz-Client-Context"
 	FunctionErrorHeader   = "X-Amz-Function-Error"
 	LogResultHeader       = "X-Amz-Log-Result"
 	ExecutedVersionHeader = "X-Amz-Executed-Version"
@@ -88,6 +89,10 @@ type InvokeOptions struct {
 	Tail bool
 	// Payload is the event, a JSON document (empty: none).
 	Payload []byte
+	// ClientContext is a JSON object for the function's context
+	// (synchronous invocations only); it travels base64-encoded in
+	// ClientContextHeader.
+	ClientContext []byte
 }
 
 // InvokeFunction invokes a function as Lambda's Invoke API does. A
@@ -114,6 +119,9 @@ func (c *Client) InvokeFunction(ctx context.Context, cluster, name string, o *In
 	h.Set("Content-Type", "application/json")
 	h.Set(InvocationTypeHeader, typ)
 	h.Set(LogTypeHeader, logType)
+	if len(o.ClientContext) > 0 {
+		h.Set(ClientContextHeader, base64.StdEncoding.EncodeToString(o.ClientContext))
+	}
 	// A nil body is sent as an empty one: Lambda takes that as no event.
 	resp, err := c.sendRaw(ctx, "POST", functionPath(cluster, name, "/invocations"), v, o.Payload, h)
 	if err != nil {

@@ -344,6 +344,10 @@ type SandboxInvocation struct {
 	Start bool `json:"start,omitempty"`
 	// Tail asks for the last LogTailBytes of the invocation's log.
 	Tail bool `json:"tail,omitempty"`
+	// ClientContext is the JSON document a synchronous caller passed in
+	// X-Amz-Client-Context (decoded), handed to the runtime in the
+	// Lambda-Runtime-Client-Context header of /next; empty: none.
+	ClientContext string `json:"client_context,omitempty"`
 	// Share, when set, is how many invocations of the function the agent
 	// may run at once: its share of the function's concurrency limit.
 	// At its share the agent declines (409 with Declined and AtShare).

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -263,7 +264,35 @@ func TestFunctionsAWSCLI(t *testing.T) {
 	if _, errOut, err := run("c1", c.Token, "--function-name", "nosuch", "out.json"); err == nil || !strings.Contains(errOut, "ResourceNotFoundException") {
 		t.Errorf("an unknown function: %v, stderr %q", err, errOut)
 	}
+
+	// A client context reaches the runtime, in Lambda's header, from the
+	// aws CLI and from shoal fn invoke.
+	mustShoal(t, in, "fn", "deploy", "ctx", "--cluster", "c1", "--zip",
+		writeBytes(t, "ctx.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(echoClientContext), Mode: 0o755}})))
+	const cc = `{"client":{"app_title":"aws"},"custom":{"k":"v"}}`
+	out, errOut, err = run("c1", c.Token, "--function-name", "ctx", "--client-context", base64.StdEncoding.EncodeToString([]byte(cc)), "out.json")
+	if err != nil || !strings.HasPrefix(out, cc) {
+		t.Errorf("aws lambda invoke --client-context: %v\nout: %s\nstderr: %s\nwant the function to answer %s", err, out, errOut, cc)
+	}
+	if out := mustShoal(t, in, "fn", "invoke", "ctx", "--client-context", `{"custom":{"from":"shoal"}}`); !strings.Contains(out, `{"custom":{"from":"shoal"}}`) {
+		t.Errorf("shoal fn invoke --client-context: %s", out)
+	}
+	if _, errOut, err := run("c1", c.Token, "--function-name", "ctx", "--client-context", "bm90IGpzb24=", "out.json"); err == nil || !strings.Contains(errOut, "InvalidRequestContentException") {
+		t.Errorf("a client context that is not JSON: %v, stderr %q", err, errOut)
+	}
 }
+
+// echoClientContext is a shell bootstrap that answers each invocation
+// with the Lambda-Runtime-Client-Context header it got ({} without one).
+const echoClientContext = `#!/bin/sh
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation"
+while :; do
+  curl -sS -D headers -o /dev/null "$api/next"
+  id=$(tr -d '\r' < headers | sed -n 's/^[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: //p')
+  cc=$(tr -d '\r' < headers | sed -n 's/^[Ll]ambda-[Rr]untime-[Cc]lient-[Cc]ontext: //p')
+  curl -sS -o /dev/null -X POST --data-binary "${cc:-{\}}" "$api/$id/response"
+done
+`
 
 // awsCLI is Debian's aws CLI (v2), which .ci/run installs, used before
 // any other on PATH.

@@ -22,11 +22,12 @@ const fnLogPollInterval = 500 * time.Millisecond
 func fnInvokeCmd(g *globals, f *fnFlags) *cobra.Command {
 	var (
 		payload, logType, out string
+		clientContext         string
 		async, dryRun         bool
 		version               int
 	)
 	cmd := &cobra.Command{
-		Use:   "invoke NAME [--payload JSON|@FILE|-] [--async] [--dry-run] [--version N] [--log-type Tail] [--out FILE]",
+		Use:   "invoke NAME [--payload JSON|@FILE|-] [--async] [--dry-run] [--version N] [--log-type Tail] [--client-context JSON] [--out FILE]",
 		Short: "Invoke a function and print its response",
 		Long: `Invoke a function, as Lambda's Invoke API does, and print its response payload
 on standard output (or into --out FILE). The event is --payload: a JSON
@@ -36,7 +37,8 @@ document, @FILE to read one from a file, or - to read standard input (default:
 --async queues the event (an Event invocation: retried on failure, then kept in
 the dead-letter queue, see 'shoal fn dlq') and prints its request id; --dry-run
 only checks that the function may be invoked. --log-type Tail prints the end of
-the invocation's log on standard error.
+the invocation's log on standard error. --client-context passes a JSON object
+to the function's context (a synchronous invocation's only, as on Lambda).
 
 When the function fails, its error document is printed as the response and the
 exit status is 1.`,
@@ -65,6 +67,13 @@ exit status is 1.`,
 			if o.Payload, err = readPayload(payload, cmd.InOrStdin()); err != nil {
 				return err
 			}
+			if clientContext != "" {
+				var obj map[string]json.RawMessage
+				if json.Unmarshal([]byte(clientContext), &obj) != nil {
+					return fmt.Errorf("--client-context: %q is not a JSON object", clientContext)
+				}
+				o.ClientContext = []byte(clientContext)
+			}
 			cl, cluster, name, err := fnTarget(cmd.Context(), g, f, args)
 			if err != nil {
 				return err
@@ -82,6 +91,7 @@ exit status is 1.`,
 	fl.BoolVar(&dryRun, "dry-run", false, "only check that the function may be invoked (DryRun invocation)")
 	fl.IntVar(&version, "version", 0, "the version to run (default: the latest)")
 	fl.StringVar(&logType, "log-type", api.LogTypeNone, "Tail prints the end of the invocation's log on standard error")
+	fl.StringVar(&clientContext, "client-context", "", "a JSON object for the function's context (synchronous invocations)")
 	fl.StringVar(&out, "out", "", "write the response payload to this file instead of standard output")
 	addOutputFlag(cmd, g)
 	return cmd

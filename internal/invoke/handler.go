@@ -249,6 +249,12 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 		werr(w, fmt.Errorf("%w: X-Amz-Log-Type %q is not None or Tail", api.ErrInvalid, lt))
 		return
 	}
+	clientContext, err := parseClientContext(r.Header.Get(api.ClientContextHeader))
+	if err != nil {
+		count(outcomeInvalid)
+		werr(w, err)
+		return
+	}
 	if len(payload) == 0 {
 		// Lambda hands a function invoked without a payload an empty
 		// JSON object.
@@ -287,7 +293,8 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 	// A client that goes away does not stop the invocation (nor does it
 	// on Lambda): the function runs to its end in its sandbox, and its
 	// concurrency slot stays taken until then.
-	res, err := v.invoke(context.WithoutCancel(r.Context()), fn, fv, id, payload, tail)
+	res, err := v.invoke(context.WithoutCancel(r.Context()), fn, fv,
+		&Request{RequestID: id, Payload: payload, Tail: tail, ClientContext: clientContext})
 	if err != nil {
 		switch {
 		case errors.Is(err, httpapi.ErrTooManyRequests):
@@ -321,4 +328,33 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 	}
 	w.WriteHeader(http.StatusOK)
 	w.Write(res.Payload)
+}
+
+// maxClientContext is the most X-Amz-Client-Context may hold, as on
+// Lambda: 3,583 bytes of base64.
+const maxClientContext = 3583
+
+// parseClientContext reads X-Amz-Client-Context: base64 of a JSON object,
+// returned decoded ("" for none). Lambda passes it to synchronous
+// invocations only, and so does Shoal: an Event's is dropped.
+func parseClientContext(h string) (string, error) {
+	if h == "" {
+		return "", nil
+	}
+	bad := func(why string) error {
+		return fmt.Errorf("%w: %s must be a base64-encoded JSON object of at most %d bytes: %s",
+			httpapi.ErrInvalidContent, api.ClientContextHeader, maxClientContext, why)
+	}
+	if len(h) > maxClientContext {
+		return "", bad(fmt.Sprintf("it has %d bytes", len(h)))
+	}
+	b, err := base64.StdEncoding.DecodeString(h)
+	if err != nil {
+		return "", bad("it is not base64")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil {
+		return "", bad("it does not decode to a JSON object")
+	}
+	return string(b), nil
 }

@@ -221,6 +221,32 @@ func TestTailAndFunctionError(t *testing.T) {
 	}
 }
 
+func TestClientContextHeader(t *testing.T) {
+	e, a1, _ := handlerEnv(t, nil, true)
+	path := lambdaPath("c1:function:hello")
+	cc := `{"client":{"app_title":"t"},"custom":{"k":"v"}}`
+	resp, body := e.post(t, path, map[string]string{api.ClientContextHeader: base64.StdEncoding.EncodeToString([]byte(cc))}, `{}`)
+	if resp.StatusCode != 200 || a1.lastBody.ClientContext != cc {
+		t.Errorf("got %d %s; the agent got client context %q, want %q", resp.StatusCode, body, a1.lastBody.ClientContext, cc)
+	}
+	if resp, _ := e.post(t, path, nil, `{}`); resp.StatusCode != 200 || a1.lastBody.ClientContext != "" {
+		t.Errorf("without the header the agent got client context %q", a1.lastBody.ClientContext)
+	}
+	for name, h := range map[string]string{
+		"not base64":      "{not base64}",
+		"not JSON":        base64.StdEncoding.EncodeToString([]byte("hello")),
+		"not an object":   base64.StdEncoding.EncodeToString([]byte("[1]")),
+		"over 3583 bytes": base64.StdEncoding.EncodeToString([]byte(`{"custom":{"k":"` + strings.Repeat("x", 2700) + `"}}`)),
+	} {
+		resp, body := e.post(t, path, map[string]string{api.ClientContextHeader: h}, `{}`)
+		if resp.StatusCode != 400 || resp.Header.Get("X-Amzn-ErrorType") != "InvalidRequestContentException" ||
+			!strings.Contains(body, api.ClientContextHeader) {
+			t.Errorf("%s: got %d %s %s, want 400 InvalidRequestContentException naming the header", name, resp.StatusCode,
+				resp.Header.Get("X-Amzn-ErrorType"), body)
+		}
+	}
+}
+
 // countingReader counts what the handler reads of a body.
 type countingReader struct {
 	n, limit int

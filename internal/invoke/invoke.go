@@ -103,6 +103,9 @@ type Request struct {
 	RequestID         string
 	Payload           []byte
 	Tail              bool // return the end of the invocation's log
+	// ClientContext is the caller's client context, a JSON object
+	// (decoded from X-Amz-Client-Context); empty: none.
+	ClientContext string
 }
 
 // FunctionFailure is the error [Invoker.RunEvent] returns when the

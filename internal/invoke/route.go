@@ -49,12 +49,12 @@ func (v *Invoker) Invoke(ctx context.Context, req *Request) (*api.SandboxResult,
 	if req.RequestID == "" {
 		req.RequestID = v.newRequestID()
 	}
-	return v.invoke(ctx, fn, fv, req.RequestID, req.Payload, req.Tail)
+	return v.invoke(ctx, fn, fv, req)
 }
 
 // invoke runs an invocation of a resolved function version under the
-// function's concurrency limit.
-func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.FunctionVersion, id string, payload []byte, tail bool) (*api.SandboxResult, error) {
+// function's concurrency limit; req.RequestID is set.
+func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.FunctionVersion, req *Request) (*api.SandboxResult, error) {
 	st := v.state(fn.Cluster, fn.Name)
 	conf := fv.Config.Resolved()
 	if !st.acquire(conf.Concurrency) {
@@ -67,11 +67,11 @@ func (v *Invoker) invoke(ctx context.Context, fn *api.Function, fv *api.Function
 	defer cancel()
 
 	start := v.now()
-	meta, err := st.encodeInvocation(fn, fv, id, tail)
+	meta, err := st.encodeInvocation(fn, fv, req)
 	if err != nil {
 		return nil, err
 	}
-	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, conf.Concurrency, meta, payload)
+	res, cold, err := v.route(ctx, st, fn.Cluster, fv.Version, conf.Concurrency, meta, req.Payload)
 	if err != nil {
 		return nil, err
 	}
@@ -345,15 +345,19 @@ var (
 // json.Marshal would but with the version's encoding cached (a version
 // is immutable): it is encoded once per invocation, whatever the number
 // of probes.
-func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id string, tail bool) ([]byte, error) {
+func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, req *Request) ([]byte, error) {
 	ver, err := s.versionJSON(fv)
 	if err != nil {
 		return nil, err
 	}
-	rid, _ := json.Marshal(id)
+	rid, _ := json.Marshal(req.RequestID)
 	name, _ := json.Marshal(fn.Name)
 	cluster, _ := json.Marshal(fn.Cluster)
-	n := 80 + len(rid) + len(name) + len(cluster) + len(ver)
+	var cc []byte
+	if req.ClientContext != "" {
+		cc, _ = json.Marshal(req.ClientContext)
+	}
+	n := 100 + len(rid) + len(name) + len(cluster) + len(ver) + len(cc)
 	b := make([]byte, 0, n)
 	b = append(b, `{"request_id":`...)
 	b = append(b, rid...)
@@ -363,8 +367,12 @@ func (s *fnState) encodeInvocation(fn *api.Function, fv *api.FunctionVersion, id
 	b = append(b, cluster...)
 	b = append(b, `,"version":`...)
 	b = append(b, ver...)
-	if tail {
+	if req.Tail {
 		b = append(b, `,"tail":true`...)
+	}
+	if cc != nil {
+		b = append(b, `,"client_context":`...)
+		b = append(b, cc...)
 	}
 	return append(b, '}'), nil
 }

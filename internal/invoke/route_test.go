@@ -324,16 +324,17 @@ func TestEncodeInvocation(t *testing.T) {
 		fv   *api.FunctionVersion
 		id   string
 		tail bool
+		cc   string
 	}{
-		{fn.Versions[0], "id-1", false},
-		{fn.Versions[1], "id \"2\"", true},
-		{fn.Versions[0], "", false},
+		{fn.Versions[0], "id-1", false, ""},
+		{fn.Versions[1], "id \"2\"", true, `{"custom":{"q":"\"é\n"}}`},
+		{fn.Versions[0], "", false, ""},
 	} {
-		got, err := st.encodeInvocation(fn, tc.fv, tc.id, tc.tail)
+		got, err := st.encodeInvocation(fn, tc.fv, &Request{RequestID: tc.id, Tail: tc.tail, ClientContext: tc.cc})
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := &api.SandboxInvocation{RequestID: tc.id, Function: "hello", Cluster: "c1", Version: tc.fv, Tail: tc.tail}
+		want := &api.SandboxInvocation{RequestID: tc.id, Function: "hello", Cluster: "c1", Version: tc.fv, Tail: tc.tail, ClientContext: tc.cc}
 		var dec api.SandboxInvocation
 		if err := json.Unmarshal(got, &dec); err != nil {
 			t.Fatalf("%s: %v", got, err)

@@ -192,10 +192,12 @@ func (tp *testPool) warm(t *testing.T, v *api.FunctionVersion, payload string) *
 
 // goResponse is testfn's answer.
 type goResponse struct {
-	Count     int    `json:"count"`
-	RequestID string `json:"request_id"`
-	ARN       string `json:"arn"`
-	Env       string `json:"env"`
+	Count     int               `json:"count"`
+	RequestID string            `json:"request_id"`
+	ARN       string            `json:"arn"`
+	Env       string            `json:"env"`
+	AppTitle  string            `json:"app_title"`
+	Custom    map[string]string `json:"custom"`
 }
 
 func decode[T any](t *testing.T, b []byte) T {

@@ -224,7 +224,7 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 	start := p.now()
 	c := &call{reqID: reqID, payload: inv.Payload, deadline: start.Add(timeout), done: make(chan struct{}),
 		arn:     "arn:aws:lambda:shoal:" + s.key.cluster + ":function:" + s.key.function,
-		traceID: traceID(start, reqID)}
+		traceID: traceID(start, reqID), clientContext: inv.ClientContext}
 	seg := beginLog(s.logPath, reqID, s.key.version)
 	s.queue <- c // empty: only the sandbox's owner sends
 	timer := time.NewTimer(timeout)

@@ -553,3 +553,24 @@ func TestShare(t *testing.T) {
 		t.Errorf("running after every invocation ended: %v, want none", tp.running)
 	}
 }
+
+// TestClientContext: the caller's client context reaches an aws-lambda-go
+// runtime in Lambda-Runtime-Client-Context, and its context object.
+func TestClientContext(t *testing.T) {
+	tp := newTestPool(t, nil)
+	v := tp.b.version("fn", 1, goBootstrap(t), api.FunctionConfig{})
+	res, err := tp.Invoke(context.Background(), &api.SandboxInvocation{RequestID: "r1", Function: "fn", Cluster: testCluster,
+		Version: v, Payload: []byte(`{}`), Start: true,
+		ClientContext: `{"client":{"app_title":"shoal test"},"custom":{"k":"v"}}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := decode[goResponse](t, res.Payload)
+	if got.AppTitle != "shoal test" || got.Custom["k"] != "v" {
+		t.Errorf("the function saw app title %q and custom %v; want \"shoal test\" and k=v", got.AppTitle, got.Custom)
+	}
+	res = tp.warm(t, v, `{}`)
+	if got := decode[goResponse](t, res.Payload); got.AppTitle != "" || len(got.Custom) != 0 {
+		t.Errorf("the next invocation, without a client context, saw %q %v", got.AppTitle, got.Custom)
+	}
+}

@@ -22,6 +22,7 @@ const (
 	headerDeadline     = "Lambda-Runtime-Deadline-Ms"
 	headerFunctionARN  = "Lambda-Runtime-Invoked-Function-Arn"
 	headerTraceID      = "Lambda-Runtime-Trace-Id"
+	headerClientCtx    = "Lambda-Runtime-Client-Context"
 	headerErrorType    = "Lambda-Runtime-Function-Error-Type"
 	trailerErrorBody   = "Lambda-Runtime-Function-Error-Body"
 	runtimeAPIPrefix   = "/2018-06-01/runtime"
@@ -43,6 +44,8 @@ type call struct {
 	deadline time.Time
 	arn      string
 	traceID  string
+	// clientContext is the caller's client context (JSON), or "".
+	clientContext string
 
 	once sync.Once
 	done chan struct{} // closed once answered; response or ferr set before
@@ -165,6 +168,9 @@ func (s *sbox) handleNext(w http.ResponseWriter, r *http.Request) {
 	h.Set(headerDeadline, strconv.FormatInt(c.deadline.Add(time.Millisecond-1).UnixMilli(), 10))
 	h.Set(headerFunctionARN, c.arn)
 	h.Set(headerTraceID, c.traceID)
+	if c.clientContext != "" {
+		h.Set(headerClientCtx, c.clientContext)
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(c.payload)))
 	w.WriteHeader(http.StatusOK)

@@ -34,6 +34,9 @@ type response struct {
 	ARN       string `json:"arn"`
 	Big       string `json:"big,omitempty"`
 	Env       string `json:"env,omitempty"`
+	// AppTitle and Custom are from the invocation's client context.
+	AppTitle string            `json:"app_title,omitempty"`
+	Custom   map[string]string `json:"custom,omitempty"`
 }
 
 func main() {
@@ -67,6 +70,7 @@ func main() {
 		r := &response{Count: count, PID: os.Getpid(), Env: os.Getenv("TEST_ENV")}
 		if lc != nil {
 			r.RequestID, r.ARN = lc.AwsRequestID, lc.InvokedFunctionArn
+			r.AppTitle, r.Custom = lc.ClientContext.Client.AppTitle, lc.ClientContext.Custom
 		}
 		if req.BigMB > 0 {
 			r.Big = strings.Repeat("x", req.BigMB<<20)
