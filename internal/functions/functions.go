@@ -220,11 +220,17 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, fn func(snap *st
 	}
 }
 
-// queue returns the dead-letter queue, answering 503 when there is none.
-func (s *Service) queue(w http.ResponseWriter) (DeadLetters, bool) {
+// deadLetters resolves the function of the request's path (as function
+// does) and the queue that keeps its dead letters (503 when this server
+// runs none), writing the error when either fails.
+func (s *Service) deadLetters(w http.ResponseWriter, r *http.Request) (*api.Function, DeadLetters, bool) {
+	f, ok := s.function(w, r)
+	if !ok {
+		return nil, nil, false
+	}
 	if s.cfg.Queue == nil {
 		httpapi.WriteErr(w, fmt.Errorf("%w: the functions' queue is not running on this server", httpapi.ErrUnavailable))
-		return nil, false
+		return nil, nil, false
 	}
-	return s.cfg.Queue, true
+	return f, s.cfg.Queue, true
 }

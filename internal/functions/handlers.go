@@ -201,11 +201,7 @@ func (s *Service) handleLogs(w http.ResponseWriter, r *http.Request) {
 
 // handleDeadLetters serves GET .../dlq: the function's dead letters.
 func (s *Service) handleDeadLetters(w http.ResponseWriter, r *http.Request) {
-	f, ok := s.function(w, r)
-	if !ok {
-		return
-	}
-	q, ok := s.queue(w)
+	f, q, ok := s.deadLetters(w, r)
 	if !ok {
 		return
 	}
@@ -223,11 +219,7 @@ func (s *Service) handleDeadLetters(w http.ResponseWriter, r *http.Request) {
 // handleDeadLetter serves GET .../dlq/{id}: one dead letter (404 when
 // there is no such letter).
 func (s *Service) handleDeadLetter(w http.ResponseWriter, r *http.Request) {
-	f, ok := s.function(w, r)
-	if !ok {
-		return
-	}
-	q, ok := s.queue(w)
+	f, q, ok := s.deadLetters(w, r)
 	if !ok {
 		return
 	}
@@ -242,16 +234,12 @@ func (s *Service) handleDeadLetter(w http.ResponseWriter, r *http.Request) {
 // handleRedrive serves POST .../dlq/redrive with an api.Redrive body (an
 // empty body redrives every dead letter) and answers api.RedriveResult.
 func (s *Service) handleRedrive(w http.ResponseWriter, r *http.Request) {
-	f, ok := s.function(w, r)
+	f, q, ok := s.deadLetters(w, r)
 	if !ok {
 		return
 	}
 	var req api.Redrive
 	if r.ContentLength != 0 && !httpapi.DecodeBody(w, r, &req, api.MaxBodyBytes) {
-		return
-	}
-	q, ok := s.queue(w)
-	if !ok {
 		return
 	}
 	ids, err := q.Redrive(r.Context(), f.Cluster, f.Name, req.IDs)
