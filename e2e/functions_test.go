@@ -514,15 +514,13 @@ func followLogs(t *testing.T, in *testutil.Installation) {
 	since := time.Now()
 	cmd := exec.Command(in.Bin, "fn", "logs", "hello", "--follow", "--since", since.Format(time.RFC3339Nano))
 	cmd.Env = append(append(os.Environ(), in.CLIEnv()...), "SHOAL_ADDR="+in.Addrs(), "SHOAL_TOKEN="+in.Opts.Token)
-	var out strings.Builder
-	var mu sync.Mutex
-	cmd.Stdout = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
-	cmd.Stderr = cmd.Stdout
+	var out testutil.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	output := out.String
 	var ids []string
 	for _, name := range []string{"followed-1", "followed-2"} {
 		ids = append(ids, invoke(t, in, "c1", "hello", &api.InvokeOptions{Payload: []byte(`{"name":"` + name + `"}`)}).RequestID)
@@ -548,10 +546,6 @@ func followLogs(t *testing.T, in *testutil.Installation) {
 		t.Errorf("shoal fn logs --follow --since %s printed %s, which ended before then:\n%s", since.Format(time.RFC3339Nano), before.RequestID, o)
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestFunctionConcurrencyAcrossServers: a function's concurrency limit
 // holds for the whole cluster, whichever servers the invocations come

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -12,28 +11,11 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/api"
+	"github.com/shoal-dev/shoal/internal/testutil"
 )
 
-// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // waitOutput waits until b holds want, failing the test after a deadline.
-func waitOutput(t *testing.T, b *lockedBuffer, want string) {
+func waitOutput(t *testing.T, b *testutil.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(b.String(), want) {
@@ -77,7 +59,7 @@ func TestFollowLogs(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testutil.Buffer
 	g := &globals{stdout: &stdout, stderr: &stderr, output: "table"}
 	cl := api.NewClient([]string{srv.URL}, "")
 	defer cl.Close()
