@@ -181,18 +181,22 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 // and returns a 2xx response, or an error.
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
 	if in == nil {
-		return c.sendRaw(ctx, method, path, query, nil, nil)
+		return c.sendRaw(ctx, method, path, query, nil, nil, false)
 	}
 	body, err := json.Marshal(in)
 	if err != nil {
 		return nil, err
 	}
-	return c.sendRaw(ctx, method, path, query, body, http.Header{"Content-Type": {"application/json"}})
+	return c.sendRaw(ctx, method, path, query, body, http.Header{"Content-Type": {"application/json"}}, false)
 }
 
 // sendRaw is [Client.send] for a body sent as it is (nil: none), with
 // header added to the request.
-func (c *Client) sendRaw(ctx context.Context, method, path string, query url.Values, body []byte, header http.Header) (*http.Response, error) {
+//
+// With once, the request goes to another server only when it could not
+// be sent at all (the server could not be dialled): a request that may
+// have been served (a function invocation) is not sent twice.
+func (c *Client) sendRaw(ctx context.Context, method, path string, query url.Values, body []byte, header http.Header, once bool) (*http.Response, error) {
 	c.mu.Lock()
 	n := len(c.addrs)
 	c.mu.Unlock()
@@ -229,6 +233,9 @@ func (c *Client) sendRaw(ctx context.Context, method, path string, query url.Val
 				lastErr = fmt.Errorf("%w (trust the installation's CA with --ca-cert or SHOAL_CACERT)", lastErr)
 			}
 			c.rotate(cur)
+			if op := (*net.OpError)(nil); once && !(errors.As(err, &op) && op.Op == "dial") {
+				return nil, lastErr
+			}
 			continue
 		}
 		if resp.StatusCode >= 300 {

@@ -123,7 +123,7 @@ func (c *Client) InvokeFunction(ctx context.Context, cluster, name string, o *In
 		h.Set(ClientContextHeader, base64.StdEncoding.EncodeToString(o.ClientContext))
 	}
 	// A nil body is sent as an empty one: Lambda takes that as no event.
-	resp, err := c.sendRaw(ctx, "POST", functionPath(cluster, name, "/invocations"), v, o.Payload, h)
+	resp, err := c.sendRaw(ctx, "POST", functionPath(cluster, name, "/invocations"), v, o.Payload, h, true)
 	if err != nil {
 		return nil, err
 	}

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,5 +294,49 @@ func TestFunctionClientErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestInvokeNotSentTwice: an invocation whose connection breaks after it
+// was sent is not sent to the next server (the function may have run);
+// one whose server cannot be dialled is.
+func TestInvokeNotSentTwice(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	count := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			calls[name]++
+			mu.Unlock()
+			if name == "broken" {
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close() // served, then the answer is lost
+				return
+			}
+			w.Write([]byte(`{}`))
+		}
+	}
+	broken, good := httptest.NewServer(count("broken")), httptest.NewServer(count("good"))
+	defer broken.Close()
+	defer good.Close()
+	c := api.NewClient([]string{broken.URL, good.URL}, "")
+	defer c.Close()
+	if _, err := c.InvokeFunction(context.Background(), "c1", "f", nil); err == nil {
+		t.Errorf("an invocation whose answer was lost succeeded")
+	}
+	if calls["broken"] != 1 || calls["good"] != 0 {
+		t.Errorf("calls %v, want the broken server once and the other never", calls)
+	}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	c2 := api.NewClient([]string{dead, good.URL}, "")
+	defer c2.Close()
+	if _, err := c2.InvokeFunction(context.Background(), "c1", "f", nil); err != nil || calls["good"] != 1 {
+		t.Errorf("with the first server down: %v, calls %v; want the invocation sent to the other", err, calls)
 	}
 }

@@ -330,13 +330,9 @@ func signalName(n int) string { return syscall.Signal(n).String() }
 
 // traceID is an X-Ray style trace header for the invocation.
 func traceID(t time.Time, reqID string) string {
-	id := reqID
-	for len(id) < 24 {
-		id += "0"
-	}
 	clean := make([]byte, 0, 24)
-	for i := 0; i < len(id) && len(clean) < 24; i++ {
-		if c := id[i]; c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
+	for i := 0; i < len(reqID) && len(clean) < 24; i++ {
+		if c := reqID[i]; c >= '0' && c <= '9' || c >= 'a' && c <= 'f' {
 			clean = append(clean, c)
 		}
 	}

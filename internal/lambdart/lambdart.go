@@ -273,6 +273,7 @@ func (p *Pool) RetainCluster(cluster string) {
 	var doomed []*sbox
 	for _, s := range p.sandboxes {
 		if s.key.cluster != cluster {
+			s.stopping, s.provisioned = true, false // never picked nor kept again
 			doomed = append(doomed, s)
 		}
 	}
@@ -286,11 +287,12 @@ func (p *Pool) RetainCluster(cluster string) {
 		p.log.Info("lambdart: stopping a sandbox of a cluster the node left", "sandbox", s.id, "cluster", s.key.cluster, "function", s.key.function)
 		go s.kill()
 	}
-	// The clusters' code and logs go too, once their sandboxes ended
-	// (a sandbox's directory goes with it).
+	// The clusters' code and logs go too, once their sandboxes ended and
+	// their last invocations' records were written (a sandbox's
+	// directory goes with it).
 	go func() {
 		for _, s := range doomed {
-			<-s.exited
+			<-s.done
 		}
 		err := errors.Join(p.bundles.removeOthers(cluster), p.logs.removeOthers(cluster))
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -230,7 +229,7 @@ func readLines(path string) [][]byte {
 		if len(ln) > 0 && ln[len(ln)-1] == '\n' {
 			out = append(out, ln)
 		}
-		if err == io.EOF || err != nil {
+		if err != nil {
 			return out
 		}
 	}

@@ -28,7 +28,6 @@ type sbox struct {
 	pool    *Pool
 	id      string
 	key     versionKey
-	version *api.FunctionVersion
 	conf    api.FunctionConfig // resolved
 	dir     string             // holds work/, tmp/ and log
 	logPath string
@@ -63,6 +62,9 @@ type sbox struct {
 	// exit is set before exited is closed, when the process has ended.
 	exited chan struct{}
 	exit   *sandbox.ExitResult
+	// done is closed once the sandbox has ended and its invokers are
+	// done with it (their log records written) and its files removed.
+	done chan struct{}
 	// inuse counts those still reading the sandbox's log (its starter
 	// until init is over, then each invoker); its directory is removed
 	// after they are done.
@@ -95,9 +97,9 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	if err != nil {
 		return nil, err
 	}
-	s := &sbox{pool: p, id: id, key: k, version: v, conf: v.Config.Resolved(),
+	s := &sbox{pool: p, id: id, key: k, conf: v.Config.Resolved(), started: p.now(),
 		dir:   filepath.Join(p.cfg.Dir, "sandboxes", id),
-		queue: make(chan *call, 1), ready: make(chan struct{}), initFailed: make(chan struct{}), exited: make(chan struct{}),
+		queue: make(chan *call, 1), ready: make(chan struct{}), initFailed: make(chan struct{}), exited: make(chan struct{}), done: make(chan struct{}),
 		state: api.SandboxStarting}
 	s.logPath = filepath.Join(s.dir, "log")
 	work, tmp := filepath.Join(s.dir, "work"), filepath.Join(s.dir, "tmp")
@@ -129,7 +131,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		Env: p.sandboxEnv(s, root, work, tmp, ln.Addr().String(), prov != nil), Stdout: s.logPath, Stderr: s.logPath,
 		MemoryMB: int64(s.conf.MemoryMiB), NetNS: s.netns}
 
-	room := int64(-1) // called without p.mu: Room may take its caller's locks
+	var room int64 // called without p.mu: Room may take its caller's locks
 	if p.cfg.Room != nil {
 		room = p.cfg.Room()
 	}
@@ -145,7 +147,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		cleanup()
 		return nil, fmt.Errorf("%w: the node is no longer in cluster %s", ErrInvalid, k.cluster)
 	}
-	if room >= 0 {
+	if p.cfg.Room != nil {
 		used := int64(s.conf.MemoryMiB)
 		for _, o := range p.sandboxes {
 			if !o.gone {
@@ -158,7 +160,6 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 			return nil, fmt.Errorf("%w: %d MiB for function sandboxes, %d MiB free for them", ErrNoRoom, used, room)
 		}
 	}
-	s.started = p.now()
 	s.lastUsed = s.started
 	if prov != nil {
 		prov.pending--
@@ -181,6 +182,7 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 		close(s.exited) // never started: nothing to wait for
 		p.starts.Done()
 		cleanup()
+		close(s.done)
 		p.poke()
 		// The bootstrap could not be started: Lambda's
 		// Runtime.InvalidEntrypoint.
@@ -192,14 +194,18 @@ func (p *Pool) startSandbox(ctx context.Context, k versionKey, v *api.FunctionVe
 	p.log.Info("lambdart: sandbox started", "sandbox", id, "cluster", k.cluster, "function", k.function,
 		"version", k.version, "provisioned", provisioned, "netns", s.netns != "")
 	go func() { defer p.starts.Done(); p.watch(s, cleanup) }()
-	// Close may have listed the sandbox before its handle was set.
+	// Close, or RetainCluster, may have listed the sandbox before its
+	// handle was set, and could not kill it.
 	p.mu.Lock()
-	closed := p.closed
+	closed, left := p.closed, p.retained != "" && k.cluster != p.retained
 	p.mu.Unlock()
-	if closed {
+	if closed || left {
 		s.inuse.Done()
 		s.kill()
-		return nil, ErrClosed
+		if closed {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("%w: the node is no longer in cluster %s", ErrInvalid, k.cluster)
 	}
 	return s, nil
 }
@@ -219,6 +225,7 @@ func (p *Pool) watch(s *sbox, cleanup func()) {
 	p.log.Info("lambdart: sandbox ended", "sandbox", s.id, "function", s.key.function, "exit", exitText(s.exit))
 	s.inuse.Wait()
 	cleanup()
+	close(s.done)
 	p.poke() // a provisioned sandbox may need a replacement
 }
 
