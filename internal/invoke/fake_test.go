@@ -261,7 +261,7 @@ func newTestEnv(t testing.TB, cat *fakeCatalog, q Queue, open bool) *testEnv {
 	mux := http.NewServeMux()
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			if isSigned(r) {
+			if strings.HasPrefix(r.Header.Get("Authorization"), sigV4Algorithm+" ") {
 				h(w, r)
 				return
 			}

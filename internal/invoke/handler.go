@@ -83,15 +83,6 @@ func parseQualifier(fn *api.Function, q string) (int, error) {
 	return n, nil
 }
 
-// invocation is a request's validated invocation.
-type invocation struct {
-	fn    *api.Function
-	fv    *api.FunctionVersion
-	typ   string
-	tail  bool
-	label string // the metrics' function label
-}
-
 // handleLambdaInvoke serves Lambda's Invoke.
 func (v *Invoker) handleLambdaInvoke(w http.ResponseWriter, r *http.Request) {
 	werr := errWriter(httpapi.WriteLambdaErr)

@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			[]string{"function"}),
 		throttles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_server_fn_throttles_total",
-			Help: "Invocations refused (429) because the function's concurrency was used up on this server."},
+			Help: "Invocations refused (429) because the function's concurrency was used up: by this server's own, or on every agent."},
 			[]string{"function"}),
 		probes: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "shoal_server_fn_probes",

@@ -266,25 +266,20 @@ var errAgentRefused = errors.New("invoke: agent cannot run the function now")
 
 // call sends one invocation to an agent: a framed body of meta (the
 // invocation's JSON document, without Start and Share, which call adds)
-// and the payload. It returns the agent's
-// result for 200 and 409 (declined); errUnreachable when the agent could
-// not be dialled; errAgentRefused for 503 and 429; ErrAgent for anything
-// else.
+// and the payload. It returns the agent's result for 200 and 409
+// (declined); errUnreachable when the agent could not be dialled;
+// errAgentRefused for 503, 429 and a 409 that is no result (the node is
+// not in the function's cluster yet); ErrAgent for anything else.
 func (v *Invoker) call(ctx context.Context, a Agent, meta, payload []byte, start bool, share int) (*api.SandboxResult, error) {
 	url := v.scheme + "://" + a.Addr + agentInvokePath
-	if start || share > 0 {
-		// The document is encoded once per invocation; the fields that
-		// differ between calls are spliced in before its closing brace.
-		m := make([]byte, 0, len(meta)+32)
-		m = append(m, meta[:len(meta)-1]...)
-		if share > 0 {
-			m = strconv.AppendInt(append(m, `,"share":`...), int64(share), 10)
-		}
-		if start {
-			m = append(m, `,"start":true`...)
-		}
-		meta = append(m, '}')
+	// The document is encoded once per invocation; the fields that
+	// differ between calls are spliced in before its closing brace.
+	m := make([]byte, 0, len(meta)+32)
+	m = strconv.AppendInt(append(append(m, meta[:len(meta)-1]...), `,"share":`...), int64(share), 10)
+	if start {
+		m = append(m, `,"start":true`...)
 	}
+	meta = append(m, '}')
 	// net.Buffers, not io.MultiReader: the latter's WriteTo allocates
 	// 32 KiB at each request when the transport drains the body.
 	body := func() io.Reader { return &net.Buffers{meta, payload} }
@@ -299,7 +294,9 @@ func (v *Invoker) call(ctx context.Context, a Agent, meta, payload []byte, start
 	resp, err := v.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("invoke: agent %s: %w", a.Node, context.Cause(ctx))
+			// The invocation's bound passed (or its caller gave up):
+			// whether the function ran is unknown.
+			return nil, fmt.Errorf("%w: %s: %w", ErrAgent, a.Node, context.Cause(ctx))
 		}
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {

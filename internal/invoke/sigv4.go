@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,11 +28,6 @@ type signedAuth struct {
 	accessKey, date, region, service string
 	signedHeaders                    []string // lower case, as signed
 	signature                        string
-}
-
-// isSigned reports whether r carries an AWS SigV4 Authorization header.
-func isSigned(r *http.Request) bool {
-	return strings.HasPrefix(r.Header.Get("Authorization"), sigV4Algorithm+" ")
 }
 
 // parseAuth parses "AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request,
@@ -66,19 +62,10 @@ func parseAuth(h string) (*signedAuth, error) {
 		return nil, fmt.Errorf("the Authorization header lacks SignedHeaders or Signature")
 	}
 	a.signedHeaders = strings.Split(signed, ";")
-	if !containsHost(a.signedHeaders) {
+	if !slices.Contains(a.signedHeaders, "host") {
 		return nil, fmt.Errorf("the signature must cover the host header")
 	}
 	return &a, nil
-}
-
-func containsHost(hs []string) bool {
-	for _, h := range hs {
-		if h == "host" {
-			return true
-		}
-	}
-	return false
 }
 
 // sigError is a refused signature: the error to render and the reason
