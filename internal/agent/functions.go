@@ -54,7 +54,7 @@ func (a *Agent) startFunctions(fetch lambdart.FetchFunc) error {
 	m := a.metrics
 	pool.SetHooks(lambdart.Hooks{
 		Invoked: func(fn, outcome string) {
-			if outcome == "declined" {
+			if outcome == lambdart.OutcomeDeclined {
 				m.fnDeclines.Inc()
 				return
 			}
@@ -99,7 +99,7 @@ func newFnMetrics(reg *prometheus.Registry) fnMetrics {
 		fnWarmHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_agent_fn_warm_hits_total",
 			Help: "Function invocations served by an idle sandbox on this node."}),
 		fnDeclines: prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_agent_fn_declines_total",
-			Help: "Function invocations this node declined: no idle sandbox, and no cold start asked for."}),
+			Help: "Function invocations this node declined: no idle sandbox and no cold start asked for, or the function at its share of its concurrency."}),
 	}
 	reg.MustRegister(m.fnInvocations, m.fnColdStarts, m.fnWarmHits, m.fnDeclines)
 	return m

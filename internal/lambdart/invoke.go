@@ -49,7 +49,7 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 		return nil, ErrClosed
 	}
 	hooks := p.hooks
-	fk := fnKey{k.cluster, k.function}
+	cn := p.countersLocked(k)
 	decline := func(atShare bool) (*api.SandboxResult, error) {
 		res := &api.SandboxResult{Declined: true, AtShare: atShare, Load: p.loadLocked(), Node: p.cfg.Node}
 		p.mu.Unlock()
@@ -58,26 +58,24 @@ func (p *Pool) Invoke(ctx context.Context, inv *api.SandboxInvocation) (*api.San
 		}
 		return res, nil
 	}
-	if inv.Share > 0 && p.running[fk] >= inv.Share {
+	if inv.Share > 0 && cn.running >= inv.Share {
 		return decline(true)
 	}
 	s := p.pickIdleLocked(k)
 	var backoff *fnError
 	if s != nil {
 		p.takeLocked(s)
-		p.countersLocked(k).warm++
+		cn.warm++
 	} else if !inv.Start {
 		return decline(false)
 	} else if b := p.backoff[k]; b != nil && b.err != nil && p.now().Before(b.until) {
 		backoff = b.err
 	}
-	p.running[fk]++
+	cn.running++
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
-		if p.running[fk]--; p.running[fk] <= 0 {
-			delete(p.running, fk)
-		}
+		cn.running--
 		p.mu.Unlock()
 	}()
 

@@ -155,10 +155,6 @@ type Pool struct {
 	// backoff holds the versions whose last start failed.
 	backoff  map[versionKey]*initBackoff
 	counters map[fnKey]*counters
-	// running counts each function's invocations admitted and not yet
-	// answered, warm or starting a sandbox: what a share is checked
-	// against (see Pool.Invoke).
-	running map[fnKey]int
 
 	wake   chan struct{} // pokes the provisioning loop
 	stop   chan struct{} // closed by Close
@@ -220,7 +216,6 @@ func New(cfg Config) (*Pool, error) {
 		provisioned: map[versionKey]*provEntry{},
 		backoff:     map[versionKey]*initBackoff{},
 		counters:    map[fnKey]*counters{},
-		running:     map[fnKey]int{},
 		wake:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 	}

@@ -525,13 +525,17 @@ func TestShare(t *testing.T) {
 		}
 		return res
 	}
-	done := make(chan *api.SandboxResult)
-	go func() { done <- call(v1, `{"sleep_ms":1000}`, 1) }()
-	waitFor(t, "a running invocation", func() bool {
+	running := func() int {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
-		return tp.running[fnKey{testCluster, "fn"}] == 1
-	})
+		if c := tp.counters[fnKey{testCluster, "fn"}]; c != nil {
+			return c.running
+		}
+		return 0
+	}
+	done := make(chan *api.SandboxResult)
+	go func() { done <- call(v1, `{"sleep_ms":1000}`, 1) }()
+	waitFor(t, "a running invocation", func() bool { return running() == 1 })
 	if res := call(v2, `{}`, 1); !res.Declined || !res.AtShare {
 		t.Errorf("another version at a share of 1 while one runs: %+v, want declined at its share", res)
 	}
@@ -547,10 +551,8 @@ func TestShare(t *testing.T) {
 	if res := call(v1, `{}`, 1); res.Declined {
 		t.Errorf("after the first ended, at a share of 1: %+v, want it run", res)
 	}
-	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	if len(tp.running) != 0 {
-		t.Errorf("running after every invocation ended: %v, want none", tp.running)
+	if n := running(); n != 0 {
+		t.Errorf("running after every invocation ended: %d, want none", n)
 	}
 }
 

@@ -197,6 +197,10 @@ func (p *Pool) reclaimIdle() {
 type counters struct {
 	invocations, warm, cold uint64
 	busy                    int
+	// running counts the invocations admitted and not yet answered,
+	// warm or starting a sandbox: what a share is checked against (see
+	// Pool.Invoke).
+	running int
 	// peaks[i] is the peak busy count of slot peakSlot[i] (see
 	// api.ForecastSlot), for the last api.ForecastSlots slots; lastSlot
 	// is the slot of the last change of busy.

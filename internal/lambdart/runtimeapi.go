@@ -32,10 +32,15 @@ const (
 	outcomeTimeout     = "timeout"
 	outcomeOOM         = "oom"
 	outcomeCrash       = "crash"
-	outcomeDeclined    = "declined"
+	outcomeDeclined    = OutcomeDeclined
 	errTypeUnhandled   = "Unhandled"
 	functionErrorField = "Unhandled" // SandboxResult.FunctionError
 )
+
+// OutcomeDeclined is the outcome Hooks.Invoked reports for an invocation
+// the pool declined (no idle sandbox and no start asked for, or the
+// function at its share).
+const OutcomeDeclined = "declined"
 
 // call is one invocation handed to a sandbox.
 type call struct {
