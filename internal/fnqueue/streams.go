@@ -35,7 +35,7 @@ func (q *Queue) setup() {
 		} else {
 			q.log.Debug("event queue not ready", "err", err)
 		}
-		if !sleep(q.ctx, 100*time.Millisecond) {
+		if !sleep(q.fetchCtx, 100*time.Millisecond) { // a closing queue need not wait to be ready
 			return
 		}
 		timeout = min(2*timeout, 10*time.Second)
@@ -119,12 +119,16 @@ func (q *Queue) createStreams(timeout time.Duration, replicas int) error {
 }
 
 // ensureStream creates the stream, or updates it when a setting differs.
+// It never lowers the replicas of a stream that exists: a server that
+// opens its queue knowing fewer servers than made the stream (a restart
+// with a partial view) must not scale it down.
 func (q *Queue) ensureStream(timeout time.Duration, want jetstream.StreamConfig) (jetstream.Stream, error) {
 	ctx, cancel := context.WithTimeout(q.ctx, timeout)
 	defer cancel()
 	s, err := q.js.Stream(ctx, want.Name)
 	if err == nil {
 		c := s.CachedInfo().Config
+		want.Replicas = max(want.Replicas, c.Replicas)
 		if c.Replicas == want.Replicas && c.Duplicates == want.Duplicates && c.MaxMsgSize == want.MaxMsgSize &&
 			c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge &&
 			c.Retention == want.Retention && c.Storage == want.Storage {

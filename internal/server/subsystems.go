@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/shoal-dev/shoal/api"
 	"github.com/shoal-dev/shoal/internal/dfs"
@@ -83,7 +84,10 @@ func (s *Server) agentTLS() *tls.Config {
 // dead-lettered); anything else (no agent, the concurrency used up, or a
 // function this server's state does not hold yet, as on a follower that
 // has not applied its deploy) is retried later without counting as an
-// attempt. A deleted function's events are purged with it.
+// attempt. A deleted function's events are purged with it; one that
+// escaped the purge (queued as the delete ran) is dropped once it is
+// older than staleEvent, rather than dead-lettered under a name a new
+// function may take.
 func (s *Server) runEvent(ctx context.Context, ev *fnqueue.Event) error {
 	err := s.invoker.RunEvent(ctx, &invoke.Event{ID: ev.ID, Cluster: ev.Cluster, Function: ev.Function,
 		Version: ev.Version, Payload: ev.Payload, Retries: ev.Retries})
@@ -93,9 +97,18 @@ func (s *Server) runEvent(ctx context.Context, ev *fnqueue.Event) error {
 		return nil
 	case errors.As(err, &failed):
 		return &fnqueue.Failure{Type: failed.Type, Message: failed.Message}
+	case errors.Is(err, state.ErrNotFound) && s.now().Sub(ev.Enqueued) > staleEvent:
+		s.log.Warn("dropping an event of a function that no longer exists", "cluster", ev.Cluster,
+			"function", ev.Function, "version", ev.Version, "event", ev.ID, "enqueued", ev.Enqueued)
+		return nil
 	}
 	return err
 }
+
+// staleEvent is how old an event of a function this server does not know
+// must be to be dropped: long past any lag of this server's state behind
+// the deploy that let it be queued.
+const staleEvent = time.Minute
 
 // closeSubsystems closes the subsystems, last built first.
 func (s *Server) closeSubsystems() {
