@@ -151,6 +151,17 @@ func (d *deployFlags) deploy(fl *pflag.FlagSet, name string, update bool) (*api.
 		if !changed {
 			return nil, fmt.Errorf("nothing to update: give --zip or a setting (--%s)", strings.Join(settingFlags, ", --"))
 		}
+		// An update keeps what it is not given, so a zero would silently
+		// change nothing: refuse it.
+		for _, z := range []struct {
+			flag string
+			zero bool
+		}{{"memory", d.memory == 0}, {"timeout", d.timeout == 0}, {"concurrency", d.concurrency == 0},
+			{"handler", d.handler == ""}, {"provisioned", d.provisioned == ""}} {
+			if fl.Changed(z.flag) && z.zero {
+				return nil, fmt.Errorf("--%s: an update keeps the setting it is not given; give a value, not an empty or zero one", z.flag)
+			}
+		}
 	} else if d.zip == "" {
 		return nil, fmt.Errorf("--zip is required: a zip bundle holding an executable named bootstrap, or a directory to zip")
 	}

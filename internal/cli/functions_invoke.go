@@ -53,6 +53,9 @@ exit status is 1.`,
 			case dryRun:
 				o.Type = api.InvokeDryRun
 			}
+			if (async || dryRun) && (out != "" || clientContext != "") {
+				return errors.New("--out and --client-context are for an invocation that answers: not with --async or --dry-run")
+			}
 			switch logType {
 			case api.LogTypeTail:
 				o.Tail = true
