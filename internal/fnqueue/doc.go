@@ -1,6 +1,6 @@
 // Package fnqueue is the durable queue of asynchronous function invocations
 // and their dead-letter queue, on NATS JetStream: each Shoal server embeds a
-// NATS server (clustered with the other servers' when there are 3 or 5), or
+// NATS server (clustered with the other servers' when there are several), or
 // all of them connect to an external NATS cluster (Config.URL).
 //
 // # Streams, subjects, consumer

@@ -87,8 +87,9 @@ type Config struct {
 	// embedding a server (credentials may be given in the URL). Its
 	// max_payload must be at least 8 MiB.
 	URL string
-	// Replicas is the embedded streams' replica count: 1, or 3 when
-	// there are 3 or more servers. With URL it is ignored: the queue
+	// Replicas is the embedded streams' replica count (the server gives
+	// the number of servers it knows, up to 3); an existing stream's is
+	// never lowered. With URL it is ignored: the queue
 	// sizes the streams from the NATS it connects to (1 for a single
 	// server, up to 3 for a cluster).
 	Replicas int
