@@ -44,8 +44,10 @@ func readBundle(p string) ([]byte, error) {
 }
 
 // checkBundle checks that b is a zip archive of at most
-// api.MaxBundleBytes that holds an executable regular file named
-// api.BundleBootstrap at its root.
+// api.MaxBundleBytes, within api.CheckBundleSize's bounds, that holds an
+// executable regular file named api.BundleBootstrap at its root: what
+// the servers check (functions.checkBundle), and the executable bit,
+// which they leave to the start.
 func checkBundle(b []byte) error {
 	if len(b) > api.MaxBundleBytes {
 		return fmt.Errorf("the bundle is %d bytes; at most %d are allowed", len(b), api.MaxBundleBytes)
@@ -53,6 +55,9 @@ func checkBundle(b []byte) error {
 	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
 	if err != nil {
 		return fmt.Errorf("not a zip archive (%v)", err)
+	}
+	if err := api.CheckBundleSize(zr.File); err != nil {
+		return err
 	}
 	var nested []string
 	for _, f := range zr.File {
