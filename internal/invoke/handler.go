@@ -220,7 +220,7 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 		return
 	}
 	label := fn.Cluster + "/" + fn.Name
-	typ := r.Header.Get("X-Amz-Invocation-Type")
+	typ := r.Header.Get(api.InvocationTypeHeader)
 	switch typ {
 	case "":
 		typ = api.InvokeRequestResponse
@@ -231,9 +231,9 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 	}
 	count := func(outcome string) { v.metrics.invocations.WithLabelValues(label, typ, outcome).Inc() }
 	tail := false
-	switch lt := r.Header.Get("X-Amz-Log-Type"); lt {
-	case "", "None":
-	case "Tail":
+	switch lt := r.Header.Get(api.LogTypeHeader); lt {
+	case "", api.LogTypeNone:
+	case api.LogTypeTail:
 		tail = typ == api.InvokeRequestResponse
 	default:
 		count(outcomeInvalid)
@@ -256,7 +256,7 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 		return
 	}
 	id := v.newRequestID()
-	w.Header().Set("X-Amzn-Requestid", id)
+	w.Header().Set(api.RequestIDHeader, id)
 	switch typ {
 	case api.InvokeDryRun:
 		count(outcomeDryRun)
@@ -303,16 +303,16 @@ func (v *Invoker) serve(w http.ResponseWriter, r *http.Request, fn *api.Function
 	}
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
-	h["X-Amz-Executed-Version"] = []string{strconv.Itoa(fv.Version)}
+	h[api.ExecutedVersionHeader] = []string{strconv.Itoa(fv.Version)}
 	if tail {
 		logTail := res.LogTail
 		if len(logTail) > api.LogTailBytes {
 			logTail = logTail[len(logTail)-api.LogTailBytes:]
 		}
-		h["X-Amz-Log-Result"] = []string{base64.StdEncoding.EncodeToString(logTail)}
+		h[api.LogResultHeader] = []string{base64.StdEncoding.EncodeToString(logTail)}
 	}
 	if res.FunctionError != "" {
-		h["X-Amz-Function-Error"] = []string{res.FunctionError}
+		h[api.FunctionErrorHeader] = []string{res.FunctionError}
 		count(outcomeFunctionError)
 	} else {
 		count(outcomeOK)
