@@ -228,10 +228,12 @@ func TestFunctionEventsExternalNATS(t *testing.T) {
 	mustShoal(t, in, "cluster", "create", "c1", "--nodes", "1")
 	gate := filepath.Join(t.TempDir(), "gate")
 	bundle := writeBytes(t, "gated.zip", testutil.ZipBundle(t, map[string]testutil.BundleFile{"bootstrap": {Data: []byte(gated), Mode: 0o755}}))
-	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s", "--retries", "0")
+	mustShoal(t, in, "fn", "deploy", "gated", "--cluster", "c1", "--zip", bundle, "--env", "GATE="+gate, "--timeout", "60s")
 
 	// Queued through the leader, which is then killed: the event is in
-	// the external NATS and another server runs it.
+	// the external NATS and another server runs it (again, after the ack
+	// wait, when the leader was the one running it: the default retries
+	// leave attempts for that).
 	lead := in.Leader()
 	c := in.NewClient([]string{in.Servers[lead].HTTPAddr}, in.Opts.Token)
 	defer c.Close()
