@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,27 +26,9 @@ type devProc struct {
 	cmd  *exec.Cmd
 	dir  string
 	addr string
-	out  *syncBuf
-	err  *syncBuf
+	out  *testutil.Buffer
+	err  *testutil.Buffer
 	done chan error
-}
-
-// syncBuf is a bytes.Buffer safe for a process writing and a test reading.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // devClient makes the TLS files that `shoal dev` in dir will use (it
@@ -76,7 +56,7 @@ func startDev(t *testing.T, dir, addr string, args ...string) *devProc {
 	t.Helper()
 	bin := testutil.Binary(t)
 	cmd := exec.Command(bin, append([]string{"dev", "--dir", dir, "--addr", addr}, args...)...)
-	d := &devProc{t: t, cmd: cmd, dir: dir, addr: addr, out: &syncBuf{}, err: &syncBuf{}, done: make(chan error, 1)}
+	d := &devProc{t: t, cmd: cmd, dir: dir, addr: addr, out: &testutil.Buffer{}, err: &testutil.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.out, d.err
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

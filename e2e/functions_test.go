@@ -566,6 +566,14 @@ func TestFunctionConcurrencyAcrossServers(t *testing.T) {
 	call := func(i int) (*api.FunctionResult, error) {
 		return clients[i].InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Payload: []byte(`{}`)})
 	}
+	// A deploy is acknowledged once the leader applied it; the other
+	// servers know it once they have too.
+	for i := range clients {
+		testutil.WaitFor(t, 10*time.Second, func() (bool, string) {
+			r, err := clients[i].InvokeFunction(context.Background(), "c1", "gated", &api.InvokeOptions{Type: api.InvokeDryRun})
+			return err == nil && r.StatusCode == 204, fmt.Sprintf("server %d: %v", i+1, err)
+		})
+	}
 	held := make(chan error, 2)
 	for i := range 2 {
 		go func() {

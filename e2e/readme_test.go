@@ -175,7 +175,7 @@ func TestReadme(t *testing.T) {
 	}
 	// The CLI finds the CA and client certificate in ./.shoal-dev/tls.
 	cmd.Env = append(cmd.Env, "SHOAL_ADDR=https://"+addr)
-	var out syncBuf
+	var out testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		output := out.String()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -57,36 +56,19 @@ func FreeAddr(t testing.TB) string {
 	return freeAddrOn(t, "")
 }
 
-// freeAddrOn returns a loopback address (on ip, default 127.0.0.1) with a
-// TCP port free now, for a spawned process to listen on. The port is
-// drawn below the kernel's ephemeral range (32768 and up here): a port
-// the kernel hands out, as listening on :0 does, is also what it hands
-// out to outgoing connections, which could take it between this check
-// and the process's bind ("address already in use").
+// freeAddrOn is FreeAddr on ip (default 127.0.0.1).
 func freeAddrOn(t testing.TB, ip string) string {
 	t.Helper()
 	if ip == "" {
 		ip = "127.0.0.1"
 	}
-	for range 200 {
-		port := freePortLow + rand.IntN(freePortHigh-freePortLow)
-		ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-		if err != nil {
-			continue // taken
-		}
-		ln.Close()
-		return ln.Addr().String()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free TCP port on %s between %d and %d", ip, freePortLow, freePortHigh)
-	return ""
+	defer ln.Close()
+	return ln.Addr().String()
 }
-
-// The range freeAddrOn draws ports from: below the usual ephemeral range
-// (Linux's default starts at 32768) and above well-known services.
-const (
-	freePortLow  = 20000
-	freePortHigh = 32000
-)
 
 // Proc is a spawned shoal process.
 type Proc struct {
