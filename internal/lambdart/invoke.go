@@ -236,7 +236,11 @@ func (p *Pool) run(s *sbox, inv *api.SandboxInvocation, cold bool, initDur time.
 	select {
 	case <-c.done:
 		resp, fe = c.response, c.ferr
-		if !p.now().Before(c.deadline) {
+		// Compared on the wall clock (Round(0) drops the monotonic
+		// reading): the runtime was handed the deadline as a wall-clock
+		// time, and on a machine whose wall clock runs apart from the
+		// monotonic one it may expire "early" by the latter.
+		if !p.now().Round(0).Before(c.deadline.Round(0)) {
 			// Answered at the deadline (a runtime whose context
 			// expired, as aws-lambda-go's does, answers then): a
 			// timeout all the same, as on Lambda.
